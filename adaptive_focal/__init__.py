@@ -1,0 +1,24 @@
+"""adaptive_focal: focal loss whose gamma adjusts itself during training.
+
+The core is an exact, fast focal loss for sigmoid and softmax outputs (:func:`sigmoid_focal_loss`,
+:func:`softmax_focal_loss`, :class:`FocalLoss`) that accepts gamma as a float, a tensor (per class, per sample,
+per element) or a :class:`GammaTable`, and can return the batch's difficulty statistics (:class:`BatchStats`)
+computed in the same pass. Optional integrations (W&B, Optuna, Lightning, Transformers) are imported only when
+used.
+"""
+
+from .functional import sigmoid_focal_loss, softmax_focal_loss
+from .loss import FocalLoss
+from .stats import BatchStats
+from .table import GammaTable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchStats",
+    "FocalLoss",
+    "GammaTable",
+    "__version__",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+]

@@ -1,0 +1,111 @@
+"""Fast paths for the sigmoid focal loss, registered as the custom op ``adaptive_focal::sigmoid_focal``.
+
+Kernel contract (shared by the CPU kernel in ``sigmoid_focal_cpu.c`` and the Triton kernel for CUDA):
+
+``forward(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing, detach_modulator,
+stat_edges, need_elementwise, need_stats) -> (elem, acc, grad)``
+
+* ``x``, ``t``: float32, contiguous, viewed as (N, C, S).
+* ``gamma``: float32; ``gamma_kind`` 0: shape (), 1: (C,), 2: (N, C, S), 3: table values (C, Bt) with
+  ``table_edges`` (Bt + 1,).
+* ``alpha``: (C,) or None; ``weight``: (N, C, S) or None; ``ignore_index``: float or None.
+* ``elem``: the element losses (N, C, S) when ``need_elementwise``, else an empty tensor.
+* ``acc``: float64 ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C], class_sum_pt[C]]``
+  (the statistics after ``n_pos`` are zero unless ``need_stats``).
+* ``grad``: d(sum of element losses)/dx, (N, C, S) float32. It is returned so that autograd can save it: the
+  backward is one multiplication, and the memory kept for backward is one float32 tensor the size of the logits.
+
+The op is what :func:`adaptive_focal.sigmoid_focal_loss` calls for large float inputs on CPU and CUDA; it is
+opaque to ``torch.compile`` (no graph break) and has a fake implementation for tracing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import cpu
+
+__all__ = ["sigmoid_focal", "kernel_available"]
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_available() -> bool:
+    try:
+        from . import triton_sigmoid  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kernel_available(device: torch.device) -> bool:
+    """Whether a fused kernel serves tensors on ``device``."""
+    if device.type == "cpu":
+        return cpu.available()
+    if device.type == "cuda":
+        return _triton_available()
+    return False
+
+
+def _acc_len(c: int, stat_edges: torch.Tensor) -> int:
+    return 5 + (stat_edges.numel() - 1) + 2 * c
+
+
+@torch.library.custom_op("adaptive_focal::sigmoid_focal", mutates_args=())
+def sigmoid_focal(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    gamma: torch.Tensor,
+    gamma_kind: int,
+    table_edges: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    ignore_index: float | None,
+    label_smoothing: float,
+    detach_modulator: bool,
+    stat_edges: torch.Tensor,
+    need_elementwise: bool,
+    need_stats: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing,
+            detach_modulator, stat_edges, need_elementwise, need_stats)
+    if x.device.type == "cpu":
+        elem, grad, acc = cpu.sigmoid_focal_forward(*args)
+    elif x.device.type == "cuda":
+        from .triton_sigmoid import sigmoid_focal_forward_triton
+
+        elem, grad, acc = sigmoid_focal_forward_triton(*args)
+    else:  # pragma: no cover - the dispatcher only routes CPU and CUDA tensors here
+        raise RuntimeError(f"adaptive_focal::sigmoid_focal has no kernel for device {x.device}")
+    return elem, acc, grad
+
+
+@sigmoid_focal.register_fake
+def _(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing, detach_modulator,
+      stat_edges, need_elementwise, need_stats):
+    elem = torch.empty_like(x) if need_elementwise else x.new_empty(0)
+    acc = x.new_empty(_acc_len(x.shape[1], stat_edges), dtype=torch.float64)
+    return elem, acc, torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, grad = output
+    ctx.save_for_backward(grad)
+
+
+def _backward(ctx, grad_elem, grad_acc, _grad_grad):
+    (grad,) = ctx.saved_tensors
+    scale = None
+    if grad_acc is not None:
+        scale = grad_acc[0].to(grad.dtype)
+    if grad_elem is not None and grad_elem.numel() > 0:
+        grad_x = grad * grad_elem if scale is None else grad * (grad_elem + scale)
+    elif scale is not None:
+        grad_x = grad * scale
+    else:
+        grad_x = torch.zeros_like(grad)
+    return (grad_x,) + (None,) * 12
+
+
+sigmoid_focal.register_autograd(_backward, setup_context=_setup_context)

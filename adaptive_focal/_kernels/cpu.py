@@ -1,0 +1,201 @@
+"""The fused CPU kernel: C source compiled on first use, loaded with ctypes, run on torch's thread count.
+
+The source (``sigmoid_focal_cpu.c``) is plain C with no dependency on torch's headers, so it compiles in well
+under a second with the system C compiler. The shared library is cached under
+``$ADAPTIVE_FOCAL_CACHE`` (default ``~/.cache/adaptive_focal``), keyed by a hash of the source, the compiler
+flags and the machine, and later processes only load it. Without a C compiler (or with
+``ADAPTIVE_FOCAL_CPU_KERNEL=0``) :func:`available` is False and the library uses the pure-PyTorch path.
+
+ctypes releases the GIL for the duration of a foreign call, so the work is split into one range of rows per
+thread and run from a small thread pool; each range has its own statistics accumulator, summed afterwards in
+a fixed order, so results do not depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("sigmoid_focal_cpu.c")
+_BASE_FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+#: Inputs with fewer elements than this take the pure-PyTorch path (no compilation, no thread pool).
+MIN_NUMEL = 1 << 15
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [
+        ("n", ctypes.c_int64), ("c", ctypes.c_int64), ("s", ctypes.c_int64),
+        ("unit_begin", ctypes.c_int64), ("unit_end", ctypes.c_int64),
+        ("x", ctypes.c_void_p), ("t", ctypes.c_void_p),
+        ("grad", ctypes.c_void_p), ("elem", ctypes.c_void_p),
+        ("gamma_kind", ctypes.c_int32), ("table_bins", ctypes.c_int32),
+        ("gamma", ctypes.c_void_p), ("table_edges", ctypes.c_void_p),
+        ("alpha", ctypes.c_void_p), ("weight", ctypes.c_void_p),
+        ("has_ignore", ctypes.c_int32), ("ignore_value", ctypes.c_float),
+        ("smoothing", ctypes.c_float), ("detach", ctypes.c_int32),
+        ("need_stats", ctypes.c_int32), ("stat_bins", ctypes.c_int32),
+        ("stat_edges", ctypes.c_void_p), ("acc", ctypes.c_void_p),
+    ]
+
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_load_failed = False
+_pool: ThreadPoolExecutor | None = None
+#: Seconds spent compiling (0.0 when the cached library was loaded); None before the first load.
+compile_seconds: float | None = None
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ADAPTIVE_FOCAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adaptive_focal"
+    )
+    return Path(root)
+
+
+def _build(cc: str) -> Path:
+    src = _SOURCE.read_bytes()
+    attempts = [_BASE_FLAGS + ["-march=native"], _BASE_FLAGS]
+    key_base = hashlib.sha256(src + platform.machine().encode() + platform.processor().encode() + cc.encode())
+    last_error = ""
+    for flags in attempts:
+        key = key_base.copy()
+        key.update(" ".join(flags).encode())
+        target = _cache_dir() / f"sigmoid_focal_cpu-{key.hexdigest()[:16]}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        proc = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode == 0:
+            os.replace(tmp, target)  # atomic: concurrent processes never load a half-written file
+            return target
+        os.unlink(tmp)
+        last_error = proc.stderr.strip()
+    raise RuntimeError(last_error or "the C compiler failed")
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _load_failed, compile_seconds
+    if _lib is not None or _load_failed:
+        return _lib
+    with _lock:
+        if _lib is not None or _load_failed:
+            return _lib
+        if os.environ.get("ADAPTIVE_FOCAL_CPU_KERNEL", "1") == "0" or sys.platform == "win32":
+            _load_failed = True
+            return None
+        cc = _compiler()
+        if cc is None:
+            _load_failed = True
+            return None
+        start = time.perf_counter()
+        try:
+            path = _build(cc)
+            lib = ctypes.CDLL(str(path))
+        except (OSError, RuntimeError) as err:
+            warnings.warn(
+                f"adaptive_focal: could not build the CPU focal-loss kernel ({err}); "
+                "using the pure-PyTorch implementation instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _load_failed = True
+            return None
+        lib.sigmoid_focal_cpu.argtypes = [ctypes.POINTER(_Args)]
+        lib.sigmoid_focal_cpu.restype = ctypes.c_int
+        compile_seconds = time.perf_counter() - start
+        _lib = lib
+        return _lib
+
+
+def available() -> bool:
+    """Whether the compiled CPU kernel can be used (compiles it on the first call)."""
+    return _load() is not None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool._max_workers != workers:  # noqa: SLF001 (the size is all we read)
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adaptive_focal")
+    return _pool
+
+
+def sigmoid_focal_forward(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    gamma: torch.Tensor,
+    gamma_kind: int,
+    table_edges: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    ignore_index: float | None,
+    label_smoothing: float,
+    detach_modulator: bool,
+    stat_edges: torch.Tensor,
+    need_elementwise: bool,
+    need_stats: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel contract of :mod:`adaptive_focal._kernels` on CPU float32 tensors of shape (N, C, S)."""
+    lib = _load()
+    if lib is None:  # pragma: no cover - callers check available() first
+        raise RuntimeError("the CPU focal-loss kernel is not available")
+    n, c, s = x.shape
+    grad = torch.empty_like(x)
+    elem = torch.empty_like(x) if need_elementwise else x.new_empty(0)
+    bins = stat_edges.numel() - 1
+    units = n if s == 1 else n * c
+    # Enough work per range to amortise a call; never more ranges than units.
+    per_unit = c if s == 1 else s
+    threads = max(1, min(torch.get_num_threads(), units, (n * c * s) // (1 << 14) or 1))
+    acc = torch.zeros(threads, 5 + bins + 2 * c, dtype=torch.float64)
+    bounds = [units * i // threads for i in range(threads + 1)]
+    del per_unit
+    args = []
+    for i in range(threads):
+        a = _Args(
+            n=n, c=c, s=s, unit_begin=bounds[i], unit_end=bounds[i + 1],
+            x=x.data_ptr(), t=t.data_ptr(), grad=grad.data_ptr(),
+            elem=elem.data_ptr() if need_elementwise else None,
+            gamma_kind=gamma_kind,
+            table_bins=0 if table_edges is None else table_edges.numel() - 1,
+            gamma=gamma.data_ptr(), table_edges=_ptr(table_edges),
+            alpha=_ptr(alpha), weight=_ptr(weight),
+            has_ignore=ignore_index is not None,
+            ignore_value=0.0 if ignore_index is None else float(ignore_index),
+            smoothing=float(label_smoothing), detach=bool(detach_modulator),
+            need_stats=bool(need_stats), stat_bins=bins, stat_edges=stat_edges.data_ptr(),
+            acc=acc[i].data_ptr(),
+        )
+        args.append(a)
+    fn = lib.sigmoid_focal_cpu
+    if threads == 1:
+        fn(ctypes.byref(args[0]))
+    else:
+        futures = [_get_pool(threads).submit(fn, ctypes.byref(a)) for a in args[1:]]
+        fn(ctypes.byref(args[0]))
+        for f in futures:
+            f.result()
+    return elem, grad, acc.sum(0)

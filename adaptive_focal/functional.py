@@ -1,0 +1,705 @@
+"""Focal loss functions: one exact semantics for sigmoid (binary / multi-label) and softmax (multi-class).
+
+Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017): ``FL(p_t) = -alpha_t (1 - p_t)**gamma log(p_t)``.
+
+Both functions validate their arguments, bring gamma / alpha / weight into a canonical form, and then compute the
+loss, its gradient and (optionally) the batch statistics in one pass:
+
+* sigmoid, large float inputs on CPU or CUDA: the fused kernel behind the custom op
+  ``torch.ops.adaptive_focal.sigmoid_focal`` (see :mod:`adaptive_focal._kernels`);
+* otherwise the pure-PyTorch implementation in this module, which is also the tests' reference. It is written
+  in log space (the modulating factor is ``exp(gamma * log(1 - p_t))`` with ``log(1 - p_t)`` from
+  ``logsigmoid`` / ``log_softmax``), so its autograd gradients stay finite at saturated logits for every
+  gamma >= 0, where the textbook ``(1 - p_t)**gamma`` gives ``0 * inf = NaN`` for 0 < gamma < 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+
+from . import _kernels
+from ._kernels import cpu as _cpu
+from .stats import BatchStats, default_edges
+from .table import GammaTable
+
+__all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
+
+_SIGMOID_REDUCTIONS = ("none", "mean", "sum", "positives")
+_SOFTMAX_REDUCTIONS = ("none", "mean", "sum")
+
+# gamma kinds, shared with the kernel contract
+_SCALAR, _PER_CLASS, _FULL, _TABLE = 0, 1, 2, 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------------------------------
+def _check_values() -> bool:
+    """Whether value checks (which read tensor data) may run: not while tracing for torch.compile."""
+    return not torch.compiler.is_compiling()
+
+
+def _on_host(t: torch.Tensor) -> bool:
+    # Reading a CPU tensor's values costs no device synchronisation; on accelerators value checks are skipped so
+    # a training step never waits for the device (out-of-range class indices still fail inside torch's gather).
+    return t.device.type == "cpu" and _check_values()
+
+
+def _check_input(input) -> None:
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor of logits, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"input must be a floating-point tensor of logits (float16, bfloat16, float32 or float64), "
+            f"got dtype {input.dtype}"
+        )
+
+
+def _check_reduction(reduction, allowed, mode: str) -> None:
+    if reduction not in allowed:
+        hint = " ('positives' is for sigmoid_focal_loss only)" if reduction == "positives" else ""
+        raise ValueError(
+            f"reduction must be one of {', '.join(repr(r) for r in allowed)} for {mode}{hint}, got {reduction!r}"
+        )
+
+
+def _check_label_smoothing(label_smoothing) -> float:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, Real) or not (
+        0.0 <= float(label_smoothing) < 1.0
+    ):
+        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+    return float(label_smoothing)
+
+
+def _compute_dtype(input: torch.Tensor) -> torch.dtype:
+    # half precision is computed in float32 so that easy examples' small losses do not underflow
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def _as_class_vector(value, name: str, num_classes: int, device, dtype) -> torch.Tensor:
+    t = torch.as_tensor(value, device=device)
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)) or t.dim() != 1 or t.numel() != num_classes:
+        raise ValueError(
+            f"{name} must be a 1-D tensor of length C = {num_classes} (one value per class along dim 1), "
+            f"got shape {tuple(t.shape)} and dtype {t.dtype}"
+        )
+    return t.to(dtype)
+
+
+def _resolve_alpha(alpha, num_classes: int, device, dtype, mode: str, has_class_dim: bool):
+    if alpha is None:
+        return None
+    if isinstance(alpha, Real) and not isinstance(alpha, bool) or (
+        isinstance(alpha, torch.Tensor) and alpha.dim() == 0
+    ):
+        if mode == "softmax":
+            raise ValueError(
+                "alpha must be None or a (C,) tensor of per-class weights for softmax_focal_loss, got the scalar "
+                f"{float(alpha)!r}: a scalar alpha is ambiguous with softmax (RetinaNet's alpha weighs positives "
+                "against negatives of a sigmoid); pass one weight per class"
+            )
+        value = float(alpha)
+        if not (0.0 <= value <= 1.0):
+            raise ValueError(f"alpha must be in [0, 1], got {value!r}")
+        return torch.full((num_classes,), value, device=device, dtype=dtype)
+    if mode == "sigmoid" and not has_class_dim:
+        raise ValueError(
+            "alpha must be None or a float in [0, 1] for a 1-D input (it has no class dimension), "
+            f"got a tensor of shape {tuple(torch.as_tensor(alpha).shape)}"
+        )
+    t = _as_class_vector(alpha, "alpha", num_classes, device, dtype)
+    if _on_host(t) and not bool(((t >= 0) & (t <= 1)).all()):
+        raise ValueError(f"alpha must have every value in [0, 1], got {t.tolist()}")
+    return t
+
+
+@dataclass
+class _Gamma:
+    kind: int
+    value: torch.Tensor  # scalar (), per class (C,), full (input shape), or table values (C, B)
+    table: GammaTable | None = None
+
+
+def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
+    """Brings every accepted form of gamma into one of the four kinds of the kernel contract."""
+    device = input.device
+    if isinstance(gamma, GammaTable):
+        return _Gamma(_TABLE, gamma.values, gamma)
+    if isinstance(gamma, Real) and not isinstance(gamma, bool):
+        if math.isnan(float(gamma)):
+            raise ValueError("gamma must not be NaN, got nan")
+        return _Gamma(_SCALAR, torch.tensor(float(gamma), device=device, dtype=dtype))
+    if not isinstance(gamma, torch.Tensor):
+        raise TypeError(
+            f"gamma must be a float, a tensor or a GammaTable, got {type(gamma).__name__}"
+        )
+    if not gamma.is_floating_point():
+        gamma = gamma.to(dtype)
+    if _on_host(gamma) and bool(torch.isnan(gamma).any()):
+        raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
+    g = gamma.to(device=device, dtype=dtype)
+    if g.dim() == 0:
+        return _Gamma(_SCALAR, g)
+    if input.dim() >= 2 and g.dim() == 1 and g.numel() == input.shape[1]:
+        return _Gamma(_PER_CLASS, g)
+    shape = input.shape
+    if mode == "softmax" and g.dim() == input.dim() - 1 and input.dim() >= 2:
+        g = g.unsqueeze(1)  # per sample: (N, d1, ...) -> (N, 1, d1, ...)
+    try:
+        full = torch.broadcast_to(g, shape)
+    except RuntimeError:
+        what = "the input shape" if mode == "sigmoid" else "the input shape (per class term) or (N, 1, d1, ...) (per sample)"
+        raise ValueError(
+            f"gamma must be a float, a 0-d tensor, a (C,) per-class tensor, a GammaTable, or a tensor broadcastable "
+            f"to {what} {tuple(shape)}, got shape {tuple(gamma.shape)}"
+        ) from None
+    return _Gamma(_FULL, full)
+
+
+def _stat_edges(gamma: _Gamma, stat_bins: int, device, dtype=torch.float32) -> torch.Tensor:
+    if gamma.table is not None:
+        return gamma.table.edges.to(device=device, dtype=dtype)
+    return default_edges(stat_bins, device=device).to(dtype)
+
+
+def _check_table(gamma: _Gamma, num_classes: int) -> None:
+    if gamma.table is not None and gamma.table.per_class and gamma.value.shape[0] != num_classes:
+        raise ValueError(
+            f"gamma: a per-class GammaTable needs values of shape (C, B) with C = {num_classes}, "
+            f"got {tuple(gamma.value.shape)}"
+        )
+
+
+def _histogram(values: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-bin sum of ``weights`` (no host synchronisation: scatter_add rather than bincount)."""
+    idx = torch.bucketize(values.detach().reshape(-1), edges[1:-1].to(values.dtype), right=True)
+    out = torch.zeros(edges.numel() - 1, device=values.device, dtype=weights.dtype)
+    return out.scatter_add_(0, idx, weights.reshape(-1))
+
+
+def _reduce(total, per_item, denom, reduction, out_dtype):
+    if reduction == "none":
+        return per_item.to(out_dtype)
+    if reduction == "sum":
+        return total.to(out_dtype)
+    # mean / positives: an empty or fully ignored input gives 0 (never 0 / 0)
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    return (total / safe).to(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sigmoid
+# ---------------------------------------------------------------------------------------------------------------
+def sigmoid_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma=2.0,
+    alpha=None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    ignore_index: float | None = None,
+    return_stats: bool = False,
+    *,
+    detach_modulator: bool = False,
+    stat_bins: int = 15,
+):
+    """Sigmoid focal loss for binary and multi-label classification (Lin et al., 2017).
+
+    The element loss is ``alpha_t * (1 - p_t)**gamma * BCE(x, t)`` with ``p = sigmoid(x)``,
+    ``p_t = p t + (1 - p)(1 - t)`` and ``alpha_t = alpha t + (1 - alpha)(1 - t)``, for hard or soft targets.
+    With ``gamma = 0`` and ``alpha = None`` it equals :func:`torch.nn.functional.binary_cross_entropy_with_logits`.
+
+    Args:
+        input: logits of any shape; dim 1 is the class dimension when the input has two or more dims.
+        target: same shape; hard labels {0, 1} or soft targets in [0, 1] (not differentiated).
+        gamma: focusing parameter: a float, a 0-d tensor, a (C,) per-class tensor (along dim 1), a tensor
+            broadcastable to the input (per element), or a :class:`GammaTable`. A negative gamma selects the inverse
+            focal factor ``(1 + p_t)**|gamma|`` (as AdaFocal uses it).
+        alpha: None (no weighting), a float in [0, 1] weighing positives against negatives, or a (C,) tensor of
+            per-class alphas along dim 1.
+        weight: element weights broadcastable to the input, as in ``binary_cross_entropy_with_logits`` (the mean
+            still divides by the number of elements).
+        reduction: ``"none"`` (element losses; ignored elements are 0), ``"mean"`` (over non-ignored elements),
+            ``"sum"``, or ``"positives"``: the sum divided by ``max(1, number of non-ignored targets >= 0.5)``,
+            RetinaNet's normalisation.
+        label_smoothing: in [0, 1); targets become ``t (1 - ls) + ls / 2``.
+        ignore_index: elements whose target equals it are left out of the loss and of the mean's count.
+        return_stats: also return the batch's :class:`BatchStats`.
+        detach_modulator: keep the modulating factor out of the gradient (as ASL and EFL do); by default the
+            gradient is that of the paper formula.
+        stat_bins: number of equal-width p_t bins of the statistics (the table's bins for a GammaTable gamma).
+
+    Returns:
+        The loss (float32 for half-precision inputs), and with ``return_stats`` a ``(loss, stats)`` pair.
+
+    Example:
+        >>> import torch
+        >>> from adaptive_focal import sigmoid_focal_loss
+        >>> logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+        >>> target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> round(sigmoid_focal_loss(logits, target, gamma=2.0, alpha=0.25).item(), 6)
+        0.075133
+    """
+    _check_input(input)
+    _check_reduction(reduction, _SIGMOID_REDUCTIONS, "sigmoid_focal_loss")
+    ls = _check_label_smoothing(label_smoothing)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target must have the same shape as input {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, Real)):
+        raise ValueError(f"ignore_index must be None or a number, got {ignore_index!r}")
+    dtype = _compute_dtype(input)
+    device = input.device
+    has_class_dim = input.dim() >= 2
+    num_classes = input.shape[1] if has_class_dim else 1
+    g = _resolve_gamma(gamma, input, "sigmoid", dtype)
+    _check_table(g, num_classes)
+    a = _resolve_alpha(alpha, num_classes, device, dtype, "sigmoid", has_class_dim)
+    w = None
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            weight = torch.as_tensor(weight, device=device)
+        try:
+            w = torch.broadcast_to(weight.to(device=device, dtype=dtype), input.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"weight must be broadcastable to the input shape {tuple(input.shape)}, got {tuple(weight.shape)}"
+            ) from None
+    t = target.detach().to(dtype)
+    if _on_host(t) and t.numel():
+        lo, hi = torch.aminmax(t)
+        if lo < 0 or hi > 1:
+            bad = (t < 0) | (t > 1)
+            if ignore_index is not None:
+                bad &= t != ignore_index
+            if bool(bad.any()):
+                raise ValueError(
+                    "target must hold values in [0, 1] (hard labels or soft targets)"
+                    + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
+                    + f", got values such as {t[bad][0].item()!r}"
+                )
+    edges = _stat_edges(g, stat_bins, device)
+
+    # canonical view (N, C, S)
+    if input.dim() == 0:
+        shape3 = (1, 1, 1)
+    elif input.dim() == 1:
+        shape3 = (input.shape[0], 1, 1)
+    else:
+        shape3 = (input.shape[0], input.shape[1], math.prod(input.shape[2:]))
+    gval = g.value.reshape(shape3) if g.kind == _FULL else g.value
+    if g.kind == _TABLE:
+        gval = gval if g.table.per_class else gval.unsqueeze(0).expand(num_classes, -1)
+    wval = None if w is None else w.reshape(shape3)
+
+    differentiable_args = any(
+        isinstance(v, torch.Tensor) and v.requires_grad for v in (gval, a, wval)
+    )
+    use_kernel = (
+        dtype == torch.float32
+        and input.numel() >= _cpu.MIN_NUMEL
+        and not differentiable_args
+        and _kernels.kernel_available(device)
+    )
+    need_elem = reduction == "none"
+    if use_kernel:
+        x3 = input.reshape(shape3).to(torch.float32).contiguous()
+        elem, acc, _ = torch.ops.adaptive_focal.sigmoid_focal(
+            x3, t.reshape(shape3).contiguous(), gval.to(torch.float32).contiguous(), g.kind,
+            None if g.table is None else g.table.edges.to(device=device, dtype=torch.float32),
+            None if a is None else a.to(torch.float32).contiguous(),
+            None if wval is None else wval.to(torch.float32).contiguous(),
+            None if ignore_index is None else float(ignore_index),
+            ls, bool(detach_modulator), edges.contiguous(), need_elem, bool(return_stats),
+        )
+        total, count, n_pos = acc[0], acc[1], acc[2]
+        per_item = elem.view(input.shape) if need_elem else None
+        stats = _stats_from_acc(acc.detach(), edges, num_classes) if return_stats else None
+    else:
+        elem, stats = _sigmoid_reference(
+            input.reshape(shape3).to(dtype), t.reshape(shape3), g, gval, a, wval,
+            ignore_index, ls, bool(detach_modulator), edges, bool(return_stats),
+        )
+        total = elem.sum()
+        per_item = elem.view(input.shape)
+        count = stats.count if stats is not None else (
+            elem.numel() if ignore_index is None else (t != ignore_index).sum()
+        )
+        n_pos = None
+        if reduction == "positives":
+            n_pos = stats.n_pos if stats is not None else (
+                (t >= 0.5) & (t != ignore_index) if ignore_index is not None else (t >= 0.5)
+            ).sum()
+    denom = n_pos if reduction == "positives" else count
+    if reduction in ("mean", "positives"):
+        denom = torch.as_tensor(denom, device=device).to(total.dtype)
+    loss = _reduce(total, per_item, denom, reduction, dtype)
+    return (loss, stats) if return_stats else loss
+
+
+def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int) -> BatchStats:
+    b = edges.numel() - 1
+    f32 = torch.float32
+    return BatchStats(
+        edges=edges,
+        count=acc[1].to(torch.int64),
+        n_pos=acc[2].to(torch.int64),
+        sum_pt=acc[3].to(f32),
+        sum_loss=acc[0].to(f32),
+        sum_grad_norm=acc[4].to(f32),
+        pt_hist=acc[5:5 + b].to(torch.int64),
+        class_count=acc[5 + b:5 + b + num_classes].to(torch.int64),
+        class_sum_pt=acc[5 + b + num_classes:].to(f32),
+    )
+
+
+def _modulator(log_base_pos: torch.Tensor, log_base_neg_fn, gamma: torch.Tensor) -> torch.Tensor:
+    """``(1 - p_t)**gamma`` for gamma >= 0 and ``(1 + p_t)**|gamma|`` for gamma < 0, from logarithms.
+
+    Written as a product of two exponentials, one of which is exp(0) = 1 for each element, rather than a
+    ``torch.where``: both factors are finite, so no masked branch can put ``0 * inf`` into the gradient.
+    """
+    m = torch.exp(gamma.clamp_min(0) * log_base_pos)
+    if gamma.requires_grad or bool(_has_negative(gamma)):
+        m = m * torch.exp((-gamma).clamp_min(0) * log_base_neg_fn())
+    return m
+
+
+def _has_negative(gamma: torch.Tensor) -> bool:
+    if not _check_values():
+        return True  # while tracing, compute both factors rather than read gamma's values
+    return bool((gamma < 0).any())
+
+
+def _sigmoid_reference(x, t, g: _Gamma, gval, alpha, weight, ignore_index, ls, detach, edges, need_stats):
+    """Element losses (N, C, S) by plain autograd on a log-space formula, and the statistics."""
+    n, c, s = x.shape
+    valid = None
+    if ignore_index is not None:
+        valid = t != ignore_index
+        t = torch.where(valid, t, torch.zeros_like(t))
+    ts = t * (1.0 - ls) + 0.5 * ls if ls else t
+    ce = F.binary_cross_entropy_with_logits(x, ts, reduction="none")
+    log_p, log_pm = F.logsigmoid(x), F.logsigmoid(-x)
+    # log(1 - p_t) = log(t' (1 - p) + (1 - t') p), finite for finite logits (>= about -|x|)
+    log_q = torch.logaddexp(torch.log(ts) + log_pm, torch.log1p(-ts) + log_p)
+    with torch.no_grad():
+        p = torch.sigmoid(x)
+        p_t = p * ts + (1.0 - p) * (1.0 - ts)
+    if g.kind == _SCALAR:
+        gam = gval
+    elif g.kind == _PER_CLASS:
+        gam = gval.view(1, c, 1)
+    elif g.kind == _FULL:
+        gam = gval
+    else:
+        cls = torch.arange(c, device=x.device).view(1, c, 1).expand(n, c, s)
+        gam = gval.to(x.dtype)[cls, g.table.bin_index(p_t)]
+    gam = gam.to(x.dtype)
+    m = _modulator(log_q, lambda: torch.log1p(-torch.expm1(log_q)), gam)
+    if detach:
+        m = m.detach()
+    loss = m * ce
+    if alpha is not None:
+        av = alpha.view(1, c, 1)
+        loss = loss * (av * ts + (1.0 - av) * (1.0 - ts))
+    if weight is not None:
+        loss = loss * weight
+    if valid is not None:
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
+    stats = None
+    if need_stats:
+        with torch.no_grad():
+            v = torch.ones_like(p_t) if valid is None else valid.to(p_t.dtype)
+            f32 = torch.float32
+            stats = BatchStats(
+                edges=edges,
+                count=v.sum().to(torch.int64),
+                n_pos=((t >= 0.5).to(v.dtype) * v).sum().to(torch.int64),
+                sum_pt=(p_t * v).sum().to(f32),
+                sum_loss=loss.detach().sum().to(f32),
+                sum_grad_norm=((p - ts).abs() * v).sum().to(f32),
+                pt_hist=_histogram(p_t, edges, v.to(torch.int64)),
+                class_count=v.sum((0, 2)).to(torch.int64),
+                class_sum_pt=(p_t * v).sum((0, 2)).to(f32),
+            )
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# softmax
+# ---------------------------------------------------------------------------------------------------------------
+class _FocalTerm(torch.autograd.Function):
+    """``f(l) = m * l`` with ``l = -log q`` and ``m = (1 - q)**gamma`` (``(1 + q)**|gamma|`` for gamma < 0).
+
+    The derivative is written out: ``df/dl = m * (1 + gamma * q * k)`` with ``k = l / (1 - q)`` for gamma >= 0
+    (tending to 1 as q -> 1) and ``k = l / (1 + q)`` for gamma < 0. Unlike autograd through ``(1 - q)**gamma``,
+    it never forms ``(1 - q)**(gamma - 1)``, so it is finite at q = 1 for every gamma >= 0.
+    """
+
+    @staticmethod
+    def forward(ctx, ell, gamma, detach):
+        q = torch.exp(-ell)
+        one_minus_q = -torch.expm1(-ell)
+        m = torch.where(gamma >= 0, torch.pow(one_minus_q, gamma.clamp_min(0)),
+                        torch.pow(1.0 + q, (-gamma).clamp_min(0)))
+        ctx.save_for_backward(ell, gamma)
+        ctx.detach = detach
+        return m * ell
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        ell, gamma = ctx.saved_tensors
+        q = torch.exp(-ell)
+        one_minus_q = -torch.expm1(-ell)
+        pos = gamma >= 0
+        base = torch.where(pos, one_minus_q, 1.0 + q)
+        m = torch.pow(base, gamma.abs())
+        grad_ell = grad_gamma = None
+        if ctx.needs_input_grad[0]:
+            if ctx.detach:
+                grad_ell = grad_out * m
+            else:
+                small = ell.abs() < 1e-6
+                safe_ell = torch.where(small, torch.ones_like(ell), ell)
+                k_pos = torch.where(small, 1.0 + 0.5 * ell,
+                                    safe_ell / torch.where(small, torch.ones_like(ell), -torch.expm1(-safe_ell)))
+                k = torch.where(pos, k_pos, ell / (1.0 + q))
+                grad_ell = grad_out * m * (1.0 + gamma * q * k)
+        if ctx.needs_input_grad[1]:
+            log_base = torch.log(base.clamp_min(torch.finfo(base.dtype).tiny))
+            dm = torch.where(pos, m * log_base, -m * log_base)
+            grad_gamma = grad_out * dm * ell
+            grad_gamma = _sum_to(grad_gamma, gamma.shape)
+        return grad_ell, grad_gamma, None
+
+
+def _sum_to(grad: torch.Tensor, shape) -> torch.Tensor:
+    if grad.shape == shape:
+        return grad
+    return grad.sum_to_size(shape) if len(shape) else grad.sum()
+
+
+def softmax_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma=2.0,
+    alpha=None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    return_stats: bool = False,
+    *,
+    detach_modulator: bool = False,
+    stat_bins: int = 15,
+):
+    """Softmax focal loss for multi-class classification (Lin et al., 2017; Mukhoti et al., 2020).
+
+    The loss of a sample is ``sum_c w_c * alpha_c * y_c * (1 - q_c)**gamma * (-log q_c)`` with ``q = softmax(x)``
+    over dim 1 and ``y`` the one-hot or probability target after label smoothing ``(1 - ls) y + ls / C``.
+    With ``gamma = 0`` and ``alpha = None`` it equals :func:`torch.nn.functional.cross_entropy` with the same
+    ``weight``, ``ignore_index``, ``label_smoothing`` and ``reduction``, including its weighted mean.
+
+    Args:
+        input: logits (N, C) or (N, C, d1, ...), as ``F.cross_entropy`` takes them (or unbatched (C,)).
+        target: class indices (N,) / (N, d1, ...) or class probabilities shaped like the input.
+        gamma: a float, a 0-d tensor, a (C,) per-class tensor, a tensor broadcastable to the input (per class
+            term) or shaped (N, d1, ...) / (N, 1, d1, ...) (per sample), or a :class:`GammaTable` (looked up from
+            each term's q_c and class c). A negative gamma selects ``(1 + q)**|gamma|`` (inverse focal).
+        alpha: None or a (C,) tensor of per-class weights (a float is rejected as ambiguous).
+        weight: None or a (C,) tensor of class weights with ``F.cross_entropy``'s meaning.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        label_smoothing: in [0, 1).
+        ignore_index: class index whose samples are ignored (index targets only).
+        return_stats: also return the batch's :class:`BatchStats` (with confidence bins for calibration).
+        detach_modulator: keep the modulating factor out of the gradient.
+        stat_bins: number of equal-width bins of the statistics (the table's bins for a GammaTable gamma).
+
+    Returns:
+        The loss (float32 for half-precision inputs), and with ``return_stats`` a ``(loss, stats)`` pair.
+
+    Example:
+        >>> import torch
+        >>> from adaptive_focal import softmax_focal_loss
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> target = torch.tensor([0, 2])
+        >>> round(softmax_focal_loss(logits, target, gamma=2.0).item(), 6)
+        0.483824
+    """
+    _check_input(input)
+    _check_reduction(reduction, _SOFTMAX_REDUCTIONS, "softmax_focal_loss")
+    ls = _check_label_smoothing(label_smoothing)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if input.dim() == 0:
+        raise ValueError("input must have a class dimension: shape (C,), (N, C) or (N, C, d1, ...), got a 0-d tensor")
+    unbatched = input.dim() == 1
+    if unbatched:
+        input = input.unsqueeze(0)
+        target = target.unsqueeze(0)
+    num_classes = input.shape[1]
+    sample_shape = (input.shape[0],) + tuple(input.shape[2:])
+    prob_target = target.is_floating_point()
+    if prob_target:
+        if target.shape != input.shape:
+            raise ValueError(
+                f"target of class probabilities must have the input's shape {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+    else:
+        if target.dtype == torch.bool or target.is_complex():
+            raise TypeError(f"target must hold class indices (an integer dtype) or class probabilities, got {target.dtype}")
+        if tuple(target.shape) != sample_shape:
+            raise ValueError(
+                f"target of class indices must have shape {sample_shape} for input of shape {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    dtype = _compute_dtype(input)
+    device = input.device
+    g = _resolve_gamma(gamma, input, "softmax", dtype)
+    _check_table(g, num_classes)
+    a = _resolve_alpha(alpha, num_classes, device, dtype, "softmax", True)
+    w = None
+    if weight is not None:
+        w = _as_class_vector(weight, "weight", num_classes, device, dtype)
+    edges = _stat_edges(g, stat_bins, device)
+
+    x = input.to(dtype)
+    logp = F.log_softmax(x, dim=1)
+    cshape = (1, num_classes) + (1,) * (input.dim() - 2)  # broadcasts a (C,) vector along dim 1
+
+    def class_gamma(q_full=None, cls=None):
+        """gamma for every class term (N, C, ...); for the table, looked up from q_full."""
+        if g.kind == _SCALAR:
+            return g.value
+        if g.kind == _PER_CLASS:
+            return g.value.view(cshape)
+        if g.kind == _FULL:
+            return g.value
+        return g.table.lookup(q_full, cls).to(dtype)
+
+    if prob_target:
+        t = target.detach().to(dtype)
+        if _on_host(t) and t.numel() and bool(((t < 0) | (t > 1)).any()):
+            raise ValueError("target of class probabilities must hold values in [0, 1]")
+        valid = None
+        y = t * (1.0 - ls) + ls / num_classes if ls else t
+        per_sample, denom = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
+        denom = torch.tensor(float(math.prod(sample_shape)), device=device, dtype=dtype)
+        cls = t.argmax(1)
+    else:
+        tgt = target.to(device=device, dtype=torch.int64)
+        valid = tgt != ignore_index
+        if _on_host(tgt):
+            bad = valid & ((tgt < 0) | (tgt >= num_classes))
+            if bool(bad.any()):
+                raise ValueError(
+                    f"target class indices must be in [0, {num_classes}) or equal ignore_index={ignore_index}, "
+                    f"got {tgt[bad][0].item()}"
+                )
+        cls = torch.where(valid, tgt, torch.zeros_like(tgt))
+        w_y = None if w is None else w[cls]
+        if ls == 0.0:
+            ell = -logp.gather(1, cls.unsqueeze(1)).squeeze(1)
+            if g.kind == _SCALAR:
+                gam = g.value.expand_as(ell)
+            elif g.kind == _PER_CLASS:
+                gam = g.value[cls]
+            elif g.kind == _FULL:
+                gam = g.value.gather(1, cls.unsqueeze(1)).squeeze(1)
+            else:
+                gam = g.table.lookup(torch.exp(-ell.detach()), cls).to(dtype)
+            per_sample = _FocalTerm.apply(ell, gam, bool(detach_modulator))
+            if a is not None:
+                per_sample = per_sample * a[cls]
+            if w_y is not None:
+                per_sample = per_sample * w_y
+        else:
+            onehot = torch.zeros_like(logp).scatter_(1, cls.unsqueeze(1), 1.0)
+            y = onehot * (1.0 - ls) + ls / num_classes
+            per_sample, _ = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
+        per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
+        denom = valid.to(dtype).sum() if w_y is None else (w_y * valid).sum()
+    total = per_sample.sum()
+    loss = _reduce(total, per_sample, denom, reduction, dtype)
+    if unbatched and reduction == "none":
+        loss = loss.squeeze(0)
+    if not return_stats:
+        return loss
+    stats = _softmax_stats(logp.detach(), target if prob_target else cls, prob_target, valid, per_sample.detach(),
+                           edges, num_classes, dtype)
+    return loss, stats
+
+
+def _softmax_all_terms(logp, y, class_gamma, alpha, weight, cshape, detach):
+    """Per-sample loss summing every class term (probability targets or label smoothing)."""
+    ell = -logp
+    gam = class_gamma(torch.exp(logp.detach()), _class_grid(logp))
+    gam = torch.broadcast_to(gam, ell.shape)
+    terms = _FocalTerm.apply(ell, gam, bool(detach)) * y
+    if alpha is not None:
+        terms = terms * alpha.view(cshape)
+    if weight is not None:
+        terms = terms * weight.view(cshape)
+    return terms.sum(1), None
+
+
+def _class_grid(like: torch.Tensor) -> torch.Tensor:
+    c = like.shape[1]
+    shape = [1] * like.dim()
+    shape[1] = c
+    return torch.arange(c, device=like.device).view(shape).expand(like.shape)
+
+
+def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_classes, dtype) -> BatchStats:
+    f32 = torch.float32
+    with torch.no_grad():
+        q = None
+        if prob_target:
+            t = target.detach().to(dtype)
+            q = torch.exp(logp)
+            p_t = (t * q).sum(1)
+            grad_norm = 0.5 * (q - t).abs().sum(1)
+            cls = t.argmax(1)
+            v = torch.ones_like(p_t)
+        else:
+            cls = target
+            p_t = torch.exp(logp.gather(1, cls.unsqueeze(1)).squeeze(1))
+            grad_norm = 1.0 - p_t
+            v = valid.to(p_t.dtype)
+        conf_log, pred = logp.max(1)
+        conf = torch.exp(conf_log)
+        correct = (pred == cls).to(p_t.dtype) * v
+        vi = v.to(torch.int64)
+        class_count = torch.zeros(num_classes, device=logp.device, dtype=torch.int64)
+        class_count.scatter_add_(0, cls.reshape(-1), vi.reshape(-1))
+        class_sum_pt = torch.zeros(num_classes, device=logp.device, dtype=p_t.dtype)
+        class_sum_pt.scatter_add_(0, cls.reshape(-1), (p_t * v).reshape(-1))
+        count = vi.sum()
+        return BatchStats(
+            edges=edges,
+            count=count,
+            n_pos=count.clone(),
+            sum_pt=(p_t * v).sum().to(f32),
+            sum_loss=per_sample.sum().to(f32),
+            sum_grad_norm=(grad_norm * v).sum().to(f32),
+            pt_hist=_histogram(p_t, edges, vi),
+            class_count=class_count,
+            class_sum_pt=class_sum_pt.to(f32),
+            conf_count=_histogram(conf, edges, vi),
+            conf_sum=_histogram(conf, edges, (conf * v).to(f32)),
+            correct_sum=_histogram(conf, edges, correct.to(f32)),
+        )

@@ -1,0 +1,148 @@
+"""FocalLoss: the module form of the focal loss functions, with gamma held as state a policy can write."""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import torch
+from torch import nn
+
+from .functional import sigmoid_focal_loss, softmax_focal_loss
+from .table import GammaTable
+
+__all__ = ["FocalLoss", "GammaTable"]
+
+_MODES = ("sigmoid", "softmax")
+_UNSET = object()
+
+
+class FocalLoss(nn.Module):
+    """Focal loss as an ``nn.Module``; ``forward`` calls :func:`sigmoid_focal_loss` or :func:`softmax_focal_loss`.
+
+    ``gamma`` is state, the way a learning rate is state of an optimizer: a float32 tensor buffer (0-d, per class
+    or per element), or a :class:`GammaTable` submodule. It is saved in ``state_dict`` and moves with ``.to()``.
+    Assigning ``loss.gamma = value`` copies into the existing buffer when the shape is unchanged, so a gamma policy
+    updating it every step never makes ``torch.compile`` recompile (the graph reads the buffer; a Python float
+    would be baked into the graph as a constant).
+
+    Args:
+        mode: ``"sigmoid"`` (binary / multi-label) or ``"softmax"`` (multi-class).
+        gamma: initial gamma, any form the functions accept.
+        alpha, weight: as in the functions; tensors are registered as buffers.
+        reduction, label_smoothing, detach_modulator, stat_bins: as in the functions.
+        ignore_index: as in the functions; defaults to None for sigmoid and -100 for softmax.
+
+    Example:
+        >>> import torch
+        >>> from adaptive_focal import FocalLoss
+        >>> criterion = FocalLoss("softmax", gamma=2.0)
+        >>> logits, target = torch.randn(8, 5), torch.randint(0, 5, (8,))
+        >>> loss, stats = criterion(logits, target, return_stats=True)
+        >>> criterion.gamma = 1.0  # e.g. what a schedule does after a step
+        >>> float(criterion.gamma)
+        1.0
+    """
+
+    gamma: torch.Tensor | GammaTable
+
+    def __init__(
+        self,
+        mode: str = "sigmoid",
+        gamma=2.0,
+        alpha=None,
+        weight: torch.Tensor | None = None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        ignore_index=_UNSET,
+        detach_modulator: bool = False,
+        stat_bins: int = 15,
+    ) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of 'sigmoid', 'softmax', got {mode!r}")
+        self.mode = mode
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.ignore_index = (None if mode == "sigmoid" else -100) if ignore_index is _UNSET else ignore_index
+        self.detach_modulator = detach_modulator
+        self.stat_bins = stat_bins
+        if isinstance(alpha, torch.Tensor) or (alpha is not None and not isinstance(alpha, Real)):
+            self.register_buffer("alpha", torch.as_tensor(alpha, dtype=torch.float32).detach().clone())
+        else:
+            self.alpha = alpha
+        if weight is not None:
+            self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32).detach().clone())
+        else:
+            self.weight = None
+        self.gamma = gamma
+        # Validate every setting once, now, on a tiny input rather than at the first training step.
+        self._check_settings()
+
+    # -- gamma as state -------------------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if name == "gamma":
+            self._set_gamma(value)
+        else:
+            super().__setattr__(name, value)
+
+    def _set_gamma(self, value) -> None:
+        if isinstance(value, GammaTable):
+            if "gamma" in self._buffers:
+                del self._buffers["gamma"]
+            self._modules["gamma"] = value
+            return
+        if isinstance(value, Real) and not isinstance(value, bool):
+            new = torch.tensor(float(value), dtype=torch.float32)
+        elif isinstance(value, torch.Tensor):
+            new = value.detach().to(torch.float32)
+        else:
+            raise TypeError(f"gamma must be a float, a tensor or a GammaTable, got {type(value).__name__}")
+        if torch.isnan(new).any():
+            raise ValueError(f"gamma must not be NaN, got {value!r}")
+        old = self._buffers.get("gamma")
+        if old is not None and old.shape == new.shape:
+            with torch.no_grad():
+                old.copy_(new)  # in place: same tensor, no recompilation, optimisers keep their reference
+            return
+        device = old.device if old is not None else new.device
+        self._modules.pop("gamma", None)
+        self.register_buffer("gamma", new.to(device).clone())
+
+    def _check_settings(self) -> None:
+        c = 3
+        x = torch.zeros(2, c)
+        if self.mode == "softmax":
+            target = torch.zeros(2, dtype=torch.int64)
+        else:
+            target = torch.zeros(2, c)
+        if isinstance(self.alpha, torch.Tensor):
+            c = self.alpha.numel()
+        elif self.weight is not None and self.mode == "softmax":
+            c = self.weight.numel()
+        elif isinstance(self.gamma, GammaTable) and self.gamma.per_class:
+            c = self.gamma.values.shape[0]
+        elif isinstance(self.gamma, torch.Tensor) and self.gamma.dim() == 1:
+            c = self.gamma.numel()
+        x = torch.zeros(2, c)
+        target = torch.zeros(2, dtype=torch.int64) if self.mode == "softmax" else torch.zeros(2, c)
+        gamma = self.gamma if not isinstance(self.gamma, torch.Tensor) or self.gamma.dim() <= 1 else 2.0
+        weight = self.weight if self.mode == "softmax" else None
+        self._call(x, target, gamma, weight, False)
+
+    def _call(self, input, target, gamma, weight, return_stats):
+        fn = sigmoid_focal_loss if self.mode == "sigmoid" else softmax_focal_loss
+        return fn(
+            input, target, gamma=gamma, alpha=self.alpha, weight=weight, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, ignore_index=self.ignore_index, return_stats=return_stats,
+            detach_modulator=self.detach_modulator, stat_bins=self.stat_bins,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, return_stats: bool = False):
+        return self._call(input, target, self.gamma, self.weight, return_stats)
+
+    def extra_repr(self) -> str:
+        gamma = self.gamma
+        g = f"{gamma.item():g}" if isinstance(gamma, torch.Tensor) and gamma.dim() == 0 else (
+            f"tensor{tuple(gamma.shape)}" if isinstance(gamma, torch.Tensor) else "table"
+        )
+        return f"mode={self.mode!r}, gamma={g}, reduction={self.reduction!r}"

@@ -1,0 +1,142 @@
+"""BatchStats: the difficulty statistics a focal loss computes in the same pass as its value.
+
+Every field is a *sum* (or a count) held as a tensor on the loss's device, so statistics of several batches, or
+of several processes, combine exactly by addition, and nothing forces a host synchronisation until a caller asks
+for a Python number. Policies read the means (``mean_pt``, ``class_mean_pt``, ...) from the combined sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+__all__ = ["BatchStats", "default_edges"]
+
+
+def default_edges(bins: int = 15, device: torch.device | str | None = None) -> torch.Tensor:
+    """``bins`` equal-width bin edges on [0, 1] (15 by default, the usual ECE binning)."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"stat_bins must be a positive integer, got {bins!r}")
+    return torch.linspace(0.0, 1.0, bins + 1, device=device)
+
+
+@dataclass
+class BatchStats:
+    """Sums over the non-ignored elements (sigmoid) or samples (softmax) of one or more batches.
+
+    Attributes:
+        edges: (B + 1,) bin edges of the histograms (equal in every addend; not summed).
+        count: number of elements / samples (int64).
+        n_pos: elements whose raw target is >= 0.5 (sigmoid); equal to ``count`` for softmax.
+        sum_pt: sum of p_t, the probability given to the target (softmax with probability targets:
+            ``sum_c y_c q_c``).
+        sum_loss: sum of the unreduced losses.
+        sum_grad_norm: sum of ``|p - y|``, the gradient norm of Li et al. (2019, GHM); for softmax
+            ``0.5 * sum_c |q_c - y_c|`` per sample.
+        pt_hist: (B,) counts of p_t per bin.
+        class_count: (C,) elements per class (sigmoid: index along dim 1) or samples per target class (softmax).
+        class_sum_pt: (C,) sum of p_t per class.
+        conf_count, conf_sum, correct_sum: (B,) softmax only (None for sigmoid): samples binned by their
+            confidence ``max_c q_c``, the confidences' sum and the number predicted correctly per bin, which is
+            what expected calibration error and AdaFocal need.
+    """
+
+    edges: torch.Tensor
+    count: torch.Tensor
+    n_pos: torch.Tensor
+    sum_pt: torch.Tensor
+    sum_loss: torch.Tensor
+    sum_grad_norm: torch.Tensor
+    pt_hist: torch.Tensor
+    class_count: torch.Tensor
+    class_sum_pt: torch.Tensor
+    conf_count: torch.Tensor | None = None
+    conf_sum: torch.Tensor | None = None
+    correct_sum: torch.Tensor | None = None
+
+    _SUMMED = (
+        "count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm", "pt_hist", "class_count", "class_sum_pt",
+        "conf_count", "conf_sum", "correct_sum",
+    )
+
+    # -- derived values -------------------------------------------------------------------------------------
+    @property
+    def num_bins(self) -> int:
+        return self.edges.numel() - 1
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_count.numel()
+
+    def _mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        count = count.to(total.dtype)
+        return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+    @property
+    def mean_pt(self) -> torch.Tensor:
+        return self._mean(self.sum_pt, self.count)
+
+    @property
+    def mean_loss(self) -> torch.Tensor:
+        return self._mean(self.sum_loss, self.count)
+
+    @property
+    def mean_grad_norm(self) -> torch.Tensor:
+        return self._mean(self.sum_grad_norm, self.count)
+
+    @property
+    def class_mean_pt(self) -> torch.Tensor:
+        """Mean p_t per class (NaN for classes with no element)."""
+        return self._mean(self.class_sum_pt, self.class_count)
+
+    # -- combination ----------------------------------------------------------------------------------------
+    def __add__(self, other: BatchStats) -> BatchStats:
+        if not isinstance(other, BatchStats):
+            return NotImplemented
+        if self.edges.shape != other.edges.shape or not torch.equal(self.edges, other.edges.to(self.edges.device)):
+            raise ValueError("BatchStats can only be added when their bin edges are equal")
+        if self.class_count.shape != other.class_count.shape:
+            raise ValueError(
+                f"BatchStats can only be added with the same number of classes, got {self.num_classes} "
+                f"and {other.num_classes}"
+            )
+        if (self.conf_count is None) != (other.conf_count is None):
+            raise ValueError("cannot add sigmoid and softmax BatchStats")
+        kwargs = {"edges": self.edges}
+        for name in self._SUMMED:
+            a, b = getattr(self, name), getattr(other, name)
+            kwargs[name] = None if a is None else a + b.to(a.device)
+        return BatchStats(**kwargs)
+
+    def __radd__(self, other):
+        if other == 0:  # lets sum() start from 0
+            return self
+        return NotImplemented
+
+    def to(self, device: torch.device | str) -> BatchStats:
+        return BatchStats(**{f.name: (None if (v := getattr(self, f.name)) is None else v.to(device))
+                             for f in fields(self)})
+
+    def all_reduce(self, group=None) -> BatchStats:
+        """Sums the statistics over the processes of ``group`` (``torch.distributed``); returns a new object."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        out = {}
+        for name in self._SUMMED:
+            value = getattr(self, name)
+            if value is not None:
+                value = value.clone()
+                dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
+            out[name] = value
+        return BatchStats(edges=self.edges, **out)
+
+    def state_dict(self) -> dict:
+        """The fields as a plain dict of CPU tensors (None for absent softmax fields)."""
+        return {f.name: (None if (v := getattr(self, f.name)) is None else v.detach().cpu()) for f in fields(self)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> BatchStats:
+        return cls(**{f.name: state.get(f.name) for f in fields(cls)})
