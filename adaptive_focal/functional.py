@@ -308,7 +308,7 @@ def sigmoid_focal_loss(
         dtype == torch.float32
         and input.numel() >= _cpu.MIN_NUMEL
         and not differentiable_args
-        and _kernels.kernel_available(device)
+        and _kernels.kernel_available(device.type)
     )
     need_elem = reduction == "none"
     if use_kernel:

@@ -39,11 +39,16 @@ def _triton_available() -> bool:
     return True
 
 
-def kernel_available(device: torch.device) -> bool:
-    """Whether a fused kernel serves tensors on ``device``."""
-    if device.type == "cpu":
+@torch.compiler.assume_constant_result
+def kernel_available(device_type: str) -> bool:
+    """Whether a fused kernel serves tensors on devices of ``device_type`` ("cpu", "cuda", ...).
+
+    Evaluated once while ``torch.compile`` traces (its result is a constant of the graph), so loading or
+    compiling the kernel never happens inside a traced region.
+    """
+    if device_type == "cpu":
         return cpu.available()
-    if device.type == "cuda":
+    if device_type == "cuda":
         return _triton_available()
     return False
 

@@ -1,0 +1,128 @@
+"""The fused sigmoid kernel as a torch.library custom op: registration, compile-friendliness, fallbacks."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import adaptive_focal as af
+from adaptive_focal._kernels import cpu, kernel_available
+
+pytestmark = pytest.mark.skipif(not kernel_available("cpu"), reason="no C compiler for the CPU kernel")
+
+OP = torch.ops.adaptive_focal.sigmoid_focal.default
+
+
+def _args(kind: str):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 6, 5, generator=g, requires_grad=True)
+    t = (torch.rand(16, 6, 5, generator=g) < 0.3).float()
+    edges = torch.linspace(0, 1, 16)
+    if kind == "scalar":
+        return (x, t, torch.tensor(2.0), 0, None, None, None, None, 0.0, False, edges, True, True)
+    if kind == "per_class":
+        return (x, t, torch.rand(6, generator=g), 1, None, torch.rand(6, generator=g), None, None, 0.1, False,
+                edges, False, True)
+    if kind == "full":
+        return (x, t, torch.rand(16, 6, 5, generator=g), 2, None, None, torch.rand(16, 6, 5, generator=g), None,
+                0.0, True, edges, True, False)
+    t = t.clone()
+    t[0, :, 0] = -1.0
+    return (x, t, torch.rand(6, 3, generator=g), 3, torch.tensor([0.0, 0.2, 0.5, 1.0]), None, None, -1.0, 0.0,
+            False, edges, True, True)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "per_class", "full", "table"])
+def test_opcheck(kind):
+    torch.library.opcheck(OP, _args(kind))
+
+
+def test_large_inputs_dispatch_to_the_op(monkeypatch):
+    calls = []
+    real = torch.ops.adaptive_focal.sigmoid_focal
+
+    class Spy:
+        def __call__(self, *a):
+            calls.append(a[0].shape)
+            return real(*a)
+
+    monkeypatch.setattr(torch.ops.adaptive_focal, "sigmoid_focal", Spy())
+    x = torch.randn(cpu.MIN_NUMEL // 8, 8)
+    af.sigmoid_focal_loss(x, torch.zeros_like(x))
+    assert calls == [torch.Size([cpu.MIN_NUMEL // 8, 8, 1])]
+    af.sigmoid_focal_loss(x[:10], torch.zeros_like(x[:10]))  # small: pure PyTorch
+    assert len(calls) == 1
+
+
+def test_fullgraph_compile_without_recompiling_for_new_gamma():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    criterion = af.FocalLoss("sigmoid", gamma=2.0, alpha=0.25)
+    compiled = torch.compile(criterion, backend=counter, fullgraph=True)
+    x = torch.randn(cpu.MIN_NUMEL // 64, 64, requires_grad=True)
+    t = (torch.rand_like(x) < 0.05).float()
+    for gamma in (2.0, 1.0, 0.5):
+        criterion.gamma = gamma
+        got = compiled(x, t)
+        want = af.sigmoid_focal_loss(x, t, gamma=gamma, alpha=0.25)
+        torch.testing.assert_close(got, want)
+    assert counter.frame_count == 1
+
+
+def test_inductor_compiles_around_the_op():
+    torch._dynamo.reset()
+    x = torch.randn(cpu.MIN_NUMEL // 32, 32, requires_grad=True)
+    t = (torch.rand_like(x) < 0.05).float()
+    gamma = torch.tensor(1.5)
+
+    def step(x, t, gamma):
+        return af.sigmoid_focal_loss(x * 2.0, t, gamma=gamma) + x.square().mean()
+
+    compiled = torch.compile(step, fullgraph=True)
+    got = compiled(x, t, gamma)
+    (g_got,) = torch.autograd.grad(got, x)
+    want = step(x, t, gamma)
+    (g_want,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g_got, g_want)
+
+
+def _run_child(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+CHILD = (
+    "import torch, warnings, adaptive_focal as af\n"
+    "from adaptive_focal._kernels import cpu\n"
+    "torch.manual_seed(0)\n"
+    "x = torch.randn(cpu.MIN_NUMEL // 16, 16); t = (torch.rand_like(x) < 0.1).float()\n"
+    "with warnings.catch_warnings(record=True) as w:\n"
+    "    warnings.simplefilter('always')\n"
+    "    loss = af.sigmoid_focal_loss(x, t, gamma=0.5)\n"
+    "print(cpu.available(), repr(loss.item()), len(w), w[0].message if w else '')\n"
+)
+
+
+def test_disabled_kernel_falls_back_to_the_same_result(tmp_path):
+    fast = _run_child(CHILD, ADAPTIVE_FOCAL_CACHE=str(tmp_path))
+    slow = _run_child(CHILD, ADAPTIVE_FOCAL_CPU_KERNEL="0")
+    assert fast.returncode == 0 and slow.returncode == 0, fast.stderr + slow.stderr
+    f_avail, f_loss, f_warn = fast.stdout.split()[:3]
+    s_avail, s_loss, s_warn = slow.stdout.split()[:3]
+    assert (f_avail, s_avail) == ("True", "False")
+    assert (f_warn, s_warn) == ("0", "0")
+    assert float(f_loss) == pytest.approx(float(s_loss), rel=1e-5)
+
+
+def test_broken_compiler_warns_once_and_falls_back(tmp_path):
+    out = _run_child(CHILD, ADAPTIVE_FOCAL_CACHE=str(tmp_path), CC="/bin/false")
+    assert out.returncode == 0, out.stderr
+    avail, _, n_warnings = out.stdout.split()[:3]
+    assert avail == "False" and n_warnings == "1"
+    assert "pure-PyTorch" in out.stdout
+    assert list(tmp_path.iterdir()) == []  # no half-written library left in the cache
