@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from . import _kernels
-from ._kernels import cpu as _cpu
 from .stats import BatchStats, default_edges
 from .table import GammaTable
 
@@ -306,7 +305,7 @@ def sigmoid_focal_loss(
     )
     use_kernel = (
         dtype == torch.float32
-        and input.numel() >= _cpu.MIN_NUMEL
+        and input.numel() >= _kernels.MIN_NUMEL
         and not differentiable_args
         and _kernels.kernel_available(device.type)
     )
@@ -369,15 +368,10 @@ def _modulator(log_base_pos: torch.Tensor, log_base_neg_fn, gamma: torch.Tensor)
     ``torch.where``: both factors are finite, so no masked branch can put ``0 * inf`` into the gradient.
     """
     m = torch.exp(gamma.clamp_min(0) * log_base_pos)
-    if gamma.requires_grad or bool(_has_negative(gamma)):
+    # The inverse factor is skipped only when gamma is known to be >= 0 without waiting for a device or a trace.
+    if gamma.requires_grad or not _on_host(gamma) or bool((gamma < 0).any()):
         m = m * torch.exp((-gamma).clamp_min(0) * log_base_neg_fn())
     return m
-
-
-def _has_negative(gamma: torch.Tensor) -> bool:
-    if not _check_values():
-        return True  # while tracing, compute both factors rather than read gamma's values
-    return bool((gamma < 0).any())
 
 
 def _sigmoid_reference(x, t, g: _Gamma, gval, alpha, weight, ignore_index, ls, detach, edges, need_stats):
@@ -597,7 +591,7 @@ def softmax_focal_loss(
             raise ValueError("target of class probabilities must hold values in [0, 1]")
         valid = None
         y = t * (1.0 - ls) + ls / num_classes if ls else t
-        per_sample, denom = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
+        per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
         denom = torch.tensor(float(math.prod(sample_shape)), device=device, dtype=dtype)
         cls = t.argmax(1)
     else:
@@ -630,7 +624,7 @@ def softmax_focal_loss(
         else:
             onehot = torch.zeros_like(logp).scatter_(1, cls.unsqueeze(1), 1.0)
             y = onehot * (1.0 - ls) + ls / num_classes
-            per_sample, _ = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
+            per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
         per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
         denom = valid.to(dtype).sum() if w_y is None else (w_y * valid).sum()
     total = per_sample.sum()
@@ -654,7 +648,7 @@ def _softmax_all_terms(logp, y, class_gamma, alpha, weight, cshape, detach):
         terms = terms * alpha.view(cshape)
     if weight is not None:
         terms = terms * weight.view(cshape)
-    return terms.sum(1), None
+    return terms.sum(1)
 
 
 def _class_grid(like: torch.Tensor) -> torch.Tensor:

@@ -109,15 +109,11 @@ class FocalLoss(nn.Module):
         self.register_buffer("gamma", new.to(device).clone())
 
     def _check_settings(self) -> None:
+        """Runs the loss once on a tiny input so that a bad setting fails here, not at the first training step."""
         c = 3
-        x = torch.zeros(2, c)
-        if self.mode == "softmax":
-            target = torch.zeros(2, dtype=torch.int64)
-        else:
-            target = torch.zeros(2, c)
         if isinstance(self.alpha, torch.Tensor):
             c = self.alpha.numel()
-        elif self.weight is not None and self.mode == "softmax":
+        elif self.mode == "softmax" and self.weight is not None:
             c = self.weight.numel()
         elif isinstance(self.gamma, GammaTable) and self.gamma.per_class:
             c = self.gamma.values.shape[0]
@@ -125,9 +121,10 @@ class FocalLoss(nn.Module):
             c = self.gamma.numel()
         x = torch.zeros(2, c)
         target = torch.zeros(2, dtype=torch.int64) if self.mode == "softmax" else torch.zeros(2, c)
-        gamma = self.gamma if not isinstance(self.gamma, torch.Tensor) or self.gamma.dim() <= 1 else 2.0
-        weight = self.weight if self.mode == "softmax" else None
-        self._call(x, target, gamma, weight, False)
+        # per-sample / per-element gammas and sigmoid's element weights are shaped for real batches
+        per_element = isinstance(self.gamma, torch.Tensor) and self.gamma.dim() > 1
+        self._call(x, target, 2.0 if per_element else self.gamma,
+                   self.weight if self.mode == "softmax" else None, False)
 
     def _call(self, input, target, gamma, weight, return_stats):
         fn = sigmoid_focal_loss if self.mode == "sigmoid" else softmax_focal_loss

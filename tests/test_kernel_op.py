@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import adaptive_focal as af
-from adaptive_focal._kernels import cpu, kernel_available
+from adaptive_focal._kernels import MIN_NUMEL, kernel_available
 
 pytestmark = pytest.mark.skipif(not kernel_available("cpu"), reason="no C compiler for the CPU kernel")
 
@@ -49,9 +49,9 @@ def test_large_inputs_dispatch_to_the_op(monkeypatch):
             return real(*a)
 
     monkeypatch.setattr(torch.ops.adaptive_focal, "sigmoid_focal", Spy())
-    x = torch.randn(cpu.MIN_NUMEL // 8, 8)
+    x = torch.randn(MIN_NUMEL // 8, 8)
     af.sigmoid_focal_loss(x, torch.zeros_like(x))
-    assert calls == [torch.Size([cpu.MIN_NUMEL // 8, 8, 1])]
+    assert calls == [torch.Size([MIN_NUMEL // 8, 8, 1])]
     af.sigmoid_focal_loss(x[:10], torch.zeros_like(x[:10]))  # small: pure PyTorch
     assert len(calls) == 1
 
@@ -63,7 +63,7 @@ def test_fullgraph_compile_without_recompiling_for_new_gamma():
     counter = CompileCounter()
     criterion = af.FocalLoss("sigmoid", gamma=2.0, alpha=0.25)
     compiled = torch.compile(criterion, backend=counter, fullgraph=True)
-    x = torch.randn(cpu.MIN_NUMEL // 64, 64, requires_grad=True)
+    x = torch.randn(MIN_NUMEL // 64, 64, requires_grad=True)
     t = (torch.rand_like(x) < 0.05).float()
     for gamma in (2.0, 1.0, 0.5):
         criterion.gamma = gamma
@@ -75,7 +75,7 @@ def test_fullgraph_compile_without_recompiling_for_new_gamma():
 
 def test_inductor_compiles_around_the_op():
     torch._dynamo.reset()
-    x = torch.randn(cpu.MIN_NUMEL // 32, 32, requires_grad=True)
+    x = torch.randn(MIN_NUMEL // 32, 32, requires_grad=True)
     t = (torch.rand_like(x) < 0.05).float()
     gamma = torch.tensor(1.5)
 
@@ -98,9 +98,9 @@ def _run_child(code: str, **env) -> subprocess.CompletedProcess:
 
 CHILD = (
     "import torch, warnings, adaptive_focal as af\n"
-    "from adaptive_focal._kernels import cpu\n"
+    "from adaptive_focal._kernels import cpu, MIN_NUMEL\n"
     "torch.manual_seed(0)\n"
-    "x = torch.randn(cpu.MIN_NUMEL // 16, 16); t = (torch.rand_like(x) < 0.1).float()\n"
+    "x = torch.randn(MIN_NUMEL // 16, 16); t = (torch.rand_like(x) < 0.1).float()\n"
     "with warnings.catch_warnings(record=True) as w:\n"
     "    warnings.simplefilter('always')\n"
     "    loss = af.sigmoid_focal_loss(x, t, gamma=0.5)\n"

@@ -27,7 +27,10 @@ import torch
 
 from . import cpu
 
-__all__ = ["sigmoid_focal", "kernel_available"]
+__all__ = ["MIN_NUMEL", "kernel_available", "sigmoid_focal"]
+
+#: Inputs with fewer elements take the pure-PyTorch path: no kernel build, no thread pool, no launch overhead.
+MIN_NUMEL = 1 << 15
 
 
 @functools.lru_cache(maxsize=None)

@@ -31,8 +31,6 @@ import torch
 
 _SOURCE = Path(__file__).with_name("sigmoid_focal_cpu.c")
 _BASE_FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-#: Inputs with fewer elements than this take the pure-PyTorch path (no compilation, no thread pool).
-MIN_NUMEL = 1 << 15
 
 
 class _Args(ctypes.Structure):
@@ -167,12 +165,10 @@ def sigmoid_focal_forward(
     elem = torch.empty_like(x) if need_elementwise else x.new_empty(0)
     bins = stat_edges.numel() - 1
     units = n if s == 1 else n * c
-    # Enough work per range to amortise a call; never more ranges than units.
-    per_unit = c if s == 1 else s
-    threads = max(1, min(torch.get_num_threads(), units, (n * c * s) // (1 << 14) or 1))
+    # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
+    threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
     acc = torch.zeros(threads, 5 + bins + 2 * c, dtype=torch.float64)
     bounds = [units * i // threads for i in range(threads + 1)]
-    del per_unit
     args = []
     for i in range(threads):
         a = _Args(

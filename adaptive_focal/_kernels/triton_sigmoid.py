@@ -198,7 +198,7 @@ def _sigmoid_focal_fwd_kernel(
         gr = m * (p - tp)
         if not DETACH:
             r = tl.where(base_ok, p * pm / tl.where(base_ok, base, 1.0), 0.0)
-            gr += g * m * r * (2.0 * tp - 1.0) * bce
+            gr += g * m * r * (1.0 - 2.0 * tp) * bce
         if HAS_ALPHA or HAS_WEIGHT:
             loss = a * loss
             gr = a * gr

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import adaptive_focal as af
-from adaptive_focal._kernels import cpu as cpu_kernel
+from adaptive_focal._kernels import MIN_NUMEL
 
 
 def composed_sigmoid_focal(x, t, gamma=2.0, alpha=0.25):
@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
     print()
     firsts = ", ".join(f"{k}: {v:.2f} s" for k, v in result["sigmoid"]["first_call_s"].items())
     print(f"First call (sigmoid): {firsts}; building the C kernel into an empty cache: "
-          f"{result['kernel_cold_build_s']:.2f} s (once per machine; inputs under {cpu_kernel.MIN_NUMEL} elements "
+          f"{result['kernel_cold_build_s']:.2f} s (once per machine; inputs under {MIN_NUMEL} elements "
           f"never use it).")
     print(f"Machine: {result['machine']}")
     if args.out:
