@@ -1,0 +1,88 @@
+# adaptive_focal — developer entry points.
+#
+#   make run     train the long-tailed digits demo (focal loss vs cross-entropy)
+#   make test    run the test suite (pytest, 2 xdist workers, W&B disabled)
+#   make bench   run the CPU benchmark in research/benchmarks/bench_focal.py
+#   make clean   remove build artefacts and caches (keeps the virtual env)
+#   make distclean   clean, and remove the virtual env if this Makefile created it
+#
+# `run`, `test` and `bench` create the virtual env on first use and install what they
+# need; later calls only check a stamp file, which is refreshed when pyproject.toml changes.
+# The make targets run from the repo root, so `research` imports from the working tree.
+#
+# Variables (override on the command line, e.g. `make test VENV=~/envs/gpu`):
+#   VENV        virtual env to create or reuse (default .venv). Point it at an existing
+#               env that already has the torch you want (e.g. a CUDA build) to keep it.
+#   PYTHON      interpreter that creates the env (default python3), e.g.
+#               `make test PYTHON=python3.12`. It is only used to create a missing env;
+#               given on the command line, it must match the Python of an existing VENV.
+#   TORCH_SPEC  requirement installed only when `import torch` fails in the env
+#               (default torch==2.13.0: the CPU wheel available offline on the dev/CI
+#               machines for Python 3.11; an unpinned torch would pull a multi-GB CUDA build).
+#   TORCH_PIP_ARGS  extra pip arguments for that torch install, e.g. an --index-url of the
+#               CUDA or CPU wheel index you want.
+#   PYTEST_ARGS extra pytest arguments, e.g. PYTEST_ARGS="-m 'not slow'".
+#   RUN_ARGS    arguments for research.train_digits, e.g. RUN_ARGS="--gamma 1 --epochs 20".
+#   BENCH_ARGS  arguments for the benchmark script.
+
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+BENCH_ARGS ?=
+
+VENV_PY := $(VENV)/bin/python
+STAMP := $(VENV)/.adaptive_focal-installed
+CREATED := $(VENV)/.adaptive_focal-created
+
+# With PYTHON given on the command line, refuse to reuse an env built by another Python.
+ifeq ($(origin PYTHON),command line)
+define CHECK_PYTHON
+@want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') && \
+have=$$($(VENV_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])') && \
+if [ "$$want" != "$$have" ]; then \
+  echo "error: $(VENV) uses Python $$have but PYTHON=$(PYTHON) is $$want;" \
+       "run 'make distclean' or choose another VENV=" >&2; exit 1; fi
+endef
+else
+CHECK_PYTHON :=
+endif
+
+.PHONY: run test bench clean distclean venv
+
+run: venv
+	$(VENV_PY) -m research.train_digits $(RUN_ARGS)
+
+test: export WANDB_MODE = disabled
+test: venv
+	$(VENV_PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+
+bench: venv
+	$(VENV_PY) research/benchmarks/bench_focal.py $(BENCH_ARGS)
+
+# Internal: the env exists and holds torch plus the package with its test extra.
+venv: $(STAMP)
+	$(CHECK_PYTHON)
+
+$(VENV_PY):
+	$(PYTHON) -m venv $(VENV)
+	touch $(CREATED)
+
+# adaptive_focal/__init__.py is listed so an install made before the package existed is redone
+# (an editable install only maps the packages present when it ran).
+$(STAMP): pyproject.toml $(wildcard adaptive_focal/__init__.py) | $(VENV_PY)
+	$(CHECK_PYTHON)
+	$(VENV_PY) -c "import torch" 2>/dev/null || \
+		$(VENV_PY) -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(VENV_PY) -m pip install -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	@if [ -f $(CREATED) ]; then echo "rm -rf $(VENV)"; rm -rf $(VENV); \
+	else echo "$(VENV) was not created by this Makefile; leaving it"; fi

@@ -1,0 +1,1 @@
+"""Experiments built on :mod:`adaptive_focal`; the library never imports this package."""
