@@ -13,18 +13,21 @@ Design
 ------
 * The input is viewed as (N, C, S). Each program owns one block of ``BLOCK_C`` classes and walks
   (grid-stride) over tiles of shape (BLOCK_N, BLOCK_C, BLOCK_S) of that class block. The launch grid
-  is 1-D: ``pid -> (pid_rest, pid_c)``. Because a program only ever sees its own classes, the
-  per-class statistics reduce in registers (sum over tile axes 0 and 2) without atomics.
+  is 1-D: ``pid -> (pid_rest, pid_c)``, about 8 programs per SM. Because a lane only ever sees one
+  class, the per-class statistics are lane sums reduced over the tile's N and S axes once per
+  program, without atomics. (A plain 1-D tiling of the flattened elements, class = (i // S) % C,
+  would need a scatter per element for the class statistics: atomics or a one-hot per tile.)
 * S == 1 (the (N, C) detection layout): tiles are (BLOCK_N, BLOCK_C, 1) rows of the row-major
   matrix; BLOCK_C is picked to waste few lanes (80 classes -> 16, 5 class blocks).
   S > 1 (segmentation layout): tiles run along the contiguous S axis.
-* Statistics are deterministic: every program writes its partial sums (float64 for the float sums,
-  exact integers for the counts) into its own row of a small buffer and torch sums the rows; no
-  atomics, so results are bit-reproducible run to run.
+* Statistics are deterministic: lanes accumulate in float32 / int32 registers, each program reduces
+  them (in float64) and writes one row of a small float64 buffer (counts are exact integers), and
+  torch sums the rows; no atomics, so results are bit-reproducible run to run. The p_t histogram
+  uses ``tl.histogram`` (with a per-bin-reduction fallback if that fails to compile).
 
 The module imports ``triton`` at import time; it must only be imported when triton is available
-(``adaptive_focal._kernels`` checks this). Set ``TRITON_INTERPRET=1`` before the first launch to run
-it on CPU tensors (used by the tests).
+(``adaptive_focal._kernels`` checks this). With ``TRITON_INTERPRET=1`` set before triton is first
+imported, the kernels run in Triton's interpreter on CPU tensors (used by the tests).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def _log1p_small(u):
 
     Goldberg's trick: w = fl(1 + u); log1p(u) = u * log(w) / (w - 1), and = u when w == 1.
     (w - 1) is exact for w in [1, 2], so the rounding of 1 + u cancels; accurate to a few ulp as
-    long as log() itself is (on CUDA tl.log lowers to libdevice __nv_logf).
+    long as log() itself is (checked on the device by research/benchmarks/bench_triton.py).
     """
     w = 1.0 + u
     d = w - 1.0
@@ -88,7 +91,9 @@ def _log1p_kernel(u_ptr, out_ptr, n, BLOCK: tl.constexpr):
 # --------------------------------------------------------------------------------------------
 # main kernel
 # --------------------------------------------------------------------------------------------
-@triton.jit
+# N and the loop bounds change from batch to batch: no value specialisation (avoids recompiles);
+# C and S stay specialised (divisibility by 16 lets row starts be vector-aligned).
+@triton.jit(do_not_specialize=["N", "N_TILES", "P_REST"])
 def _sigmoid_focal_fwd_kernel(
     x_ptr, t_ptr, gamma_ptr, tedges_ptr, alpha_ptr, w_ptr, sedges_ptr,
     elem_ptr, grad_ptr, part_s_ptr, part_c_ptr,
@@ -97,7 +102,7 @@ def _sigmoid_focal_fwd_kernel(
     ignore_value, ls,
     GAMMA_KIND: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_IGNORE: tl.constexpr, DETACH: tl.constexpr, NEED_ELEM: tl.constexpr,
-    NEED_STATS: tl.constexpr, IDX64: tl.constexpr,
+    NEED_STATS: tl.constexpr, IDX64: tl.constexpr, HIST_MODE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HIST_PAD: tl.constexpr,
     PART_W: tl.constexpr,
 ):
@@ -123,7 +128,9 @@ def _sigmoid_focal_fwd_kernel(
     one_m_ls = 1.0 - ls
     half_ls = 0.5 * ls
 
-    # lane accumulators (float32 in registers, reduced to float64 per program at the end)
+    # lane accumulators (float32 / int32 in registers, reduced to float64 per program at the end).
+    # A lane always sees the same class (the program's class block is fixed), so the per-class
+    # statistics are plain lane sums reduced over the tile's N and S axes once, after the loop.
     acc_loss = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
     acc_cnt = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.int32)
     acc_pos = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.int32)
@@ -131,8 +138,6 @@ def _sigmoid_focal_fwd_kernel(
         acc_pt = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_ad = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_hist = tl.zeros((HIST_PAD,), tl.int32)
-        acc_ccnt = tl.zeros((BLOCK_C,), tl.int32)
-        acc_cpt = tl.zeros((BLOCK_C,), tl.float32)
 
     for tile in range(pid_rest, N_TILES, P_REST):
         nb = tile // NB_S
@@ -197,7 +202,12 @@ def _sigmoid_focal_fwd_kernel(
         loss = m * bce
         gr = m * (p - tp)
         if not DETACH:
-            r = tl.where(base_ok, p * pm / tl.where(base_ok, base, 1.0), 0.0)
+            # r = p(1-p)/base lies in [0, 1] (base >= min(p, 1-p) for gamma >= 0, base >= 1 otherwise).
+            # The 1e-30 floor keeps the divisor normal: with flush-to-zero arithmetic a subnormal base
+            # (hard target, |x| ~ 88) could otherwise give 0/0. Such elements have bce ~ 0, so the
+            # clamped r does not change the gradient.
+            r = tl.minimum(p * pm / tl.maximum(base, 1e-30), 1.0)
+            r = tl.where(base_ok, r, 0.0)
             gr += g * m * r * (1.0 - 2.0 * tp) * bce
         if HAS_ALPHA or HAS_WEIGHT:
             loss = a * loss
@@ -218,9 +228,12 @@ def _sigmoid_focal_fwd_kernel(
             acc_ad += tl.where(valid, tl.abs(p - tp), 0.0)
             # invalid lanes go to bin NB_STAT (< HIST_PAD) and are dropped when storing
             hb = tl.where(valid, _bin_index(p_t, sedges_ptr, NB_STAT), NB_STAT)
-            acc_hist += tl.histogram(tl.reshape(hb, (TILE,)), HIST_PAD)
-            acc_ccnt += tl.sum(tl.sum(valid.to(tl.int32), axis=2), axis=0)
-            acc_cpt += tl.sum(tl.sum(pt_v, axis=2), axis=0)
+            if HIST_MODE == 0:
+                acc_hist += tl.histogram(tl.reshape(hb, (TILE,)), HIST_PAD)
+            else:  # fallback without tl.histogram: one block reduction per bin
+                hkk = tl.arange(0, HIST_PAD)
+                for k in tl.static_range(HIST_PAD):
+                    acc_hist += tl.where(hkk == k, tl.sum((hb == k).to(tl.int32)), 0)
 
     # ---- per-program partials: row `pid` of part_s, row `pid_rest` (class slice) of part_c ----
     row = part_s_ptr + pid * PART_W
@@ -234,8 +247,10 @@ def _sigmoid_focal_fwd_kernel(
         tl.store(row + 5 + hk, acc_hist.to(tl.float64), mask=hk < NB_STAT)
         cvec = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         crow = part_c_ptr + pid_rest * (2 * C)
-        tl.store(crow + cvec, acc_ccnt.to(tl.float64), mask=cvec < C)
-        tl.store(crow + C + cvec, acc_cpt.to(tl.float64), mask=cvec < C)
+        ccnt = tl.sum(tl.sum(acc_cnt, axis=2), axis=0)
+        cpt = tl.sum(tl.sum(acc_pt.to(tl.float64), axis=2), axis=0)
+        tl.store(crow + cvec, ccnt.to(tl.float64), mask=cvec < C)
+        tl.store(crow + C + cvec, cpt, mask=cvec < C)
     else:
         tl.store(row + 3, 0.0)
         tl.store(row + 4, 0.0)
@@ -293,6 +308,29 @@ def _as_f32(v: torch.Tensor) -> torch.Tensor:
     return v.contiguous()
 
 
+# the kernels were decorated in interpreter mode (TRITON_INTERPRET=1 when triton was imported)
+_INTERPRETED = type(_sigmoid_focal_fwd_kernel).__name__ == "InterpretedFunction"
+_HIST_MODE = int(os.environ.get("ADAPTIVE_FOCAL_TRITON_HIST_MODE", "0"))  # 0: tl.histogram, 1: sums
+
+
+def _launch(n_prog, args, meta, need_stats):
+    """Launch; if the tl.histogram variant fails to compile on this backend, fall back (once, for
+    the process) to the per-bin reduction variant."""
+    global _HIST_MODE
+    mode = _HIST_MODE if need_stats else 0
+    try:
+        _sigmoid_focal_fwd_kernel[(n_prog,)](*args, HIST_MODE=mode, **meta)
+    except Exception as exc:  # compile errors surface here as RuntimeError / CompilationError
+        if mode != 0 or not need_stats or _INTERPRETED:
+            raise
+        import warnings
+
+        warnings.warn(f"adaptive_focal: Triton kernel with tl.histogram failed ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); using the per-bin reduction fallback", RuntimeWarning)
+        _HIST_MODE = 1
+        _sigmoid_focal_fwd_kernel[(n_prog,)](*args, HIST_MODE=1, **meta)
+
+
 def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
                                  label_smoothing, detach_modulator, stat_edges, need_elementwise,
                                  need_stats, *, _tile=None, _programs=None):
@@ -311,9 +349,9 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     S = int(math.prod(x.shape[2:])) if x.dim() >= 3 else 1
     numel = N * C * S
     device = x.device
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if device.type != "cuda" and not _INTERPRETED:
         raise ValueError(f"sigmoid_focal_forward_triton: x must be a CUDA tensor, got device {device}"
-                         " (set TRITON_INTERPRET=1 to run the Triton interpreter on CPU)")
+                         " (TRITON_INTERPRET=1 set before importing triton runs the interpreter on CPU)")
     if int(gamma_kind) not in (0, 1, 2, 3):
         raise ValueError(f"gamma_kind must be one of 0, 1, 2, 3, got {gamma_kind!r}")
     gamma_kind = int(gamma_kind)
@@ -398,19 +436,22 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     part_w = 5 + B
     part_s = torch.empty((n_prog, part_w), device=device, dtype=torch.float64)
     part_c = torch.empty((p_rest, 2 * C), device=device, dtype=torch.float64) if need_stats else None
-    idx64 = numel + bn * bc * bs >= 2 ** 31
+    idx64 = (N + bn) * C * (S + bs) >= 2 ** 31  # offsets of masked lanes past the end must fit too
     dummy = x
 
-    _sigmoid_focal_fwd_kernel[(n_prog,)](
+    args = (
         x, t, gamma, table_edges, alpha if has_alpha else dummy, weight if has_weight else dummy,
         stat_edges, elem if need_elementwise else dummy, grad, part_s,
         part_c if need_stats else part_s,
         N, C, S, nb_s, n_tiles, p_rest, ncb, nb_table, B, ignore_value, ls,
+    )
+    meta = dict(
         GAMMA_KIND=gamma_kind, HAS_ALPHA=has_alpha, HAS_WEIGHT=has_weight, HAS_IGNORE=has_ignore,
         DETACH=bool(detach_modulator), NEED_ELEM=bool(need_elementwise), NEED_STATS=bool(need_stats),
         IDX64=bool(idx64), BLOCK_N=bn, BLOCK_C=bc, BLOCK_S=bs, HIST_PAD=_next_pow2(B + 1),
         PART_W=part_w, num_warps=_NUM_WARPS,
     )
+    _launch(n_prog, args, meta, need_stats)
     acc_s = part_s.sum(0)
     if need_stats:
         acc = torch.cat([acc_s, part_c.sum(0)])
