@@ -3,7 +3,8 @@
 Kernel contract (shared by the CPU kernel in ``sigmoid_focal_cpu.c`` and the Triton kernel for CUDA):
 
 ``forward(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing, detach_modulator,
-stat_edges, need_elementwise, need_stats) -> (elem, acc, grad)``
+stat_edges, need_elementwise, need_stats) -> (elem, grad, acc)`` (``cpu.sigmoid_focal_forward``,
+``triton_sigmoid.sigmoid_focal_forward_triton``); the op returns the same three as ``(elem, acc, grad)``.
 
 * ``x``, ``t``: float32, contiguous, viewed as (N, C, S).
 * ``gamma``: float32; ``gamma_kind`` 0: shape (), 1: (C,), 2: (N, C, S), 3: table values (C, Bt) with
