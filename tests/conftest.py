@@ -1,0 +1,76 @@
+import os
+import sys
+import zlib
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+# keep the suite quick and deterministic on small CI machines
+# small tensors: intra-op threads only add synchronisation overhead (and are very slow on a loaded
+# 2-core machine); the multi-threaded kernel path has its own test (test_large_input_multithreaded)
+TORCH_THREADS_DEFAULT = torch.get_num_threads()
+torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: slower test (still run by default)")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state."""
+    torch.manual_seed(zlib.crc32(os.environ.get("AF_TEST_SEED_SALT", "").encode()))
+    yield
+
+
+@pytest.fixture
+def gen(request):
+    """A torch.Generator seeded from the test id: distinct but reproducible data per parametrization."""
+    g = torch.Generator()
+    # AF_TEST_SEED_SALT=<anything> draws other (still reproducible) data, to check the tests are not
+    # tuned to one draw
+    salt = os.environ.get("AF_TEST_SEED_SALT", "")
+    g.manual_seed(zlib.crc32((salt + request.node.nodeid).encode()) & 0x7FFFFFFF)
+    return g
+
+
+# per-dtype tolerances for comparing the library against a float64 reference
+TOLERANCES = {
+    # atol is relative to the largest |expected| of the compared tensor (see assert_close)
+    torch.float64: dict(rtol=1e-7, atol=1e-9),
+    torch.float32: dict(rtol=1e-4, atol=1e-5),
+    # float16 gradients below 6e-5 are subnormal: allow one subnormal ulp (2**-24) absolute
+    torch.float16: dict(rtol=4e-3, atol=2e-3, floor=2.0 ** -24),
+    torch.bfloat16: dict(rtol=3e-2, atol=2e-2),
+}
+
+
+def tol(dtype):
+    t = dict(TOLERANCES[dtype])
+    t.setdefault("floor", 0.0)
+    return t
+
+
+def assert_close(actual, expected, dtype, scale_atol=True, msg=""):
+    """Compare ``actual`` with the float64 ``expected`` at the tolerance of ``dtype``.
+
+    With scale_atol the absolute tolerance is relative to the largest |expected| (gradients of a
+    mean over many elements are tiny, and elementwise cancellation errors scale with the largest
+    terms)."""
+    t = tol(dtype)
+    exp = expected.detach().to(torch.float64)
+    act = actual.detach().to(torch.float64)
+    assert act.shape == exp.shape, f"{msg} shape {tuple(act.shape)} != {tuple(exp.shape)}"
+    atol = t["atol"]
+    if scale_atol:
+        m = float(exp.abs().max()) if exp.numel() else 0.0
+        atol = max(atol * m, t["floor"], 1e-30)
+    torch.testing.assert_close(act, exp, rtol=t["rtol"], atol=atol, equal_nan=False,
+                               msg=(lambda m0: f"{msg}\n{m0}") if msg else None)
+
+
+@pytest.fixture
+def close():
+    return assert_close

@@ -1,0 +1,539 @@
+"""BatchStats returned with return_stats=True, checked against values computed directly (spec: BatchStats)."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adaptive_focal as af
+from _reference import Table, far_from_edges_sigmoid, to_lib_gamma
+
+SIG = af.sigmoid_focal_loss
+SMX = af.softmax_focal_loss
+
+DEFAULT_EDGES = np.linspace(0.0, 1.0, 16)
+TABLE_EDGES = torch.tensor([0.0, 0.2, 0.35, 0.6, 0.85, 1.0])
+
+
+def np_bin(v, edges):
+    """bin b with edges[b] <= v < edges[b+1], last bin closed (numpy, float64)."""
+    e = np.asarray(edges, dtype=np.float64)
+    b = np.searchsorted(e, v, side="right") - 1
+    return np.clip(b, 0, len(e) - 2)
+
+
+def np_hist(v, edges):
+    return np.bincount(np_bin(v, edges), minlength=len(edges) - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# sigmoid
+# --------------------------------------------------------------------------------------------
+
+
+def sigmoid_data(shape, gen, soft, ignore_index, ls, edges, dtype=torch.float32, scale=2.5):
+    def make_x(mask):
+        return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    def make_t(mask):
+        if soft:
+            t = torch.rand(shape, generator=gen, dtype=torch.float64)
+            t.view(-1)[::4] = 1.0
+        else:
+            t = (torch.rand(shape, generator=gen) < 0.4).double()
+        if ignore_index is not None and mask is None:
+            t = torch.where(torch.rand(shape, generator=gen) < 0.2, torch.full_like(t, ignore_index), t)
+        return t.to(dtype)
+
+    return far_from_edges_sigmoid(make_x, make_t, torch.as_tensor(edges), ls, ignore_index, margin=1e-4)
+
+
+def sigmoid_expected(x, t, ls, ignore_index, edges, loss_none):
+    x = x.detach().double().numpy()
+    t_raw = t.double().numpy()
+    valid = np.ones_like(t_raw, dtype=bool) if ignore_index is None else t_raw != ignore_index
+    tt = np.where(valid, t_raw, 0.0)
+    ts = tt * (1 - ls) + ls / 2
+    p = 1 / (1 + np.exp(-x))
+    pt = p * ts + (1 - p) * (1 - ts)
+    if x.ndim == 1:
+        cls = np.zeros(x.shape, dtype=int)
+        C = 1
+    else:
+        C = x.shape[1]
+        cls = np.broadcast_to(np.arange(C).reshape([1, C] + [1] * (x.ndim - 2)), x.shape)
+    v = valid
+    return dict(
+        count=int(v.sum()),
+        n_pos=int(((t_raw >= 0.5) & v).sum()),
+        sum_pt=pt[v].sum(),
+        sum_loss=float(loss_none.double().sum()),
+        sum_grad_norm=np.abs(p - ts)[v].sum(),
+        pt_hist=np_hist(pt[v], edges),
+        class_count=np.bincount(cls[v], minlength=C),
+        class_sum_pt=np.bincount(cls[v], weights=pt[v], minlength=C),
+    )
+
+
+def assert_stats_equal_expected(st, exp, edges, rtol=2e-5):
+    assert isinstance(st, af.BatchStats)
+    np.testing.assert_allclose(st.edges.double().numpy(), np.asarray(edges, dtype=np.float64), rtol=0, atol=1e-7)
+    assert st.edges.dtype == torch.float32
+    for k in ("count", "n_pos"):
+        v = getattr(st, k)
+        assert v.dtype == torch.int64 and v.dim() == 0, (k, v)
+        assert int(v) == exp[k], (k, int(v), exp[k])
+    for k in ("pt_hist", "class_count"):
+        v = getattr(st, k)
+        assert v.dtype == torch.int64, (k, v.dtype)
+        np.testing.assert_array_equal(v.numpy(), exp[k], err_msg=k)
+    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt"):
+        v = getattr(st, k)
+        assert v.dtype == torch.float32, (k, v.dtype)
+        np.testing.assert_allclose(v.double().numpy(), exp[k], rtol=rtol, atol=1e-5, err_msg=k)
+
+
+SIG_OPTS = {
+    "plain": dict(),
+    "soft_ls": dict(soft=True, ls=0.2),
+    "ignore": dict(ignore_index=-1.0),
+    "all": dict(soft=True, ls=0.1, ignore_index=-1.0, alpha=0.25, weight=True),
+    "ignore255": dict(ignore_index=255.0, alpha=0.75),
+}
+
+
+def sig_case(shape, opt, gen, edges, dtype=torch.float32):
+    o = dict(SIG_OPTS[opt])
+    ls = o.get("ls", 0.0)
+    ign = o.get("ignore_index")
+    x, t = sigmoid_data(shape, gen, o.get("soft", False), ign, ls, edges, dtype=dtype)
+    kw = dict(label_smoothing=ls, ignore_index=ign)
+    if "alpha" in o:
+        kw["alpha"] = o["alpha"]
+    if o.get("weight"):
+        kw["weight"] = (torch.rand(shape, generator=gen) + 0.5).to(dtype)
+    return x, t, kw
+
+
+@pytest.mark.parametrize("shape", [(50,), (40, 3), (4, 3, 5, 6), (2048, 64), (8, 4, 64, 64)],
+                         ids=["N", "NC", "NCHW", "large", "largeNCHW"])
+@pytest.mark.parametrize("opt", list(SIG_OPTS))
+@pytest.mark.parametrize("gform", ["float", "table"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_sigmoid_stats(shape, opt, gform, reduction, gen):
+    edges = TABLE_EDGES.double().numpy() if gform == "table" else DEFAULT_EDGES
+    x, t, kw = sig_case(shape, opt, gen, edges)
+    g = af.GammaTable(TABLE_EDGES, torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0])) if gform == "table" else 2.0
+    loss, st = SIG(x, t, gamma=g, reduction=reduction, return_stats=True, **kw)
+    loss_plain = SIG(x, t, gamma=g, reduction=reduction, **kw)
+    assert torch.equal(loss, loss_plain)  # return_stats does not change the loss
+    none = SIG(x, t, gamma=g, reduction="none", **kw)
+    exp = sigmoid_expected(x, t, kw["label_smoothing"], kw["ignore_index"], edges, none)
+    assert_stats_equal_expected(st, exp, edges)
+    assert st.conf_count is None and st.conf_sum is None and st.correct_sum is None
+    assert st.num_bins == len(edges) - 1
+    assert st.num_classes == (1 if len(shape) == 1 else shape[1])
+    for f in ("count", "sum_pt", "pt_hist", "class_count", "class_sum_pt", "sum_loss"):
+        assert getattr(st, f).device == x.device
+
+
+@pytest.mark.parametrize("bins", [1, 4, 10, 15, 32])
+def test_sigmoid_stat_bins(bins, gen):
+    edges = np.linspace(0, 1, bins + 1)
+    x, t, kw = sig_case((30, 4), "plain", gen, edges)
+    _, st = SIG(x, t, return_stats=True, stat_bins=bins)
+    exp = sigmoid_expected(x, t, 0.0, None, edges, SIG(x, t, reduction="none"))
+    assert_stats_equal_expected(st, exp, edges)
+
+
+def test_table_edges_take_precedence_over_stat_bins(gen):
+    x, t, kw = sig_case((30, 4), "plain", gen, TABLE_EDGES.double().numpy())
+    g = af.GammaTable(TABLE_EDGES, torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0]))
+    _, st = SIG(x, t, gamma=g, return_stats=True, stat_bins=7)
+    torch.testing.assert_close(st.edges, TABLE_EDGES.float())
+
+
+def test_sigmoid_stats_hand_checked():
+    # x = [0, ln 3, -ln 3], t = [1, 1, 0] -> p = [.5, .75, .25], p_t = [.5, .75, .75]
+    x = torch.tensor([0.0, np.log(3.0), -np.log(3.0), 5.0])
+    t = torch.tensor([1.0, 1.0, 0.0, -1.0])  # the last one is ignored
+    _, st = SIG(x, t, gamma=0.0, ignore_index=-1, return_stats=True, stat_bins=4)
+    assert int(st.count) == 3 and int(st.n_pos) == 2
+    assert abs(float(st.sum_pt) - 2.0) < 1e-6
+    assert abs(float(st.sum_grad_norm) - (0.5 + 0.25 + 0.25)) < 1e-6
+    # edges [0, .25, .5, .75, 1]: .5 -> bin 2, .75 -> bin 3 (twice)
+    assert st.pt_hist.tolist() == [0, 0, 1, 2]
+    assert st.class_count.tolist() == [3]
+    assert abs(float(st.sum_loss) - (np.log(2) + 2 * np.log(4 / 3))) < 1e-6
+    torch.testing.assert_close(st.mean_pt, torch.tensor(2.0 / 3))
+    torch.testing.assert_close(st.mean_loss, st.sum_loss / 3)
+    torch.testing.assert_close(st.mean_grad_norm, st.sum_grad_norm / 3)
+
+
+@pytest.mark.parametrize("opt", list(SIG_OPTS))
+@pytest.mark.parametrize("shape", [(40, 3), (2048, 64)], ids=["small", "large"])
+@pytest.mark.parametrize("gform", ["float", "table"])
+def test_sigmoid_stats_halves_add_up(opt, shape, gform, gen):
+    edges = TABLE_EDGES.double().numpy() if gform == "table" else DEFAULT_EDGES
+    x, t, kw = sig_case(shape, opt, gen, edges)
+    g = af.GammaTable(TABLE_EDGES, torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0])) if gform == "table" else 2.0
+    h = shape[0] // 2
+
+    def part(sl):
+        kk = dict(kw)
+        if "weight" in kk:
+            kk["weight"] = kk["weight"][sl]
+        return SIG(x[sl], t[sl], gamma=g, return_stats=True, **kk)[1]
+
+    whole = SIG(x, t, gamma=g, return_stats=True, **kw)[1]
+    added = part(slice(0, h)) + part(slice(h, None))
+    assert_stats_added_equal(added, whole)
+
+
+def assert_stats_added_equal(added, whole):
+    assert isinstance(added, af.BatchStats)
+    assert torch.equal(added.edges, whole.edges)
+    for k in ("count", "n_pos", "pt_hist", "class_count", "conf_count"):
+        a, w = getattr(added, k), getattr(whole, k)
+        if w is None:
+            assert a is None
+            continue
+        assert a.dtype == torch.int64
+        assert torch.equal(a, w), k
+    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt", "conf_sum", "correct_sum"):
+        a, w = getattr(added, k), getattr(whole, k)
+        if w is None:
+            assert a is None
+            continue
+        torch.testing.assert_close(a.double(), w.double(), rtol=1e-5, atol=1e-4, msg=k)
+
+
+def test_stats_sum_of_many_batches_and_sum_builtin(gen):
+    x, t, kw = sig_case((64, 5), "all", gen, DEFAULT_EDGES)
+    whole = SIG(x, t, return_stats=True, **kw)[1]
+    parts = []
+    for i in range(0, 64, 16):
+        kk = dict(kw, weight=kw["weight"][i:i + 16])
+        parts.append(SIG(x[i:i + 16], t[i:i + 16], return_stats=True, **kk)[1])
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = acc + p
+    assert_stats_added_equal(acc, whole)
+    # addition does not modify its operands
+    before = int(parts[0].count)
+    _ = parts[0] + parts[1]
+    assert int(parts[0].count) == before
+
+
+def test_adding_stats_with_different_edges_raises(gen):
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    a = SIG(x, t, return_stats=True)[1]
+    b = SIG(x, t, return_stats=True, stat_bins=10)[1]
+    with pytest.raises((ValueError, RuntimeError)):
+        a + b
+    c = SIG(x, t, return_stats=True, gamma=af.GammaTable(
+        torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0]),
+        torch.ones(15)))[1]
+    with pytest.raises((ValueError, RuntimeError)):
+        a + c
+
+
+def test_class_mean_pt_nan_for_empty_class():
+    x = torch.tensor([[0.0, 1.0, 2.0], [1.0, -1.0, 0.5]])
+    t = torch.tensor([[1.0, -1.0, 0.0], [0.0, -1.0, 1.0]])
+    _, st = SIG(x, t, ignore_index=-1, return_stats=True)
+    assert st.class_count.tolist() == [2, 0, 2]
+    m = st.class_mean_pt
+    assert torch.isnan(m[1]) and torch.isfinite(m[[0, 2]]).all()
+    torch.testing.assert_close(m[[0, 2]], st.class_sum_pt[[0, 2]] / 2)
+
+
+def test_stats_to_and_state_dict(gen):
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    st = SIG(x, t, return_stats=True)[1]
+    st2 = st.to("cpu")
+    assert isinstance(st2, af.BatchStats)
+    assert torch.equal(st2.pt_hist, st.pt_hist) and torch.equal(st2.sum_pt, st.sum_pt)
+    sd = st.state_dict()
+    assert isinstance(sd, dict)
+    for k in ("count", "sum_pt", "pt_hist", "class_count", "edges"):
+        assert k in sd and torch.equal(sd[k], getattr(st, k))
+
+
+def test_stats_all_reduce_world_size_one(tmp_path, gen):
+    import torch.distributed as dist
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    st = SIG(x, t, return_stats=True)[1]
+    ref = {k: v.clone() for k, v in st.state_dict().items() if isinstance(v, torch.Tensor)}
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        r = st.all_reduce()
+    finally:
+        dist.destroy_process_group()
+    out = r if isinstance(r, af.BatchStats) else st
+    for k, v in ref.items():
+        assert torch.equal(out.state_dict()[k], v), k
+
+
+_WORKER = r"""
+import sys, torch, torch.distributed as dist
+import adaptive_focal as af
+rank, path, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+torch.manual_seed(rank)
+x = torch.randn(10 + rank, 3)
+t = (torch.rand(10 + rank, 3) < 0.5).float()
+st = af.sigmoid_focal_loss(x, t, return_stats=True)[1]
+local = {k: v.clone() for k, v in st.state_dict().items() if isinstance(v, torch.Tensor)}
+dist.init_process_group("gloo", init_method="file://" + path, rank=rank, world_size=2)
+try:
+    r = st.all_reduce()
+finally:
+    dist.destroy_process_group()
+res = r if isinstance(r, af.BatchStats) else st
+torch.save((local, {k: v.clone() for k, v in res.state_dict().items() if isinstance(v, torch.Tensor)}), out)
+"""
+
+
+@pytest.mark.slow
+def test_stats_all_reduce_two_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(af.__file__))),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(r), str(tmp_path / "pg"), str(tmp_path / f"{r}.pt")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=180)
+        assert p.returncode == 0, out.decode()[-3000:]
+    (l0, o0), (l1, o1) = (torch.load(tmp_path / f"{r}.pt") for r in range(2))
+    for k in l0:
+        if k == "edges":
+            assert torch.equal(o0[k], l0[k]) and torch.equal(o1[k], l0[k])
+            continue
+        exp = l0[k] + l1[k]
+        torch.testing.assert_close(o0[k], exp, msg=k)
+        torch.testing.assert_close(o1[k], exp, msg=k)
+
+
+# --------------------------------------------------------------------------------------------
+# softmax
+# --------------------------------------------------------------------------------------------
+
+C = 5
+
+
+def softmax_data(shape, gen, prob, ignore_index, edges, scale=2.0, margin=1e-4):
+    """x (float32) and target with every per-sample p_t, confidence and q_c far from the edges."""
+    N = shape[0]
+    rest = tuple(shape[2:])
+    if prob:
+        t = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64) * 3, 1).float()
+    else:
+        t = torch.randint(0, C, (N,) + rest, generator=gen)
+        if ignore_index is not None:
+            t = torch.where(torch.rand(t.shape, generator=gen) < 0.2, torch.full_like(t, ignore_index), t)
+    e = torch.as_tensor(edges, dtype=torch.float64)[1:-1]
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+    for _ in range(300):
+        q = torch.softmax(x.float().double(), 1)
+        if prob:
+            pt = (q * t.double()).sum(1)
+        else:
+            pt = q.gather(1, t.clamp(0, C - 1).unsqueeze(1)).squeeze(1)
+        conf = q.max(1).values
+        near = lambda v: ((v.unsqueeze(-1) - e).abs() < margin).any(-1)  # noqa: E731
+        bad = near(pt) | near(conf) | near(q).any(1)
+        if not bool(bad.any()):
+            return x.float(), t
+        x = torch.where(bad.unsqueeze(1), torch.randn(shape, generator=gen, dtype=torch.float64) * scale, x)
+    raise RuntimeError("could not draw data")
+
+
+def softmax_expected(x, t, ignore_index, edges, loss_none, ls=0.0):
+    x = x.detach().double()
+    q = torch.softmax(x, 1).numpy()
+    q = np.moveaxis(q, 1, -1).reshape(-1, x.shape[1])  # (M, C)
+    Cn = x.shape[1]
+    if t.is_floating_point():
+        y = np.moveaxis(t.double().numpy(), 1, -1).reshape(-1, Cn)
+        valid = np.ones(len(y), dtype=bool)
+        cls = y.argmax(1)
+    else:
+        ti = t.numpy().reshape(-1)
+        valid = ti != ignore_index if ignore_index is not None else np.ones(len(ti), dtype=bool)
+        cls = np.where(valid, ti, 0)
+        y = np.eye(Cn)[cls]
+    y = (1 - ls) * y + ls / Cn
+    pt = (y * q).sum(1)
+    gn = 0.5 * np.abs(q - y).sum(1)
+    conf = q.max(1)
+    correct = (q.argmax(1) == cls).astype(np.float64)
+    v = valid
+    cb = np_bin(conf[v], edges)
+    B = len(edges) - 1
+    return dict(
+        count=int(v.sum()),
+        n_pos=int(v.sum()),
+        sum_pt=pt[v].sum(),
+        sum_loss=float(loss_none.double().sum()),
+        sum_grad_norm=gn[v].sum(),
+        pt_hist=np_hist(pt[v], edges),
+        class_count=np.bincount(cls[v], minlength=Cn),
+        class_sum_pt=np.bincount(cls[v], weights=pt[v], minlength=Cn),
+        conf_count=np.bincount(cb, minlength=B),
+        conf_sum=np.bincount(cb, weights=conf[v], minlength=B),
+        correct_sum=np.bincount(cb, weights=correct[v], minlength=B),
+    )
+
+
+def assert_softmax_stats(st, exp, edges, keys=None):
+    sub = {k: exp[k] for k in ("count", "n_pos", "pt_hist", "class_count", "sum_pt", "sum_loss",
+                                "sum_grad_norm", "class_sum_pt")}
+    if keys is None:
+        assert_stats_equal_expected(st, sub, edges)
+        keys = ("conf_count", "conf_sum", "correct_sum")
+        assert st.conf_count.dtype == torch.int64
+        assert st.conf_sum.dtype == torch.float32
+    for k in keys:
+        v = getattr(st, k)
+        if isinstance(exp[k], int):
+            assert int(v) == exp[k], k
+        elif np.asarray(exp[k]).dtype.kind == "i":
+            np.testing.assert_array_equal(v.numpy(), exp[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(v.double().numpy(), exp[k], rtol=2e-5, atol=1e-5, err_msg=k)
+
+
+SMX_OPTS = {
+    "plain": dict(),
+    "ignore": dict(ignore_index=-100),
+    "ignore_cls": dict(ignore_index=2, alpha=True),
+    "weight_alpha": dict(weight=True, alpha=True, ignore_index=-100),
+    "prob": dict(prob=True),
+    "prob_w": dict(prob=True, weight=True),
+}
+
+
+def smx_case(shape, opt, gen, edges):
+    o = SMX_OPTS[opt]
+    ign = o.get("ignore_index", -100)
+    x, t = softmax_data(shape, gen, o.get("prob", False), ign if "ignore_index" in o else None, edges)
+    kw = dict(ignore_index=ign)
+    if o.get("alpha"):
+        kw["alpha"] = torch.rand(C, generator=gen)
+    if o.get("weight"):
+        kw["weight"] = torch.rand(C, generator=gen) + 0.5
+    return x, t, kw
+
+
+@pytest.mark.parametrize("shape", [(60, C), (3, C, 4, 5), (4096, C)], ids=["NC", "NCD", "large"])
+@pytest.mark.parametrize("opt", list(SMX_OPTS))
+@pytest.mark.parametrize("gform", ["float", "table", "table_cb"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_softmax_stats(shape, opt, gform, reduction, gen):
+    edges = DEFAULT_EDGES if gform == "float" else TABLE_EDGES.double().numpy()
+    x, t, kw = smx_case(shape, opt, gen, edges)
+    if gform == "float":
+        g = 2.0
+    elif gform == "table":
+        g = af.GammaTable(TABLE_EDGES, torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0]))
+    else:
+        g = af.GammaTable(TABLE_EDGES, torch.rand(C, 5, generator=gen) * 3)
+    loss, st = SMX(x, t, gamma=g, reduction=reduction, return_stats=True, **kw)
+    assert torch.equal(loss, SMX(x, t, gamma=g, reduction=reduction, **kw))
+    none = SMX(x, t, gamma=g, reduction="none", **kw)
+    exp = softmax_expected(x, t, kw["ignore_index"], edges, none)
+    assert_softmax_stats(st, exp, edges)
+    assert st.num_bins == len(edges) - 1 and st.num_classes == C
+
+
+@pytest.mark.parametrize("opt", ["plain", "ignore", "prob"])
+def test_softmax_stats_with_label_smoothing_unambiguous_fields(opt, gen):
+    x, t, kw = smx_case((60, C), opt, gen, DEFAULT_EDGES)
+    loss, st = SMX(x, t, gamma=1.0, label_smoothing=0.1, return_stats=True, **kw)
+    assert torch.equal(loss, SMX(x, t, gamma=1.0, label_smoothing=0.1, **kw))
+    none = SMX(x, t, gamma=1.0, label_smoothing=0.1, reduction="none", **kw)
+    exp = softmax_expected(x, t, kw["ignore_index"], DEFAULT_EDGES, none)
+    assert_softmax_stats(st, exp, DEFAULT_EDGES,
+                         keys=("count", "n_pos", "class_count", "sum_loss", "conf_count", "conf_sum", "correct_sum"))
+
+
+def test_softmax_stats_hand_checked():
+    # logits [0, ln 3] -> q = [1/4, 3/4]; logits [ln 4, 0] -> q = [4/5, 1/5]
+    x = torch.tensor([[0.0, np.log(3.0)], [np.log(4.0), 0.0], [1.0, 1.0]])
+    t = torch.tensor([0, 0, -100])
+    _, st = SMX(x, t, gamma=0.0, return_stats=True, stat_bins=4)
+    assert int(st.count) == 2 and int(st.n_pos) == 2
+    assert abs(float(st.sum_pt) - (0.25 + 0.8)) < 1e-6
+    # grad norm: 0.5 * (|1/4 - 1| + |3/4|) = 0.75 ; 0.5 * (|4/5 - 1| + 1/5) = 0.2
+    assert abs(float(st.sum_grad_norm) - 0.95) < 1e-6
+    assert st.pt_hist.tolist() == [0, 1, 0, 1]
+    assert st.class_count.tolist() == [2, 0]
+    # confidences 0.75 (bin 3, wrong) and 0.8 (bin 3, right)
+    assert st.conf_count.tolist() == [0, 0, 0, 2]
+    torch.testing.assert_close(st.conf_sum, torch.tensor([0.0, 0.0, 0.0, 1.55]))
+    torch.testing.assert_close(st.correct_sum.float(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert abs(float(st.sum_loss) - (np.log(4) + np.log(1.25))) < 1e-6
+
+
+@pytest.mark.parametrize("opt", list(SMX_OPTS))
+@pytest.mark.parametrize("shape", [(60, C), (3, C, 4, 5)], ids=["NC", "NCD"])
+def test_softmax_stats_halves_add_up(opt, shape, gen):
+    x, t, kw = smx_case(shape, opt, gen, DEFAULT_EDGES)
+    h = shape[0] // 2
+    whole = SMX(x, t, return_stats=True, **kw)[1]
+    added = SMX(x[:h], t[:h], return_stats=True, **kw)[1] + SMX(x[h:], t[h:], return_stats=True, **kw)[1]
+    assert_stats_added_equal(added, whole)
+
+
+def test_softmax_stats_fully_ignored_and_empty():
+    x = torch.randn(4, C)
+    _, st = SMX(x, torch.full((4,), -100), return_stats=True)
+    assert int(st.count) == 0 and int(st.pt_hist.sum()) == 0 and int(st.conf_count.sum()) == 0
+    assert float(st.sum_pt) == 0 and float(st.sum_loss) == 0
+    _, st = SMX(torch.zeros(0, C), torch.zeros(0, dtype=torch.long), return_stats=True)
+    assert int(st.count) == 0 and st.class_count.shape == (C,)
+
+
+def test_sigmoid_stats_fully_ignored_and_empty():
+    _, st = SIG(torch.randn(4, 3), torch.full((4, 3), -1.0), ignore_index=-1, return_stats=True)
+    assert int(st.count) == 0 and int(st.pt_hist.sum()) == 0 and float(st.sum_loss) == 0
+    assert torch.isnan(st.class_mean_pt).all()
+    _, st = SIG(torch.zeros(0, 3), torch.zeros(0, 3), return_stats=True)
+    assert int(st.count) == 0 and st.class_count.shape == (3,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_stats_dtypes_for_other_input_dtypes(dtype, gen):
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    _, st = SIG(x.to(dtype), t.to(dtype), return_stats=True)
+    assert st.count.dtype == torch.int64 and st.pt_hist.dtype == torch.int64
+    assert st.sum_pt.dtype == torch.float32 and st.sum_loss.dtype == torch.float32
+    _, st = SMX(x.to(dtype), torch.randint(0, 3, (20,), generator=gen), return_stats=True)
+    assert st.count.dtype == torch.int64 and st.conf_count.dtype == torch.int64
+    assert st.sum_pt.dtype == torch.float32
+
+
+def test_module_return_stats(gen):
+    x, t, kw = sig_case((30, 3), "ignore", gen, DEFAULT_EDGES)
+    m = af.FocalLoss("sigmoid", gamma=1.5, ignore_index=-1.0, stat_bins=8)
+    loss, st = m(x, t, return_stats=True)
+    torch.testing.assert_close(loss, m(x, t))
+    _, st2 = SIG(x, t, gamma=1.5, ignore_index=-1.0, stat_bins=8, return_stats=True)
+    assert st.num_bins == 8
+    for k in ("count", "pt_hist", "class_count"):
+        assert torch.equal(getattr(st, k), getattr(st2, k))
+
+
+@pytest.mark.parametrize("n", [1, 40000], ids=["small", "large"])
+def test_histogram_edge_semantics(n):
+    """p_t = 0 -> first bin, p_t = 0.5 -> the bin starting at 0.5, p_t = 1 -> last bin (closed)."""
+    x = torch.tensor([-1e4, 0.0, 1e4]).repeat(n)
+    t = torch.ones(3 * n)
+    _, st = SIG(x, t, return_stats=True, stat_bins=4)
+    assert st.pt_hist.tolist() == [n, 0, n, n]
+    tbl = af.GammaTable(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1.0, 2.0]))
+    _, st = SIG(x, t, gamma=tbl, return_stats=True)
+    assert st.pt_hist.tolist() == [n, 2 * n]
