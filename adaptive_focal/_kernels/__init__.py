@@ -101,6 +101,9 @@ def _(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_s
 def _setup_context(ctx, inputs, output):
     _, _, grad = output
     ctx.save_for_backward(grad)
+    # Outputs the loss does not use get no gradient; without this autograd would fill a logits-sized zero tensor
+    # for ``grad`` (and ``elem``) on every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_elem, grad_acc, _grad_grad):

@@ -6,9 +6,11 @@ under a second with the system C compiler. The shared library is cached under
 flags and the machine, and later processes only load it. Without a C compiler (or with
 ``ADAPTIVE_FOCAL_CPU_KERNEL=0``) :func:`available` is False and the library uses the pure-PyTorch path.
 
-ctypes releases the GIL for the duration of a foreign call, so the work is split into one range of rows per
-thread and run from a small thread pool; each range has its own statistics accumulator, summed afterwards in
-a fixed order, so results do not depend on scheduling.
+The kernel parallelises with OpenMP over ``torch.get_num_threads()`` threads. It links ``libgomp.so.1``, which in
+a process that imported torch is the OpenMP runtime torch already loaded, so torch's operators and this kernel
+share one pool of threads (two runtimes would leave one pool spinning while the other works). Each thread's
+range has its own statistics accumulator, summed afterwards in a fixed order, so results do not depend on
+scheduling. ctypes releases the GIL during the call.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import tempfile
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ class _Args(ctypes.Structure):
         ("unit_begin", ctypes.c_int64), ("unit_end", ctypes.c_int64),
         ("x", ctypes.c_void_p), ("t", ctypes.c_void_p),
         ("grad", ctypes.c_void_p), ("elem", ctypes.c_void_p),
-        ("gamma_kind", ctypes.c_int32), ("table_bins", ctypes.c_int32),
+        ("gamma_kind", ctypes.c_int32), ("table_bins", ctypes.c_int32), ("gamma_negative", ctypes.c_int32),
         ("gamma", ctypes.c_void_p), ("table_edges", ctypes.c_void_p),
         ("alpha", ctypes.c_void_p), ("weight", ctypes.c_void_p),
         ("has_ignore", ctypes.c_int32), ("ignore_value", ctypes.c_float),
@@ -52,7 +53,6 @@ class _Args(ctypes.Structure):
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _load_failed = False
-_pool: ThreadPoolExecutor | None = None
 #: Seconds spent compiling (0.0 when the cached library was loaded); None before the first load.
 compile_seconds: float | None = None
 
@@ -70,7 +70,9 @@ def _cache_dir() -> Path:
 
 def _build(cc: str) -> Path:
     src = _SOURCE.read_bytes()
-    attempts = [_BASE_FLAGS + ["-march=native"], _BASE_FLAGS]
+    # OpenMP and -march=native where the compiler supports them; a plain build runs on one thread
+    attempts = [_BASE_FLAGS + extra for extra in
+                (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])]
     key_base = hashlib.sha256(src + platform.machine().encode() + platform.processor().encode() + cc.encode())
     last_error = ""
     for flags in attempts:
@@ -118,7 +120,9 @@ def _load() -> ctypes.CDLL | None:
             )
             _load_failed = True
             return None
-        lib.sigmoid_focal_cpu.argtypes = [ctypes.POINTER(_Args)]
+        lib.sigmoid_focal_cpu.argtypes = [
+            ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64,
+        ]
         lib.sigmoid_focal_cpu.restype = ctypes.c_int
         compile_seconds = time.perf_counter() - start
         _lib = lib
@@ -132,13 +136,6 @@ def available() -> bool:
 
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
-
-
-def _get_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None or _pool._max_workers != workers:  # noqa: SLF001 (the size is all we read)
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adaptive_focal")
-    return _pool
 
 
 def sigmoid_focal_forward(
@@ -164,34 +161,23 @@ def sigmoid_focal_forward(
     grad = torch.empty_like(x)
     elem = torch.empty_like(x) if need_elementwise else x.new_empty(0)
     bins = stat_edges.numel() - 1
+    gamma_negative = bool((gamma < 0).any())
     units = n if s == 1 else n * c
     # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
     threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
     acc = torch.zeros(threads, 5 + bins + 2 * c, dtype=torch.float64)
-    bounds = [units * i // threads for i in range(threads + 1)]
-    args = []
-    for i in range(threads):
-        a = _Args(
-            n=n, c=c, s=s, unit_begin=bounds[i], unit_end=bounds[i + 1],
-            x=x.data_ptr(), t=t.data_ptr(), grad=grad.data_ptr(),
-            elem=elem.data_ptr() if need_elementwise else None,
-            gamma_kind=gamma_kind,
-            table_bins=0 if table_edges is None else table_edges.numel() - 1,
-            gamma=gamma.data_ptr(), table_edges=_ptr(table_edges),
-            alpha=_ptr(alpha), weight=_ptr(weight),
-            has_ignore=ignore_index is not None,
-            ignore_value=0.0 if ignore_index is None else float(ignore_index),
-            smoothing=float(label_smoothing), detach=bool(detach_modulator),
-            need_stats=bool(need_stats), stat_bins=bins, stat_edges=stat_edges.data_ptr(),
-            acc=acc[i].data_ptr(),
-        )
-        args.append(a)
-    fn = lib.sigmoid_focal_cpu
-    if threads == 1:
-        fn(ctypes.byref(args[0]))
-    else:
-        futures = [_get_pool(threads).submit(fn, ctypes.byref(a)) for a in args[1:]]
-        fn(ctypes.byref(args[0]))
-        for f in futures:
-            f.result()
+    args = _Args(
+        n=n, c=c, s=s,
+        x=x.data_ptr(), t=t.data_ptr(), grad=grad.data_ptr(),
+        elem=elem.data_ptr() if need_elementwise else None,
+        gamma_kind=gamma_kind,
+        table_bins=0 if table_edges is None else table_edges.numel() - 1, gamma_negative=gamma_negative,
+        gamma=gamma.data_ptr(), table_edges=_ptr(table_edges),
+        alpha=_ptr(alpha), weight=_ptr(weight),
+        has_ignore=ignore_index is not None,
+        ignore_value=0.0 if ignore_index is None else float(ignore_index),
+        smoothing=float(label_smoothing), detach=bool(detach_modulator),
+        need_stats=bool(need_stats), stat_bins=bins, stat_edges=stat_edges.data_ptr(),
+    )
+    lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[1])
     return elem, grad, acc.sum(0)

@@ -1,10 +1,12 @@
 /*
  * Fused sigmoid focal loss for the CPU: loss, gradient and batch statistics in one pass.
  *
- * The input is viewed as (N, C, S): N rows, C classes along dim 1, S trailing elements. The caller splits the
- * work into ranges of "units" (a unit is one row of C elements when S == 1, else one (n, c) plane of S elements)
- * and runs ranges on separate threads; each range writes its own statistics accumulator, so the result does not
- * depend on thread scheduling.
+ * The input is viewed as (N, C, S): N rows, C classes along dim 1, S trailing elements. The work is split into
+ * one range of "units" per thread (a unit is one row of C elements when S == 1, else one (n, c) plane of S
+ * elements); each range writes its own statistics accumulator, so the result does not depend on scheduling.
+ * Threads come from OpenMP. The library is linked against libgomp.so.1, which in a process that imported
+ * torch resolves to the runtime torch already loaded: one thread pool for torch and this kernel, rather than two
+ * pools spinning against each other on the same cores.
  *
  * Elements are processed in blocks held in L1-sized stack buffers, in phases that each vectorise: the sigmoid
  * and BCE terms, then gamma, then the modulating factor with the loss and the gradient, then the statistics.
@@ -26,12 +28,13 @@
 
 typedef struct {
     int64_t n, c, s;                 /* logical shape (N, C, S) */
-    int64_t unit_begin, unit_end;    /* range of units handled by this call */
+    int64_t unit_begin, unit_end;    /* range of units of one thread (set by sigmoid_focal_cpu) */
     const float *x, *t;
     float *grad;                     /* (N, C, S) */
     float *elem;                     /* (N, C, S) or NULL */
     int32_t gamma_kind;              /* 0 scalar, 1 per class, 2 per element, 3 table (C, table_bins) */
     int32_t table_bins;
+    int32_t gamma_negative;          /* some gamma value is < 0 (the inverse focal factor is needed) */
     const float *gamma;
     const float *table_edges;        /* table_bins + 1 */
     const float *alpha;              /* (C,) or NULL */
@@ -95,14 +98,15 @@ static inline float bin_of(float v, const float *edges, int32_t bins) {
 }
 
 typedef struct {
-    /* per-position class data for a block (index j), filled once (S == 1) or per plane (S > 1) */
+    /* per-position class data (index j): filled once when S == 1 (position j has class j % C), per plane else */
     float gamma[BLOCK], alpha[BLOCK];
+    float a_pos[BLOCK], a_neg[BLOCK];  /* alpha_t for a positive / negative hard target (1 without alpha) */
     int32_t cls[BLOCK];
-    /* per-element intermediates */
-    float p[BLOCK], pm[BLOCK], ts[BLOCK], q[BLOCK], pt[BLOCK], l[BLOCK], valid[BLOCK], pos[BLOCK], g[BLOCK],
-        el[BLOCK];
+    float g[BLOCK];     /* gamma of each element, for the scalar (filled once) and table kinds */
+    float pt[BLOCK];    /* p_t of each element, -1 where ignored (for the histogram and the table lookup) */
+    float el[BLOCK];    /* element losses of the block */
     /* per-position running sums: element-wise adds vectorise where a floating-point reduction would not
-       (without -ffast-math), and with S == 1 position j always holds class j % C */
+       (without -ffast-math); folded into acc by fold_sums */
     double s_loss[BLOCK], s_count[BLOCK], s_pos[BLOCK], s_pt[BLOCK], s_abs[BLOCK];
 } block_buf;
 
@@ -127,93 +131,200 @@ static void fold_sums(const focal_args *a, block_buf *b, int64_t len, double *ac
     clear_sums(b, len);
 }
 
-static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, double *acc) {
+/* p_t of each element (-1 where ignored), for the table lookup that must precede the main loop. */
+static void block_pt(const focal_args *a, block_buf *b, int64_t off, int32_t len) {
     const float *x = a->x + off, *t = a->t + off;
     const float ls = a->smoothing, ign = a->ignore_value;
     const int has_ign = a->has_ignore;
-
-    /* phase 1: sigmoid, BCE and p_t */
     for (int32_t j = 0; j < len; ++j) {
         float xv = x[j], tv = t[j];
         float ts = tv * (1.0f - ls) + 0.5f * ls;
         float e = f_exp(-(xv < 0.0f ? -xv : xv));
         float s = 1.0f / (1.0f + e);
+        float p = xv >= 0.0f ? s : e * s;
+        float pm = xv >= 0.0f ? e * s : s;
+        b->pt[j] = (has_ign && tv == ign) ? -1.0f : p * ts + pm * (1.0f - ts);
+    }
+}
+
+/*
+ * The fused loop. `hard` (all targets of the block are 0 or 1 and there is no smoothing), `neg` (some gamma is
+ * negative) and `stats` are compile-time constants at each call site, so each combination is its own
+ * straight-line vector loop. With hard targets log(1 - p_t) comes free from the BCE term
+ * (log(1 - p_t) = -(max(z, 0) + log1p(e)) with z = +x or -x) and p pm / (1 - p_t) is p_t: no log and no
+ * division beyond the sigmoid's.
+ */
+static inline __attribute__((always_inline)) void fused_loop(
+    const focal_args *a, block_buf *b, int64_t off, int32_t len, const float *gp, const int hard, const int neg,
+    const int stats) {
+    const float *x = a->x + off, *t = a->t + off;
+    const float ls = a->smoothing, ign = a->ignore_value;
+    const int has_ign = a->has_ignore, use_alpha = a->alpha != NULL, detach = a->detach;
+    const float *w = a->weight ? a->weight + off : NULL;
+    float *grad = a->grad + off;
+    for (int32_t j = 0; j < len; ++j) {
+        float xv = x[j], tv = t[j];
+        int valid = !(has_ign && tv == ign);
+        float ts = valid ? tv * (1.0f - ls) + 0.5f * ls : 0.0f;  /* keeps ignored lanes in range */
+        float ax = xv < 0.0f ? -xv : xv;
+        float e = f_exp(-ax);
+        float w1 = 1.0f + e;
+        float s = 1.0f / w1;
         float es = e * s;
         float p = xv >= 0.0f ? s : es;
         float pm = xv >= 0.0f ? es : s;
-        float valid = (has_ign && tv == ign) ? 0.0f : 1.0f;
-        b->p[j] = p;
-        b->pm[j] = pm;
-        b->ts[j] = valid != 0.0f ? ts : 0.0f;   /* keeps ignored lanes (t = ignore_index) in range */
-        b->q[j] = valid != 0.0f ? ts * pm + (1.0f - ts) * p : pm;
-        b->pt[j] = p * ts + pm * (1.0f - ts);
-        b->l[j] = (xv > 0.0f ? xv : 0.0f) - xv * ts + f_log1p(e);
-        b->valid[j] = valid;
-        b->pos[j] = (valid != 0.0f && tv >= 0.5f) ? 1.0f : 0.0f;
+        float lg1p = f_log(w1) + (e - (w1 - 1.0f)) * s;  /* log1p(e): log(1 + e) corrected for rounding of 1 + e */
+        float relu = xv > 0.0f ? xv : 0.0f;
+        float l = relu - xv * ts + lg1p;                   /* BCE */
+        float pt = p * ts + pm * (1.0f - ts);
+        float q = ts * pm + (1.0f - ts) * p;               /* 1 - p_t, without cancellation */
+        float g = gp[j];
+        float ag = g < 0.0f ? -g : g;
+        float m, r;
+        if (hard) {
+            float log_q = -((ts != 0.0f ? relu : relu - xv) + lg1p);
+            if (neg) {
+                float log_base = g >= 0.0f ? log_q : f_log(1.0f + pt);
+                m = f_exp(ag * log_base);
+                r = g >= 0.0f ? pt : p * pm / (1.0f + pt);
+            } else {
+                m = f_exp(g * log_q);
+                r = pt;
+            }
+        } else {
+            float base = (neg && g < 0.0f) ? 1.0f + pt : q;
+            m = g == 0.0f ? 1.0f : (base > 0.0f ? f_exp(ag * f_log(base)) : 0.0f);
+            r = base > 0.0f ? p * pm / base : 0.0f;
+        }
+        float al = use_alpha ? b->alpha[j] * ts + (1.0f - b->alpha[j]) * (1.0f - ts) : 1.0f;
+        float wa = (w ? w[j] : 1.0f) * al;
+        float dmod = detach ? 0.0f : g * r * (1.0f - 2.0f * ts) * l;
+        float el = valid ? wa * m * l : 0.0f;
+        float vf = valid ? 1.0f : 0.0f;
+        grad[j] = valid ? wa * m * ((p - ts) + dmod) : 0.0f;
+        b->el[j] = el;
+        b->s_loss[j] += el;
+        b->s_count[j] += vf;
+        b->s_pos[j] += tv >= 0.5f ? vf : 0.0f;
+        if (stats) {
+            float d = p - ts;
+            b->pt[j] = valid ? pt : -1.0f;
+            b->s_pt[j] += vf * pt;
+            b->s_abs[j] += vf * (d < 0.0f ? -d : d);
+        }
     }
+}
 
-    /* phase 2: gamma for each element */
-    switch (a->gamma_kind) {
-    case 0: { float g0 = a->gamma[0]; for (int32_t j = 0; j < len; ++j) b->g[j] = g0; break; }
-    case 1: memcpy(b->g, b->gamma, (size_t)len * sizeof(float)); break;
-    case 2: memcpy(b->g, a->gamma + off, (size_t)len * sizeof(float)); break;
-    default: {
+/*
+ * The common case in a lean loop: hard targets (0/1, no smoothing) and gamma >= 0. With z = +x for a positive
+ * and -x for a negative target, p_t = sigmoid(z), 1 - p_t = sigmoid(-z), BCE = softplus(-z) and
+ * (1 - p_t)^gamma = exp(-gamma softplus(z)), so one exp gives both sigmoids, one log gives both softplus terms,
+ * and dFL/dz = -alpha_t m [(1 - p_t) + gamma p_t BCE] needs no further transcendental.
+ */
+static inline __attribute__((always_inline)) void hard_loop(
+    const focal_args *a, block_buf *b, int64_t off, int32_t len, const float *gp, const int has_w,
+    const int stats) {
+    const float *x = a->x + off, *t = a->t + off;
+    const float *w = has_w ? a->weight + off : NULL;
+    const float ign = a->ignore_value, keep = a->detach ? 0.0f : 1.0f;
+    const int has_ign = a->has_ignore;
+    float *grad = a->grad + off;
+    for (int32_t j = 0; j < len; ++j) {
+        float xv = x[j], tv = t[j];
+        int valid = !(has_ign && tv == ign);
+        int pos = tv != 0.0f;
+        float sg = pos ? 1.0f : -1.0f;
+        float z = sg * xv;
+        float e = f_exp(-(xv < 0.0f ? -xv : xv));
+        float w1 = 1.0f + e;
+        float s = 1.0f / w1;
+        float es = e * s;
+        float pt = z >= 0.0f ? s : es;
+        float q = z >= 0.0f ? es : s;
+        float lg1p = f_log(w1) + (e - (w1 - 1.0f)) * s;
+        float rz = z > 0.0f ? z : 0.0f;
+        float ce = rz - z + lg1p;
+        float g = gp[j];
+        float m = f_exp(-g * (rz + lg1p));
+        float at = pos ? b->a_pos[j] : b->a_neg[j];
+        if (has_w) at *= w[j];
+        float atm = at * m;
+        float el = valid ? atm * ce : 0.0f;
+        grad[j] = valid ? -sg * atm * (q + keep * g * pt * ce) : 0.0f;
+        b->el[j] = el;
+        b->s_loss[j] += el;
+        if (stats) {
+            float vf = valid ? 1.0f : 0.0f;
+            b->pt[j] = valid ? pt : -1.0f;
+            b->s_count[j] += vf;
+            b->s_pos[j] += pos ? vf : 0.0f;
+            b->s_pt[j] += vf * pt;
+            b->s_abs[j] += vf * q;  /* |p - t| = 1 - p_t for a hard target */
+        }
+    }
+    if (!stats) {  /* counts as integer reductions; with statistics they are kept per position (per class) */
+        int32_t count = 0, n_pos = 0;
+        for (int32_t j = 0; j < len; ++j) {
+            int valid = !(has_ign && t[j] == ign);
+            count += valid;
+            n_pos += valid & (t[j] != 0.0f);
+        }
+        a->acc[1] += (double)count;
+        a->acc[2] += (double)n_pos;
+    }
+}
+
+static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, double *acc) {
+    const int stats = a->need_stats, neg = a->gamma_negative;
+    const float *gp = a->gamma_kind == 2 ? a->gamma + off : b->gamma;
+    int hard = a->smoothing == 0.0f;
+    if (hard) {
+        const float *t = a->t + off;
+        const float ign = a->ignore_value;
+        const int has_ign = a->has_ignore;
+        int32_t soft = 0;
+        for (int32_t j = 0; j < len; ++j) soft += (t[j] != 0.0f) & (t[j] != 1.0f) & !(has_ign && t[j] == ign);
+        hard = soft == 0;
+    }
+    if (a->gamma_kind == 3) {
+        /* table: gamma from the bin of p_t, which needs p_t first */
         const int32_t tb = a->table_bins;
+        block_pt(a, b, off, len);
         for (int32_t j = 0; j < len; ++j) {
             int32_t k = (int32_t)bin_of(b->pt[j], a->table_edges, tb);
             b->g[j] = a->gamma[b->cls[j] * tb + k];
         }
+        gp = b->g;
     }
-    }
-
-    /* phase 3: modulating factor, loss and gradient */
-    const int use_alpha = a->alpha != NULL, detach = a->detach;
-    const float *w = a->weight ? a->weight + off : NULL;
-    float *grad = a->grad + off;
-    for (int32_t j = 0; j < len; ++j) {
-        float g = b->g[j], q = b->q[j], ts = b->ts[j], p = b->p[j], pm = b->pm[j], l = b->l[j];
-        float ag = g < 0.0f ? -g : g;
-        float base = g >= 0.0f ? q : 2.0f - q;
-        float m = g == 0.0f ? 1.0f : (base > 0.0f ? f_exp(ag * f_log(base)) : 0.0f);
-        float r = base > 0.0f ? p * pm / base : 0.0f;
-        float al = use_alpha ? b->alpha[j] * ts + (1.0f - b->alpha[j]) * (1.0f - ts) : 1.0f;
-        float wa = (w ? w[j] : 1.0f) * al;
-        float dmod = detach ? 0.0f : g * r * (1.0f - 2.0f * ts) * l;
-        int ok = b->valid[j] != 0.0f;
-        b->el[j] = ok ? wa * m * l : 0.0f;
-        grad[j] = ok ? wa * m * ((p - ts) + dmod) : 0.0f;
+    if (hard && !neg) {
+        if (a->weight) { if (stats) hard_loop(a, b, off, len, gp, 1, 1); else hard_loop(a, b, off, len, gp, 1, 0); }
+        else           { if (stats) hard_loop(a, b, off, len, gp, 0, 1); else hard_loop(a, b, off, len, gp, 0, 0); }
+    } else if (hard) {
+        if (stats) fused_loop(a, b, off, len, gp, 1, 1, 1); else fused_loop(a, b, off, len, gp, 1, 1, 0);
+    } else {
+        if (neg) { if (stats) fused_loop(a, b, off, len, gp, 0, 1, 1); else fused_loop(a, b, off, len, gp, 0, 1, 0); }
+        else     { if (stats) fused_loop(a, b, off, len, gp, 0, 0, 1); else fused_loop(a, b, off, len, gp, 0, 0, 0); }
     }
     if (a->elem) memcpy(a->elem + off, b->el, (size_t)len * sizeof(float));
-
-    /* phase 4: statistics, as per-position running sums (folded by the caller) and a histogram */
-    for (int32_t j = 0; j < len; ++j) {
-        float v = b->valid[j];
-        float d = b->p[j] - b->ts[j];
-        b->s_loss[j] += b->el[j];
-        b->s_count[j] += v;
-        b->s_pos[j] += b->pos[j];
-        b->s_pt[j] += v * b->pt[j];
-        b->s_abs[j] += v * (d < 0.0f ? -d : d);
-    }
-    if (!a->need_stats) return;
-    /* histogram through cumulative counts: cum[k] = #(valid and p_t >= edges[k]) for the interior edges */
+    if (!stats) return;
+    /* histogram through cumulative counts: cum[k] = #(p_t >= edges[k]); ignored elements hold p_t = -1 */
     const int32_t nb = a->stat_bins;
     double *hist = acc + 5;
     int32_t prev = 0;
-    for (int32_t j = 0; j < len; ++j) prev += b->valid[j] != 0.0f;
+    for (int32_t j = 0; j < len; ++j) prev += b->pt[j] >= 0.0f;
     for (int32_t k = 1; k <= nb; ++k) {
         int32_t cum = 0;
         if (k < nb) {
             const float edge = a->stat_edges[k];
-            for (int32_t j = 0; j < len; ++j) cum += (b->valid[j] != 0.0f) & (b->pt[j] >= edge);
+            for (int32_t j = 0; j < len; ++j) cum += b->pt[j] >= edge;
         }
         hist[k - 1] += (double)(prev - cum);
         prev = cum;
     }
 }
 
-/* Runs units [unit_begin, unit_end). Returns 0 on success. */
-int sigmoid_focal_cpu(const focal_args *a) {
+/* Runs units [unit_begin, unit_end) of a->... on the calling thread. */
+static void run_range(const focal_args *a) {
     block_buf *b = (block_buf *)__builtin_alloca(sizeof(block_buf));
     const int64_t C = a->c, S = a->s;
     double *acc = a->acc;
@@ -224,8 +335,10 @@ int sigmoid_focal_cpu(const focal_args *a) {
         for (int64_t j = 0; j < span; ++j) {
             int32_t c = (int32_t)(j % C);
             b->cls[j] = c;
-            b->gamma[j] = a->gamma_kind == 1 ? a->gamma[c] : 0.0f;
+            b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
             b->alpha[j] = a->alpha ? a->alpha[c] : 0.0f;
+            b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
+            b->a_neg[j] = a->alpha ? 1.0f - a->alpha[c] : 1.0f;
         }
         for (int64_t row = a->unit_begin; row < a->unit_end; row += rows_per_block) {
             int64_t rows = a->unit_end - row < rows_per_block ? a->unit_end - row : rows_per_block;
@@ -239,8 +352,10 @@ int sigmoid_focal_cpu(const focal_args *a) {
                 int32_t len = (int32_t)(C - c0 < BLOCK ? C - c0 : BLOCK);
                 for (int32_t j = 0; j < len; ++j) {
                     b->cls[j] = (int32_t)(c0 + j);
-                    b->gamma[j] = a->gamma_kind == 1 ? a->gamma[c0 + j] : 0.0f;
+                    b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c0 + j] : 0.0f);
                     b->alpha[j] = a->alpha ? a->alpha[c0 + j] : 0.0f;
+                    b->a_pos[j] = a->alpha ? a->alpha[c0 + j] : 1.0f;
+                    b->a_neg[j] = a->alpha ? 1.0f - a->alpha[c0 + j] : 1.0f;
                 }
                 process_block(a, b, row * C + c0, len, acc);
                 fold_sums(a, b, len, acc);
@@ -253,8 +368,10 @@ int sigmoid_focal_cpu(const focal_args *a) {
             const int32_t used = (int32_t)(S < BLOCK ? S : BLOCK);
             for (int32_t j = 0; j < used; ++j) {
                 b->cls[j] = c;
-                b->gamma[j] = a->gamma_kind == 1 ? a->gamma[c] : 0.0f;
+                b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
                 b->alpha[j] = a->alpha ? a->alpha[c] : 0.0f;
+                b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
+                b->a_neg[j] = a->alpha ? 1.0f - a->alpha[c] : 1.0f;
             }
             for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
                 int32_t len = (int32_t)(S - s0 < BLOCK ? S - s0 : BLOCK);
@@ -262,6 +379,19 @@ int sigmoid_focal_cpu(const focal_args *a) {
             }
             fold_sums(a, b, used, acc);
         }
+    }
+}
+
+/* Runs all units on `threads` threads; thread i handles the i-th of `threads` equal ranges and accumulates into
+   acc_rows[i * acc_len ...] (zeroed by the caller), which the caller sums in order. Returns 0 on success. */
+int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, double *acc_rows, int64_t acc_len) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int32_t i = 0; i < threads; ++i) {
+        focal_args local = *a;
+        local.unit_begin = units * i / threads;
+        local.unit_end = units * (i + 1) / threads;
+        local.acc = acc_rows + i * acc_len;
+        run_range(&local);
     }
     return 0;
 }
