@@ -674,9 +674,11 @@ def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_clas
             p_t = torch.exp(logp.gather(1, cls.unsqueeze(1)).squeeze(1))
             grad_norm = 1.0 - p_t
             v = valid.to(p_t.dtype)
-        conf_log, pred = logp.max(1)
+        # amax is one cheap pass; max with indices (argmax) costs about four times more on CPU. A sample is
+        # correct when its target class attains the maximum (a tie counts as correct).
+        conf_log = logp.amax(1)
         conf = torch.exp(conf_log)
-        correct = (pred == cls).to(p_t.dtype) * v
+        correct = (logp.gather(1, cls.unsqueeze(1)).squeeze(1) >= conf_log).to(p_t.dtype) * v
         vi = v.to(torch.int64)
         class_count = torch.zeros(num_classes, device=logp.device, dtype=torch.int64)
         class_count.scatter_add_(0, cls.reshape(-1), vi.reshape(-1))

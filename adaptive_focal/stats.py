@@ -29,8 +29,9 @@ class BatchStats:
         edges: (B + 1,) bin edges of the histograms (equal in every addend; not summed).
         count: number of elements / samples (int64).
         n_pos: elements whose raw target is >= 0.5 (sigmoid); equal to ``count`` for softmax.
-        sum_pt: sum of p_t, the probability given to the target (softmax with probability targets:
-            ``sum_c y_c q_c``).
+        sum_pt: sum of p_t, the probability in the modulating factor of the target's term: sigmoid
+            ``p t' + (1 - p)(1 - t')`` with the (smoothed) target t'; softmax with index targets the probability of
+            the target class (with or without label smoothing), with probability targets ``sum_c y_c q_c``.
         sum_loss: sum of the unreduced losses.
         sum_grad_norm: sum of ``|p - y|``, the gradient norm of Li et al. (2019, GHM); for softmax
             ``0.5 * sum_c |q_c - y_c|`` per sample.
@@ -38,8 +39,9 @@ class BatchStats:
         class_count: (C,) elements per class (sigmoid: index along dim 1) or samples per target class (softmax).
         class_sum_pt: (C,) sum of p_t per class.
         conf_count, conf_sum, correct_sum: (B,) softmax only (None for sigmoid): samples binned by their
-            confidence ``max_c q_c``, the confidences' sum and the number predicted correctly per bin, which is
-            what expected calibration error and AdaFocal need.
+            confidence ``max_c q_c``, the confidences' sum and the number predicted correctly per bin (the target
+            class has the highest probability; a tie counts as correct), which is what expected calibration error
+            and AdaFocal need.
     """
 
     edges: torch.Tensor

@@ -107,12 +107,14 @@ typedef struct {
     float el[BLOCK];    /* element losses of the block */
     /* per-position running sums: element-wise adds vectorise where a floating-point reduction would not
        (without -ffast-math); folded into acc by fold_sums */
-    double s_loss[BLOCK], s_count[BLOCK], s_pos[BLOCK], s_pt[BLOCK], s_abs[BLOCK];
+    double s_loss[BLOCK], s_pt[BLOCK];
+    double s_abs[BLOCK];                 /* sum of |p - t'| - (1 - p_t): zero for hard targets, so not kept there */
+    int32_t s_count[BLOCK], s_pos[BLOCK];
 } block_buf;
 
 static void clear_sums(block_buf *b, int64_t len) {
     for (int64_t j = 0; j < len; ++j) {
-        b->s_loss[j] = 0.0; b->s_count[j] = 0.0; b->s_pos[j] = 0.0; b->s_pt[j] = 0.0; b->s_abs[j] = 0.0;
+        b->s_loss[j] = 0.0; b->s_pt[j] = 0.0; b->s_abs[j] = 0.0; b->s_count[j] = 0; b->s_pos[j] = 0;
     }
 }
 
@@ -124,7 +126,7 @@ static void fold_sums(const focal_args *a, block_buf *b, int64_t len, double *ac
         acc[1] += b->s_count[j];
         acc[2] += b->s_pos[j];
         acc[3] += b->s_pt[j];
-        acc[4] += b->s_abs[j];
+        acc[4] += (double)b->s_count[j] - b->s_pt[j] + b->s_abs[j];  /* sum of (1 - p_t) plus the excess */
         class_count[b->cls[j]] += b->s_count[j];
         class_sum_pt[b->cls[j]] += b->s_pt[j];
     }
@@ -204,13 +206,13 @@ static inline __attribute__((always_inline)) void fused_loop(
         grad[j] = valid ? wa * m * ((p - ts) + dmod) : 0.0f;
         b->el[j] = el;
         b->s_loss[j] += el;
-        b->s_count[j] += vf;
-        b->s_pos[j] += tv >= 0.5f ? vf : 0.0f;
+        b->s_count[j] += valid;
+        b->s_pos[j] += valid & (tv >= 0.5f);
         if (stats) {
             float d = p - ts;
             b->pt[j] = valid ? pt : -1.0f;
             b->s_pt[j] += vf * pt;
-            b->s_abs[j] += vf * (d < 0.0f ? -d : d);
+            b->s_abs[j] += vf * ((d < 0.0f ? -d : d) - (1.0f - pt));
         }
     }
 }
@@ -253,13 +255,11 @@ static inline __attribute__((always_inline)) void hard_loop(
         grad[j] = valid ? -sg * atm * (q + keep * g * pt * ce) : 0.0f;
         b->el[j] = el;
         b->s_loss[j] += el;
-        if (stats) {
-            float vf = valid ? 1.0f : 0.0f;
+        if (stats) {  /* |p - t| = 1 - p_t for a hard target: s_abs gets nothing */
+            b->s_count[j] += valid;
+            b->s_pos[j] += valid & pos;
+            b->s_pt[j] += valid ? pt : 0.0f;
             b->pt[j] = valid ? pt : -1.0f;
-            b->s_count[j] += vf;
-            b->s_pos[j] += pos ? vf : 0.0f;
-            b->s_pt[j] += vf * pt;
-            b->s_abs[j] += vf * q;  /* |p - t| = 1 - p_t for a hard target */
         }
     }
     if (!stats) {  /* counts as integer reductions; with statistics they are kept per position (per class) */
@@ -307,9 +307,10 @@ static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_
     }
     if (a->elem) memcpy(a->elem + off, b->el, (size_t)len * sizeof(float));
     if (!stats) return;
-    /* histogram through cumulative counts: cum[k] = #(p_t >= edges[k]); ignored elements hold p_t = -1 */
     const int32_t nb = a->stat_bins;
     double *hist = acc + 5;
+    /* cumulative counts cum[k] = #(p_t >= edges[k]), a vectorised integer reduction per interior edge; ignored
+       elements hold p_t = -1 */
     int32_t prev = 0;
     for (int32_t j = 0; j < len; ++j) prev += b->pt[j] >= 0.0f;
     for (int32_t k = 1; k <= nb; ++k) {
