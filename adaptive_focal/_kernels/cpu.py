@@ -10,7 +10,8 @@ The kernel parallelises with OpenMP over ``torch.get_num_threads()`` threads. It
 a process that imported torch is the OpenMP runtime torch already loaded, so torch's operators and this kernel
 share one pool of threads (two runtimes would leave one pool spinning while the other works). Each thread's
 range has its own statistics accumulator, summed afterwards in a fixed order, so results do not depend on
-scheduling. ctypes releases the GIL during the call.
+scheduling. ctypes releases the GIL during the call. (A torch built with another OpenMP runtime, such as Intel's,
+still works; the two runtimes then keep separate threads.)
 """
 
 from __future__ import annotations

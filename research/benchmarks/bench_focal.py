@@ -81,8 +81,8 @@ def first_call_seconds(fn, x) -> float:
 def cold_kernel_build_seconds() -> float:
     """Compiles the C kernel into an empty cache in a fresh process: what a first-ever call pays."""
     code = (
-        "import time; t=time.perf_counter(); from adaptive_focal._kernels import cpu; "
-        "assert cpu.available(); print(time.perf_counter()-t)"
+        "import time, torch; from adaptive_focal._kernels import cpu; t = time.perf_counter(); "
+        "assert cpu.available(); print(time.perf_counter() - t)"
     )
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, ADAPTIVE_FOCAL_CACHE=cache)
