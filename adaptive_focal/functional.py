@@ -328,16 +328,14 @@ def sigmoid_focal_loss(
             input.reshape(shape3).to(dtype), t.reshape(shape3), g, gval, a, wval,
             ignore_index, ls, bool(detach_modulator), edges, bool(return_stats),
         )
-        total = elem.sum()
-        per_item = elem.view(input.shape)
-        count = stats.count if stats is not None else (
-            elem.numel() if ignore_index is None else (t != ignore_index).sum()
-        )
-        n_pos = None
-        if reduction == "positives":
-            n_pos = stats.n_pos if stats is not None else (
-                (t >= 0.5) & (t != ignore_index) if ignore_index is not None else (t >= 0.5)
-            ).sum()
+        total, per_item = elem.sum(), elem.view(input.shape)
+        positive = t >= 0.5
+        if ignore_index is None:
+            count = elem.numel()
+        else:
+            valid = t != ignore_index
+            count, positive = valid.sum(), positive & valid
+        n_pos = positive.sum()
     denom = n_pos if reduction == "positives" else count
     if reduction in ("mean", "positives"):
         denom = torch.as_tensor(denom, device=device).to(total.dtype)
@@ -492,7 +490,7 @@ def softmax_focal_loss(
     weight: torch.Tensor | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     return_stats: bool = False,
     *,
     detach_modulator: bool = False,
@@ -515,7 +513,7 @@ def softmax_focal_loss(
         weight: None or a (C,) tensor of class weights with ``F.cross_entropy``'s meaning.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         label_smoothing: in [0, 1).
-        ignore_index: class index whose samples are ignored (index targets only).
+        ignore_index: class index whose samples are ignored (index targets only); None ignores nothing.
         return_stats: also return the batch's :class:`BatchStats` (with confidence bins for calibration).
         detach_modulator: keep the modulating factor out of the gradient.
         stat_bins: number of equal-width bins of the statistics (the table's bins for a GammaTable gamma).
@@ -559,8 +557,8 @@ def softmax_focal_loss(
                 f"target of class indices must have shape {sample_shape} for input of shape {tuple(input.shape)}, "
                 f"got {tuple(target.shape)}"
             )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
     dtype = _compute_dtype(input)
     device = input.device
     g = _resolve_gamma(gamma, input, "softmax", dtype)
@@ -596,14 +594,12 @@ def softmax_focal_loss(
         cls = t.argmax(1)
     else:
         tgt = target.to(device=device, dtype=torch.int64)
-        valid = tgt != ignore_index
+        valid = tgt != ignore_index if ignore_index is not None else torch.ones_like(tgt, dtype=torch.bool)
         if _on_host(tgt):
             bad = valid & ((tgt < 0) | (tgt >= num_classes))
             if bool(bad.any()):
-                raise ValueError(
-                    f"target class indices must be in [0, {num_classes}) or equal ignore_index={ignore_index}, "
-                    f"got {tgt[bad][0].item()}"
-                )
+                allowed = f"[0, {num_classes})" + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+                raise ValueError(f"target class indices must be in {allowed}, got {tgt[bad][0].item()}")
         cls = torch.where(valid, tgt, torch.zeros_like(tgt))
         w_y = None if w is None else w[cls]
         if ls == 0.0:

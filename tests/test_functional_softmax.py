@@ -526,3 +526,13 @@ def test_single_class(gamma):
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert torch.isfinite(x.grad).all() and float(x.grad.abs().max()) == 0.0
+
+
+def test_ignore_index_none_ignores_nothing():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, requires_grad=True)
+    y = torch.randint(0, 4, (6,))
+    got = af.softmax_focal_loss(x, y, gamma=0.0, ignore_index=None)
+    torch.testing.assert_close(got, F.cross_entropy(x, y))
+    with pytest.raises(ValueError, match=r"target class indices must be in \[0, 4\), got -100"):
+        af.softmax_focal_loss(x, torch.tensor([0, 1, 2, 3, 0, -100]), ignore_index=None)
