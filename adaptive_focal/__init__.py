@@ -9,16 +9,35 @@ used.
 
 from .functional import sigmoid_focal_loss, softmax_focal_loss
 from .loss import FocalLoss
+from .policy import GammaPolicy, create_policy, list_policies, register_policy
 from .stats import BatchStats
 from .table import GammaTable
+from .schedules import (  # noqa: E402  (registers the schedules)
+    ConstantGamma, CosineGamma, ExponentialGamma, FLSc531, LinearGamma, SequentialGamma, StepGamma,
+)
+from .controllers import AutomatedGamma, FLSD53, PIGamma  # noqa: E402  (registers the controllers)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutomatedGamma",
     "BatchStats",
+    "ConstantGamma",
+    "CosineGamma",
+    "ExponentialGamma",
+    "FLSD53",
+    "FLSc531",
     "FocalLoss",
+    "GammaPolicy",
     "GammaTable",
+    "LinearGamma",
+    "PIGamma",
+    "SequentialGamma",
+    "StepGamma",
     "__version__",
+    "create_policy",
+    "list_policies",
+    "register_policy",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
 ]

@@ -97,7 +97,7 @@ class FocalLoss(nn.Module):
             new = value.detach().to(torch.float32)
         else:
             raise TypeError(f"gamma must be a float, a tensor or a GammaTable, got {type(value).__name__}")
-        if torch.isnan(new).any():
+        if new.device.type == "cpu" and torch.isnan(new).any():  # reading a device tensor would synchronise
             raise ValueError(f"gamma must not be NaN, got {value!r}")
         old = self._buffers.get("gamma")
         if old is not None and old.shape == new.shape:

@@ -1,0 +1,216 @@
+"""The gamma-policy base class and the registry behind ``create_policy`` / ``list_policies``.
+
+A policy holds a :class:`~adaptive_focal.FocalLoss` and writes its gamma, the way a learning-rate scheduler
+writes an optimizer's learning rate. The loss never refers back to the policy. Every policy has one signature:
+
+* ``step(stats=None)`` after each optimizer step, with that batch's :class:`~adaptive_focal.BatchStats`;
+* ``epoch_end(val_stats=None)`` at the end of each epoch, with validation statistics for the policies whose
+  ``needs_validation`` is True;
+* ``get_last_gamma()``, ``state_dict()`` and ``load_state_dict()``.
+
+Arguments are checked before anything changes, so a bad call leaves the policy and the loss as they were.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from .loss import FocalLoss
+from .stats import BatchStats
+from .table import GammaTable
+
+__all__ = ["GammaPolicy", "create_policy", "list_policies", "register_policy"]
+
+_REGISTRY: dict[str, type[GammaPolicy]] = {}
+
+
+def register_policy(name: str):
+    """Class decorator: makes a policy available to :func:`create_policy` under ``name``."""
+
+    def wrap(cls: type[GammaPolicy]) -> type[GammaPolicy]:
+        if name in _REGISTRY:
+            raise ValueError(f"a policy named {name!r} is already registered ({_REGISTRY[name].__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_policies() -> list[str]:
+    """The names :func:`create_policy` accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_policy(name: str, loss: FocalLoss, **kwargs) -> GammaPolicy:
+    """Builds the policy registered as ``name`` for ``loss``; ``kwargs`` are the policy's hyperparameters.
+
+    Example:
+        >>> from adaptive_focal import FocalLoss, create_policy
+        >>> loss = FocalLoss("softmax", gamma=2.0)
+        >>> policy = create_policy("linear", loss, start=0.0, end=2.0, total=100)
+        >>> float(loss.gamma)
+        0.0
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; available policies: {', '.join(list_policies())}")
+    return _REGISTRY[name](loss, **kwargs)
+
+
+def _check_number(name: str, value, low=None, high=None, *, low_open=False, integer=False) -> float:
+    """Validates a hyperparameter; the message names it, the allowed range and what was received."""
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    v = float(value)
+    if v != v:
+        raise ValueError(f"{name} must not be NaN, got {value!r}")
+    bad_low = low is not None and (v <= low if low_open else v < low)
+    bad_high = high is not None and v > high
+    if bad_low or bad_high:
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{lo}, {hi}], got {value!r}")
+    return int(value) if integer else v
+
+
+class GammaPolicy:
+    """Base class of every gamma policy.
+
+    Subclasses implement ``_compute(stats)`` (the gamma after a training step) and, where they use validation
+    statistics, ``_compute_epoch(val_stats)``; both return the gamma to write (a float, a tensor or a
+    ``GammaTable``) or None to keep the current one. State beyond the counters is declared by ``_state`` /
+    ``_load_state``.
+
+    Attributes:
+        needs_validation: whether ``epoch_end`` must be given validation statistics.
+        stats_mode: "sigmoid" or "softmax" when the policy only makes sense for that mode's statistics.
+    """
+
+    name: ClassVar[str] = "base"
+    needs_validation: ClassVar[bool] = False
+    needs_stats: ClassVar[bool] = False
+    stats_mode: ClassVar[str | None] = None
+    #: bumped when the state layout changes; load_state_dict accepts older versions through .get defaults
+    state_version: ClassVar[int] = 1
+
+    def __init__(self, loss: FocalLoss) -> None:
+        if not isinstance(loss, FocalLoss):
+            raise TypeError(f"loss must be an adaptive_focal.FocalLoss, got {type(loss).__name__}")
+        if self.stats_mode is not None and loss.mode != self.stats_mode:
+            raise ValueError(
+                f"the {self.name!r} policy needs a FocalLoss with mode={self.stats_mode!r}, got mode={loss.mode!r}"
+            )
+        self.loss = loss
+        self.step_count = 0
+        self.epoch = 0
+        self._last_gamma: Any = None
+
+    # -- the training-loop interface ---------------------------------------------------------------------
+    def step(self, stats: BatchStats | None = None) -> None:
+        """Call after each optimizer step with that batch's statistics (``return_stats=True``)."""
+        self._check_stats("stats", stats, required=self.needs_stats)
+        gamma = self._compute(stats)  # may update internal state; must not raise after checks pass
+        self.step_count += 1
+        if gamma is not None:
+            self._write(gamma)
+
+    def epoch_end(self, val_stats: BatchStats | None = None) -> None:
+        """Call at the end of each epoch, with validation statistics when ``needs_validation``."""
+        self._check_stats("val_stats", val_stats, required=self.needs_validation)
+        self.epoch += 1
+        gamma = self._compute_epoch(val_stats)
+        if gamma is not None:
+            self._write(gamma)
+
+    def get_last_gamma(self):
+        """The gamma the policy last wrote: a float, a tensor (per class) or a GammaTable."""
+        return self._last_gamma
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The policy's state with explicit keys (never the loss): counters, the last gamma and ``_state()``."""
+        last = self._last_gamma
+        if isinstance(last, GammaTable):
+            last = {"edges": last.edges.detach().cpu().clone(), "values": last.values.detach().cpu().clone()}
+        elif isinstance(last, torch.Tensor):
+            last = last.detach().cpu().clone()
+        return {
+            "policy": self.name,
+            "version": self.state_version,
+            "step_count": self.step_count,
+            "epoch": self.epoch,
+            "last_gamma": last,
+            **self._state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores ``state_dict()`` into this (possibly freshly built) policy and writes its gamma into the loss."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        if state.get("policy", self.name) != self.name:
+            raise ValueError(f"state is for the {state['policy']!r} policy, not {self.name!r}")
+        for key in ("step_count", "epoch"):
+            if key not in state:
+                raise ValueError(f"state is missing {key!r}; keys present: {sorted(state)}")
+        self._load_state(state)  # validates and restores subclass state first
+        self.step_count = int(state["step_count"])
+        self.epoch = int(state["epoch"])
+        last = state.get("last_gamma")
+        if isinstance(last, dict):
+            last = GammaTable(last["edges"], last["values"])
+        if last is not None:
+            self._write(last)
+
+    def _state(self) -> dict:
+        return {}
+
+    def _load_state(self, state: dict) -> None:
+        pass
+
+    # -- for subclasses --------------------------------------------------------------------------------------
+    def _compute(self, stats: BatchStats | None):
+        return None
+
+    def _compute_epoch(self, val_stats: BatchStats | None):
+        return None
+
+    def _write(self, gamma) -> None:
+        """Writes gamma into the loss (in place when the shape allows) and remembers it."""
+        if isinstance(gamma, GammaTable):
+            current = self.loss.gamma
+            if (isinstance(current, GammaTable) and current.values.shape == gamma.values.shape
+                    and torch.equal(current.edges, gamma.edges.to(current.edges.device))):
+                current.set_values(gamma.values)
+            else:
+                self.loss.gamma = gamma.to(self._device())
+            self._last_gamma = self.loss.gamma
+            return
+        self.loss.gamma = gamma
+        value = self.loss.gamma
+        self._last_gamma = float(gamma) if isinstance(gamma, (int, float)) else value.detach().clone()
+
+    def _device(self) -> torch.device:
+        for t in self.loss.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def _check_stats(self, name: str, stats, *, required: bool) -> None:
+        if stats is None:
+            if required:
+                raise ValueError(
+                    f"the {self.name!r} policy needs {name}: pass the BatchStats from the loss "
+                    f"(return_stats=True){' on the validation set' if name == 'val_stats' else ''}"
+                )
+            return
+        if not isinstance(stats, BatchStats):
+            raise TypeError(f"{name} must be a BatchStats (from return_stats=True), got {type(stats).__name__}")
+        mode = "softmax" if stats.conf_count is not None else "sigmoid"
+        if self.stats_mode is not None and mode != self.stats_mode:
+            raise ValueError(f"the {self.name!r} policy needs {self.stats_mode} statistics, got {mode} statistics")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(step={self.step_count}, epoch={self.epoch})"

@@ -1,0 +1,315 @@
+"""One contract every gamma policy passes, plus each policy's own rule on hand-computed examples."""
+
+import io
+import math
+
+import pytest
+import torch
+
+import adaptive_focal as af
+from adaptive_focal import FocalLoss, GammaTable, create_policy, list_policies
+
+C = 4
+
+
+def _sequential(loss):
+    warmup = create_policy("linear", loss, start=0.0, end=2.0, total=3)
+    controller = create_policy("pi", loss, setpoint=0.5, ki=0.2)
+    return create_policy("sequential", loss, policies=[warmup, controller], milestones=[3])
+
+
+# name -> (loss mode, factory(loss) -> policy). Every registered policy must appear here.
+FACTORIES = {
+    "constant": ("softmax", lambda loss: create_policy("constant", loss, gamma=1.5)),
+    "linear": ("softmax", lambda loss: create_policy("linear", loss, start=0.0, end=2.0, total=7)),
+    "cosine": ("sigmoid", lambda loss: create_policy("cosine", loss, start=3.0, end=1.0, total=7)),
+    "step": ("sigmoid", lambda loss: create_policy("step", loss, start=4.0, milestones=[3, 6], factor=0.5)),
+    "exponential": ("softmax", lambda loss: create_policy("exponential", loss, start=3.0, factor=0.8,
+                                                          gamma_min=0.5)),
+    "flsc531": ("softmax", lambda loss: create_policy("flsc531", loss, milestones=(1, 2))),
+    "sequential": ("softmax", _sequential),
+    "flsd53": ("softmax", lambda loss: create_policy("flsd53", loss)),
+    "automated": ("sigmoid", lambda loss: create_policy("automated", loss, momentum=0.8)),
+    "pi": ("softmax", lambda loss: create_policy("pi", loss, setpoint=0.6, ki=0.3)),
+}
+EXTRA = {
+    "pi-per-class": ("softmax", lambda loss: create_policy("pi", loss, setpoint=0.6, per_class=True,
+                                                           num_classes=C)),
+    "pi-easy-fraction": ("sigmoid", lambda loss: create_policy("pi", loss, signal="easy_fraction",
+                                                               easy_threshold=0.8, setpoint=0.5)),
+    "epoch-linear": ("softmax", lambda loss: create_policy("linear", loss, start=1.0, end=3.0, total=2,
+                                                           unit="epoch")),
+}
+CASES = {**{n: f for n, f in FACTORIES.items() if n in list_policies()}, **EXTRA}
+
+
+def test_every_registered_policy_is_in_the_contract():
+    missing = set(list_policies()) - set(FACTORIES)
+    # policies delivered with their own test module register a factory there
+    assert not {m for m in missing if not m.endswith("adafocal")}, f"add contract factories for {missing}"
+
+
+def _batch(mode, step, device):
+    g = torch.Generator().manual_seed(1000 + step)
+    x = (torch.randn(16, C, generator=g) * (1.0 + 0.2 * step)).to(device)
+    if mode == "softmax":
+        y = torch.randint(0, C, (16,), generator=g).to(device)
+    else:
+        y = (torch.rand(16, C, generator=g) < 0.3).float().to(device)
+    return x, y
+
+
+def _gamma_snapshot(loss):
+    g = loss.gamma
+    if isinstance(g, GammaTable):
+        return ("table", g.edges.detach().cpu().clone(), g.values.detach().cpu().clone())
+    return ("tensor", g.detach().cpu().clone())
+
+
+def _run(mode, policy, loss, steps, start=0, device="cpu", per_epoch=4):
+    trace = []
+    for step in range(start, steps):
+        x, y = _batch(mode, step, device)
+        _, stats = loss(x, y, return_stats=True)
+        policy.step(stats)
+        trace.append(_gamma_snapshot(loss))
+        if (step + 1) % per_epoch == 0:
+            vx, vy = _batch(mode, 10_000 + step, device)
+            _, val = loss(vx, vy, return_stats=True)
+            policy.epoch_end(val)
+            trace.append(_gamma_snapshot(loss))
+    return trace
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert u[0] == v[0]
+        for p, q in zip(u[1:], v[1:]):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def _build(name, device="cpu"):
+    mode, factory = CASES[name]
+    loss = FocalLoss(mode, gamma=2.0).to(device)
+    return mode, loss, factory(loss)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+class TestPolicyContract:
+    def test_gamma_finite_and_bounded(self, name):
+        mode, loss, policy = _build(name)
+        for kind, *values in _run(mode, policy, loss, 12):
+            for v in values[-1:]:
+                assert torch.isfinite(v).all() and v.abs().max() <= 20.0
+
+    def test_deterministic(self, name):
+        mode, loss1, p1 = _build(name)
+        mode, loss2, p2 = _build(name)
+        _same(_run(mode, p1, loss1, 12), _run(mode, p2, loss2, 12))
+
+    def test_resume_continues_the_same_trajectory(self, name):
+        mode, loss, policy = _build(name)
+        full = _run(mode, policy, loss, 12)
+
+        mode, loss_a, first = _build(name)
+        head = _run(mode, first, loss_a, 6)
+        buffer = io.BytesIO()
+        torch.save({"policy": first.state_dict(), "loss": loss_a.state_dict()}, buffer)
+        buffer.seek(0)
+        saved = torch.load(buffer, weights_only=False)
+
+        mode, loss_b, second = _build(name)  # fresh objects, as after a restart
+        second.load_state_dict(saved["policy"])
+        assert second.step_count == first.step_count and second.epoch == first.epoch
+        _same(full, head + _run(mode, second, loss_b, 12, start=6))
+
+    def test_bad_stats_change_nothing(self, name):
+        mode, loss, policy = _build(name)
+        _run(mode, policy, loss, 3)
+        before = (policy.step_count, policy.epoch, _gamma_snapshot(loss), repr(policy.state_dict()))
+        with pytest.raises(TypeError, match="stats must be a BatchStats"):
+            policy.step("not stats")
+        with pytest.raises(TypeError, match="val_stats must be a BatchStats"):
+            policy.epoch_end(42)
+        if policy.needs_validation:
+            with pytest.raises(ValueError, match="needs val_stats"):
+                policy.epoch_end()
+        if policy.needs_stats:
+            with pytest.raises(ValueError, match="needs stats"):
+                policy.step()
+        after = (policy.step_count, policy.epoch, _gamma_snapshot(loss), repr(policy.state_dict()))
+        assert repr(before) == repr(after)
+
+    def test_state_of_another_policy_is_rejected(self, name):
+        _, _, policy = _build(name)
+        state = policy.state_dict()
+        state["policy"] = "something-else"
+        with pytest.raises(ValueError, match="state is for the 'something-else' policy"):
+            policy.load_state_dict(state)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_cuda_step_does_not_synchronise(self, name):
+        mode, loss, policy = _build(name, device="cuda")
+        x, y = _batch(mode, 0, "cuda")
+        _, stats = loss(x, y, return_stats=True)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            policy.step(stats)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+# -- registry and arguments ---------------------------------------------------------------------------------
+def test_unknown_policy_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"unknown policy 'nope'; available policies: .*constant.*linear"):
+        create_policy("nope", FocalLoss("softmax"))
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("linear", {"total": 0}, r"total must be in \[1, inf\], got 0"),
+    ("linear", {"start": float("nan")}, "start must not be NaN"),
+    ("step", {"milestones": [5, 3]}, "milestones must be strictly increasing"),
+    ("step", {"factor": 0.0}, r"factor must be in \(0"),
+    ("exponential", {"gamma_min": 3.0, "gamma_max": 1.0}, r"gamma_max must be in \[3.0, 20.0\], got 1.0"),
+    ("constant", {"gamma": "2"}, "gamma must be a number, got '2'"),
+    ("constant", {"unit": "batch"}, "unit must be one of 'step', 'epoch', got 'batch'"),
+    ("flsc531", {"milestones": (3,)}, "milestones must be two"),
+    ("flsd53", {"thresholds": (0.5, 0.2)}, "thresholds must be two increasing"),
+    ("automated", {"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+    ("pi", {"signal": "loss"}, "signal must be one of 'mean_pt', 'easy_fraction', got 'loss'"),
+    ("pi", {"per_class": True}, "num_classes is required"),
+    ("pi", {"gamma_init": 9.0}, r"gamma_init must be in \[0.0, 5.0\], got 9.0"),
+])
+def test_bad_hyperparameters(name, kwargs, match):
+    loss = FocalLoss("softmax", gamma=2.0)
+    with pytest.raises(ValueError, match=match):
+        create_policy(name, loss, **kwargs)
+    assert float(loss.gamma) == 2.0  # nothing was written
+
+
+def test_policy_needs_a_focal_loss():
+    with pytest.raises(TypeError, match="loss must be an adaptive_focal.FocalLoss, got CrossEntropyLoss"):
+        create_policy("constant", torch.nn.CrossEntropyLoss())
+
+
+def test_sequential_rejects_policies_of_another_loss():
+    loss, other = FocalLoss("softmax"), FocalLoss("softmax")
+    with pytest.raises(ValueError, match="must drive the same FocalLoss"):
+        create_policy("sequential", loss, policies=[create_policy("constant", other)], milestones=[])
+
+
+# -- fidelity --------------------------------------------------------------------------------------------------
+def test_schedules_follow_their_closed_forms_through_step():
+    loss = FocalLoss("sigmoid")
+    policy = create_policy("cosine", loss, start=3.0, end=1.0, total=4)
+    seen = [float(loss.gamma)]
+    for _ in range(5):
+        policy.step()
+        seen.append(float(loss.gamma))
+    want = [1.0 + 2.0 * 0.5 * (1 + math.cos(math.pi * min(t, 4) / 4)) for t in range(6)]
+    assert seen == pytest.approx(want, abs=1e-6)
+
+
+def test_epoch_unit_advances_only_at_epoch_end():
+    loss = FocalLoss("softmax")
+    policy = create_policy("flsc531", loss, milestones=(1, 3))
+    policy.step()
+    assert float(loss.gamma) == 5.0
+    values = []
+    for _ in range(4):
+        policy.epoch_end()
+        values.append(float(loss.gamma))
+    assert values == [3.0, 3.0, 1.0, 1.0]
+
+
+def test_sequential_hands_over_at_the_milestone():
+    loss = FocalLoss("softmax")
+    policy = create_policy("sequential", loss, milestones=[2], policies=[
+        create_policy("linear", loss, start=0.0, end=1.0, total=4),
+        create_policy("constant", loss, gamma=3.0),
+    ])
+    seen = []
+    for _ in range(4):
+        policy.step()
+        seen.append(float(loss.gamma))
+    assert seen == [0.25, 3.0, 3.0, 3.0]  # linear for step 1, then the constant from t = 2 on
+
+
+def test_flsd53_table_matches_the_paper():
+    loss = FocalLoss("softmax")
+    create_policy("flsd53", loss)
+    assert loss.gamma.edges.tolist() == pytest.approx([0.0, 0.2, 0.5, 1.0])
+    # p_t < 0.2 -> 5; 0.2 <= p_t < 0.5 -> 3; above -> 3 (Mukhoti et al., 2020)
+    torch.testing.assert_close(loss.gamma.lookup(torch.tensor([0.0, 0.1999, 0.2, 0.49, 0.5, 1.0])),
+                               torch.tensor([5.0, 5.0, 3.0, 3.0, 3.0, 3.0]))
+
+
+def test_automated_is_minus_log_of_the_ema_of_mean_pt():
+    loss = FocalLoss("sigmoid")
+    policy = create_policy("automated", loss, momentum=0.5)
+    means = []
+    p_hat = None
+    for step in range(4):
+        x, y = _batch("sigmoid", step, "cpu")
+        _, stats = loss(x, y, return_stats=True)
+        m = float(stats.mean_pt)
+        p_hat = m if p_hat is None else 0.5 * p_hat + 0.5 * m
+        policy.step(stats)
+        means.append((float(loss.gamma), -math.log(p_hat)))
+    for got, want in means:
+        assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_automated_keeps_gamma_on_an_empty_batch():
+    loss = FocalLoss("sigmoid", gamma=1.25, ignore_index=-1)
+    policy = create_policy("automated", loss)
+    _, stats = loss(torch.randn(3, 2), torch.full((3, 2), -1.0), return_stats=True)
+    policy.step(stats)
+    assert float(loss.gamma) == 1.25
+
+
+def test_pi_proportional_integral_and_anti_windup():
+    loss = FocalLoss("softmax")
+    policy = create_policy("pi", loss, setpoint=0.5, kp=1.0, ki=1.0, gamma_init=2.0, gamma_min=0.0,
+                           gamma_max=3.0)
+    easy = (torch.tensor([[4.0, 0.0]]), torch.tensor([0]))  # p_t = sigmoid(4) = 0.98201
+    e = torch.sigmoid(torch.tensor(4.0)).item() - 0.5
+    _, stats = loss(*easy, return_stats=True)
+    policy.step(stats)  # I = e; gamma = 2 + e + e = 2.964
+    assert float(loss.gamma) == pytest.approx(2.0 + 2 * e, rel=1e-5)
+    policy.step(stats)  # would be 2 + e + 2e = 3.45 > 3: saturated, so I stays at e
+    assert float(loss.gamma) == pytest.approx(3.0)
+    assert float(policy.integral) == pytest.approx(e, rel=1e-5)
+    hard = (torch.tensor([[0.0, 4.0]]), torch.tensor([0]))  # p_t = 0.01799: error -e
+    _, stats = loss(*hard, return_stats=True)
+    policy.step(stats)  # I = e - e = 0; gamma = 2 - e
+    assert float(loss.gamma) == pytest.approx(2.0 - e, rel=1e-5)
+
+
+def test_pi_per_class_leaves_absent_classes_alone():
+    loss = FocalLoss("softmax")
+    policy = create_policy("pi", loss, setpoint=0.5, kp=1.0, ki=0.0, per_class=True, num_classes=3)
+    _, stats = loss(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([0]), return_stats=True)
+    policy.step(stats)
+    q0 = torch.softmax(torch.tensor([3.0, 0.0, 0.0]), 0)[0].item()
+    torch.testing.assert_close(loss.gamma, torch.tensor([2.0 + q0 - 0.5, 2.0, 2.0]))
+
+
+def test_pi_easy_fraction_reads_the_histogram():
+    loss = FocalLoss("sigmoid")
+    policy = create_policy("pi", loss, signal="easy_fraction", easy_threshold=0.8, setpoint=0.5, kp=1.0, ki=0.0)
+    x = torch.tensor([[5.0, -5.0, 0.0, 0.1]])  # p_t for targets [1, 0, 1, 0]: 0.993, 0.993, 0.5, 0.475
+    _, stats = loss(x, torch.tensor([[1.0, 0.0, 1.0, 0.0]]), return_stats=True)
+    policy.step(stats)  # easy fraction 2/4: error 0, gamma stays at gamma_init
+    assert float(loss.gamma) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="easy_threshold=0.75 must be one of the statistics' bin edges"):
+        create_policy("pi", loss, signal="easy_fraction", easy_threshold=0.75).step(stats)
+
+
+def test_softmax_only_policy_rejects_sigmoid_loss():
+    class SoftmaxOnly(af.GammaPolicy):
+        stats_mode = "softmax"
+
+    with pytest.raises(ValueError, match="needs a FocalLoss with mode='softmax', got mode='sigmoid'"):
+        SoftmaxOnly(FocalLoss("sigmoid"))
