@@ -97,6 +97,9 @@ class GammaPolicy:
     #: bumped when the state layout changes; load_state_dict accepts older versions through .get defaults
     state_version: ClassVar[int] = 1
 
+    #: sum the statistics over torch.distributed ranks before using them (set False to use local statistics)
+    sync_stats: bool = True
+
     def __init__(self, loss: FocalLoss) -> None:
         if not isinstance(loss, FocalLoss):
             raise TypeError(f"loss must be an adaptive_focal.FocalLoss, got {type(loss).__name__}")
@@ -111,8 +114,13 @@ class GammaPolicy:
 
     # -- the training-loop interface ---------------------------------------------------------------------
     def step(self, stats: BatchStats | None = None) -> None:
-        """Call after each optimizer step with that batch's statistics (``return_stats=True``)."""
+        """Call after each optimizer step with that batch's statistics (``return_stats=True``).
+
+        Under ``torch.distributed`` the statistics are first summed over all ranks (``sync_stats``), so every
+        rank computes the same gamma.
+        """
         self._check_stats("stats", stats, required=self.needs_stats)
+        stats = self._synced(stats)
         gamma = self._compute(stats)  # may update internal state; must not raise after checks pass
         self.step_count += 1
         if gamma is not None:
@@ -121,10 +129,16 @@ class GammaPolicy:
     def epoch_end(self, val_stats: BatchStats | None = None) -> None:
         """Call at the end of each epoch, with validation statistics when ``needs_validation``."""
         self._check_stats("val_stats", val_stats, required=self.needs_validation)
+        val_stats = self._synced(val_stats)
         self.epoch += 1
         gamma = self._compute_epoch(val_stats)
         if gamma is not None:
             self._write(gamma)
+
+    def _synced(self, stats: BatchStats | None) -> BatchStats | None:
+        if stats is None or not self.sync_stats or not (self.needs_stats or self.needs_validation):
+            return stats
+        return stats.all_reduce()  # a no-op outside torch.distributed
 
     def get_last_gamma(self):
         """The gamma the policy last wrote: a float, a tensor (per class) or a GammaTable."""

@@ -121,18 +121,23 @@ class BatchStats:
                              for f in fields(self)})
 
     def all_reduce(self, group=None) -> BatchStats:
-        """Sums the statistics over the processes of ``group`` (``torch.distributed``); returns a new object."""
+        """Sums the statistics over the processes of ``group`` (``torch.distributed``); returns a new object.
+
+        One collective: the fields are packed into a float64 buffer (exact for counts below 2**53) and unpacked
+        into their own dtypes. Outside an initialised process group it returns ``self``.
+        """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
-        out = {}
-        for name in self._SUMMED:
-            value = getattr(self, name)
-            if value is not None:
-                value = value.clone()
-                dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
-            out[name] = value
+        parts = [(name, getattr(self, name)) for name in self._SUMMED if getattr(self, name) is not None]
+        flat = torch.cat([value.reshape(-1).to(torch.float64) for _, value in parts])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        out, offset = {}, 0
+        for name, value in parts:
+            n = value.numel()
+            out[name] = flat[offset:offset + n].reshape(value.shape).to(value.dtype)
+            offset += n
         return BatchStats(edges=self.edges, **out)
 
     def state_dict(self) -> dict:

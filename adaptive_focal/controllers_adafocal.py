@@ -1,0 +1,369 @@
+"""AdaFocal (Ghosh, Schaaf and Gormley, NeurIPS 2022) and a class-wise variant: gamma per confidence bin, moved
+each epoch by the validation calibration gap of that bin.
+
+Sources. "AdaFocal: Calibration-aware Adaptive Focal Loss", A. Ghosh, T. Schaaf, M. R. Gormley, NeurIPS 2022
+(Sec. 4, the calibration-aware update of gamma per validation bin; Sec. 5, switching between focal and
+inverse-focal loss, clipping) and the authors' reference implementation, github.com/3mcloud/adafocal
+(``losses/adafocal.py``, ``AdaFocal.update_bin_stats``; defaults in ``main.py``; equal-mass validation bins in
+``utils/metrics.py``, ``adaECE_error_mukhoti``), commit 3e1a38d. The paper's equation numbers could not be checked
+here, so the rule below is stated as the reference implementation executes it; this code is written anew.
+
+The rule, per bin b, once per epoch, with ``E_b = C_b - A_b`` (mean confidence minus accuracy of the validation
+samples whose confidence ``max_c q_c`` falls in bin b; 0 for an empty bin):
+
+1. multiplicative update with the sign rule::
+
+       g = gamma_b * exp(+lam * E_b)   if gamma_b > 0   (focal loss: over-confident bins get a larger gamma)
+       g = gamma_b * exp(-lam * E_b)   if gamma_b <= 0  (inverse focal: over-confident bins get a smaller |gamma|)
+
+2. switch between focal and inverse-focal loss: if ``|g| < S_th`` then ``g = -S_th`` when ``g > 0`` (focal to
+   inverse focal) and ``g = +S_th`` otherwise (inverse focal to focal; also a gamma of exactly 0);
+3. clip: ``gamma_b = min(max(g, gamma_min), gamma_max)``.
+
+Published defaults: ``lam = 1``, ``gamma_init = 1``, ``S_th = 0.2``, ``[gamma_min, gamma_max] = [-2, 20]``, 15
+bins. A negative gamma selects the inverse-focal factor ``(1 + p_t)**|gamma|`` in this package's losses, as in
+the reference implementation. Training samples are looked up by their true-class probability p_t in the
+:class:`~adaptive_focal.GammaTable` the policy writes into the loss (the reference implementation does the same:
+bins by validation confidence, lookup by training p_t).
+
+Note: the multiplicative rule also applies in inverse-focal mode (with the opposite sign); an additive update
+``gamma_b - lam * E_b`` below ``S_th`` is not what the reference implementation does.
+
+Binning and its approximation. AdaFocal re-bins the validation confidences into equal-mass bins every epoch,
+which needs their quantiles; :class:`~adaptive_focal.BatchStats` only holds sums over fixed bin edges (when the
+gamma is a GammaTable, the table's edges). So here, at each ``epoch_end``:
+
+* the gap ``E_b`` is measured on the bins in force during the epoch (the table's current edges), rather than on
+  freshly computed equal-mass bins of this epoch's validation confidences;
+* with ``rebin=True`` (default) the edges for the next epoch are the quantiles ``k / B`` (k = 1 .. B-1) of the
+  validation confidence histogram (``conf_count``) with the confidences assumed uniform inside each current bin
+  (piecewise-linear CDF). This is exact only when that assumption holds; the error of each edge is bounded by
+  the width of the current bin that holds it, and since the next histogram is taken over the new edges, the
+  edges refine from epoch to epoch when the confidence distribution changes slowly. Bin b keeps its gamma while
+  its edges move, as in the reference implementation. With ``rebin=False`` the B equal-width bins of the start
+  are kept (no approximation, but not equal-mass).
+
+The first epoch uses B equal-width bins, like the reference implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .loss import FocalLoss
+from .policy import GammaPolicy, _check_number, register_policy
+from .stats import BatchStats
+from .table import GammaTable
+
+__all__ = ["AdaFocal", "ClasswiseAdaFocal", "adafocal_update", "classwise_bin_sums", "equal_mass_edges"]
+
+#: the (C, B) per-class x confidence-bin sums ClasswiseAdaFocal reads from the validation statistics (a proposed
+#: BatchStats extension: samples of target class c whose confidence max_c q_c falls in bin b)
+CLASSWISE_FIELDS = ("class_conf_count", "class_conf_sum", "class_correct_sum")
+
+
+def adafocal_update(gamma: torch.Tensor, gap: torch.Tensor, lam: float, switch_threshold: float,
+                    gamma_min: float, gamma_max: float) -> torch.Tensor:
+    """One AdaFocal update of the gammas ``gamma`` given the calibration gaps ``gap`` (same shape).
+
+    Multiplicative update with the sign rule, switch at ``|gamma| < switch_threshold``, clip (see the module
+    docstring for the rule and its source).
+
+    Example:
+        >>> import torch
+        >>> g = adafocal_update(torch.tensor([1.0, 0.25, -0.25, 19.0]), torch.tensor([0.1, -0.5, 0.5, 0.2]),
+        ...                     lam=1.0, switch_threshold=0.2, gamma_min=-2.0, gamma_max=20.0)
+        >>> [round(v, 4) for v in g.tolist()]  # e^0.1; 0.25 e^-0.5 < 0.2: to -0.2; -0.25 e^-0.5: to +0.2; clipped
+        [1.1052, -0.2, 0.2, 20.0]
+    """
+    up = gamma * torch.exp(lam * gap)
+    down = gamma * torch.exp(-lam * gap)
+    g = torch.where(gamma > 0, up, down)
+    s = torch.full_like(g, switch_threshold)
+    g = torch.where(g.abs() < switch_threshold, torch.where(g > 0, -s, s), g)
+    return g.clamp(gamma_min, gamma_max)
+
+
+def equal_mass_edges(edges: torch.Tensor, counts: torch.Tensor) -> torch.Tensor | None:
+    """Approximately equal-mass bin edges from a histogram: the quantiles ``k / B`` of ``counts`` over ``edges``.
+
+    The values are assumed uniform inside each bin (linear interpolation of the cumulative counts), so the result
+    is exact only under that assumption. Returns float32 edges ``[0, q_1, ..., q_{B-1}, 1]`` with as many bins as
+    ``counts``, or None when there is nothing to place them by (no counts) or when float32 cannot hold them
+    strictly ascending.
+
+    Example:
+        >>> import torch
+        >>> equal_mass_edges(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), torch.tensor([0, 10, 0, 10]))
+        tensor([0.0000, 0.3750, 0.5000, 0.8750, 1.0000])
+    """
+    e = edges.detach().to("cpu", torch.float64)
+    h = counts.detach().to("cpu", torch.float64)
+    bins = h.numel()
+    total = float(h.sum())
+    if total <= 0 or bins < 1:
+        return None
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), h.cumsum(0)])  # cum[k] = mass below edges[k]
+    targets = torch.arange(1, bins, dtype=torch.float64) * (total / bins)
+    # the bin k holding each target: cum[k] < target <= cum[k + 1], so counts[k] > 0
+    k = torch.searchsorted(cum[1:], targets, right=False).clamp(max=bins - 1)
+    x = e[k] + (targets - cum[k]) / h[k] * (e[k + 1] - e[k])
+    out = torch.cat([torch.zeros(1, dtype=torch.float64), x, torch.ones(1, dtype=torch.float64)]).to(torch.float32)
+    if not bool((out[1:] > out[:-1]).all()):
+        return None
+    return out
+
+
+def classwise_bin_sums(logits: torch.Tensor, target: torch.Tensor, edges: torch.Tensor,
+                       ignore_index: int | None = -100) -> dict[str, torch.Tensor]:
+    """The (C, B) per-class x confidence-bin sums :class:`ClasswiseAdaFocal` needs, from logits and class indices.
+
+    A reference for the proposed BatchStats fields ``class_conf_count`` (int64), ``class_conf_sum`` and
+    ``class_correct_sum`` (float32): validation samples of target class c whose confidence ``max_c q_c`` falls in
+    bin b of ``edges``, the sum of their confidences and the number predicted correctly (the target class attains
+    the maximum probability; a tie counts as correct), with the same conventions as BatchStats' ``conf_count`` /
+    ``conf_sum`` / ``correct_sum``, whose sums over classes they are. Until BatchStats carries them, attach them to
+    the validation statistics: ``vars(val_stats).update(classwise_bin_sums(logits, target, val_stats.edges))``.
+
+    Args:
+        logits: (N, C) or (N, C, d1, ...).
+        target: class indices (N,) or (N, d1, ...).
+        edges: the statistics' bin edges (the loss's GammaTable edges).
+        ignore_index: samples with this target are left out (None: none are).
+    """
+    with torch.no_grad():
+        c = logits.shape[1]
+        logp = torch.log_softmax(logits.detach().float(), dim=1)
+        if logp.dim() > 2:
+            logp = logp.movedim(1, -1).reshape(-1, c)
+        tgt = target.reshape(-1).to(torch.int64)
+        valid = tgt != ignore_index if ignore_index is not None else torch.ones_like(tgt, dtype=torch.bool)
+        cls = torch.where(valid, tgt, torch.zeros_like(tgt))
+        conf_log = logp.amax(1)
+        conf = conf_log.exp()
+        v = valid.to(torch.float32)
+        correct = (logp.gather(1, cls.unsqueeze(1)).squeeze(1) >= conf_log).to(torch.float32) * v
+        e = edges.to(device=logp.device, dtype=torch.float32)
+        b = e.numel() - 1
+        idx = cls * b + torch.bucketize(conf, e[1:-1], right=True)
+
+        def scatter(weights, dtype):
+            return torch.zeros(c * b, dtype=dtype, device=logp.device).scatter_add_(0, idx, weights).view(c, b)
+
+        return {
+            "class_conf_count": scatter(valid.to(torch.int64), torch.int64),
+            "class_conf_sum": scatter(conf * v, torch.float32),
+            "class_correct_sum": scatter(correct, torch.float32),
+        }
+
+
+def _check_finite(name: str, value: float) -> float:
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+class _AdaFocalBase(GammaPolicy):
+    """The AdaFocal rule over a GammaTable of values ``shape``; subclasses supply the per-bin gaps."""
+
+    needs_validation = True
+    stats_mode = "softmax"
+
+    def __init__(self, loss: FocalLoss, *, lam: float, gamma_init: float, switch_threshold: float,
+                 gamma_min: float, gamma_max: float, num_bins: int, rebin: bool, shape_prefix: tuple) -> None:
+        super().__init__(loss)  # checks the loss's mode before anything is written
+        self.lam = _check_finite("lam", _check_number("lam", lam, 0.0, low_open=True))
+        self.gamma_min = _check_number("gamma_min", gamma_min, -20.0, 20.0)
+        self.gamma_max = _check_number("gamma_max", gamma_max, self.gamma_min, 50.0, low_open=True)
+        self.gamma_init = _check_number("gamma_init", gamma_init, self.gamma_min, self.gamma_max)
+        self.switch_threshold = _check_number("switch_threshold", switch_threshold, 0.0, self.gamma_max)
+        self.num_bins = _check_number("num_bins", num_bins, 1, 1000, integer=True)
+        if not isinstance(rebin, bool):
+            raise ValueError(f"rebin must be True or False, got {rebin!r}")
+        self.rebin = rebin
+        # the policy's state: the table's edges (float32, exactly the loss's) and values (float64, so that the
+        # threshold tests are not perturbed by float32 rounding; the loss gets them as float32)
+        self.edges = torch.linspace(0.0, 1.0, self.num_bins + 1, dtype=torch.float32)
+        self.values = torch.full(shape_prefix + (self.num_bins,), self.gamma_init, dtype=torch.float64)
+        self._write(self._table())
+
+    def _table(self) -> GammaTable:
+        return GammaTable(self.edges, self.values.to(torch.float32))
+
+    # -- checks: all of them before epoch_end changes anything --------------------------------------------------
+    def epoch_end(self, val_stats: BatchStats | None = None) -> None:
+        """Updates the gamma per bin from the validation statistics (computed with the loss's GammaTable)."""
+        self._check_stats("val_stats", val_stats, required=True)
+        self._check_val(val_stats)
+        super().epoch_end(val_stats)
+
+    def _check_val(self, stats: BatchStats) -> None:
+        edges = stats.edges.detach().to("cpu", torch.float32)
+        if edges.shape != self.edges.shape or not torch.equal(edges, self.edges):
+            raise ValueError(
+                f"val_stats must be binned by the loss's GammaTable edges {self.edges.tolist()}, got edges "
+                f"{edges.tolist()}: compute them with the policy's loss (loss(logits, target, return_stats=True)) "
+                f"or with gamma=loss.gamma"
+            )
+        for name in ("conf_count", "conf_sum", "correct_sum"):
+            if not bool(torch.isfinite(getattr(stats, name).detach().to("cpu", torch.float64)).all()):
+                raise ValueError(f"val_stats.{name} must be finite (NaN or inf in the validation logits?)")
+
+    # -- the update ----------------------------------------------------------------------------------------------
+    def _gaps(self, stats: BatchStats) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _compute_epoch(self, val_stats: BatchStats):
+        values = adafocal_update(self.values, self._gaps(val_stats), self.lam, self.switch_threshold,
+                                 self.gamma_min, self.gamma_max)
+        edges = self.edges
+        if self.rebin:
+            new = equal_mass_edges(self.edges, val_stats.conf_count)
+            if new is not None:
+                edges = new
+        self.values, self.edges = values, edges
+        return self._table()
+
+    @staticmethod
+    def _gap(count: torch.Tensor, conf_sum: torch.Tensor, correct_sum: torch.Tensor) -> torch.Tensor:
+        """Mean confidence minus accuracy per bin, 0 where a bin is empty (float64)."""
+        n = count.detach().to("cpu", torch.float64)
+        conf = conf_sum.detach().to("cpu", torch.float64)
+        gap = (conf - correct_sum.detach().to("cpu", torch.float64)) / n.clamp_min(1.0)
+        return torch.where(n > 0, gap, torch.zeros_like(gap))
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"edges": self.edges.clone(), "values": self.values.clone()}
+
+    def _load_state(self, state: dict) -> None:
+        for key in ("edges", "values"):
+            if key not in state:
+                raise ValueError(f"state is missing {key!r}; keys present: {sorted(state)}")
+        edges = torch.as_tensor(state["edges"]).detach().to("cpu", torch.float32)
+        values = torch.as_tensor(state["values"]).detach().to("cpu", torch.float64)
+        if edges.shape != self.edges.shape or values.shape != self.values.shape:
+            raise ValueError(
+                f"state holds edges {tuple(edges.shape)} and values {tuple(values.shape)}, but this "
+                f"{self.name!r} policy has edges {tuple(self.edges.shape)} and values {tuple(self.values.shape)}"
+            )
+        GammaTable(edges, values)  # validates edges and values before anything is replaced
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("state['values'] must be finite")
+        self.edges, self.values = edges.clone(), values.clone()
+
+
+@register_policy("adafocal")
+class AdaFocal(_AdaFocalBase):
+    """AdaFocal (Ghosh et al., NeurIPS 2022): one gamma per confidence bin, updated each epoch from validation.
+
+    At each ``epoch_end(val_stats)``, with ``E_b`` the validation calibration gap (mean confidence minus accuracy)
+    of bin b: ``gamma_b <- gamma_b * exp(lam * E_b)`` if ``gamma_b > 0``, else ``gamma_b * exp(-lam * E_b)``; a
+    result with ``|gamma_b| < switch_threshold`` switches sides (to ``-switch_threshold``, inverse focal, from a
+    positive gamma; to ``+switch_threshold`` otherwise); then clipped to ``[gamma_min, gamma_max]``. The gammas
+    are written as a :class:`~adaptive_focal.GammaTable` in which training samples are looked up by their p_t.
+    The validation statistics must come from the policy's loss (``loss(logits, target, return_stats=True)``), so
+    that their bins are the table's. See the module docstring for the sources and for how the equal-mass bins are
+    approximated (``rebin=True``) or kept fixed (``rebin=False``).
+
+    Args:
+        loss: a softmax :class:`~adaptive_focal.FocalLoss`.
+        lam: the update's step size (lambda in the paper), > 0.
+        gamma_init: the gamma of every bin before the first update.
+        switch_threshold: S_th, the |gamma| below which focal and inverse-focal loss swap.
+        gamma_min, gamma_max: the clipping range.
+        num_bins: B, the number of bins.
+        rebin: re-derive approximately equal-mass edges from the validation confidences each epoch.
+
+    Example:
+        >>> import torch
+        >>> from adaptive_focal import FocalLoss, create_policy
+        >>> from adaptive_focal.controllers_adafocal import AdaFocal  # registers "adafocal"
+        >>> loss = FocalLoss("softmax")
+        >>> policy = create_policy("adafocal", loss, num_bins=3, rebin=False)
+        >>> loss.gamma.values
+        tensor([1., 1., 1.])
+        >>> p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.7, 0.3], [0.4, 0.6]])  # confidences .9, .9, .7, .6
+        >>> _, val_stats = loss(p.log(), torch.tensor([0, 1, 0, 1]), return_stats=True)
+        >>> policy.epoch_end(val_stats)  # bin 1: E = 0.6 - 1 = -0.4; bin 2: E = (0.9 + 0.9 + 0.7) / 3 - 2 / 3
+        >>> loss.gamma.values  # bin 0 is empty (E = 0); e^-0.4; e^0.1667
+        tensor([1.0000, 0.6703, 1.1814])
+    """
+
+    def __init__(self, loss: FocalLoss, lam: float = 1.0, gamma_init: float = 1.0, switch_threshold: float = 0.2,
+                 gamma_min: float = -2.0, gamma_max: float = 20.0, num_bins: int = 15, rebin: bool = True) -> None:
+        super().__init__(loss, lam=lam, gamma_init=gamma_init, switch_threshold=switch_threshold,
+                         gamma_min=gamma_min, gamma_max=gamma_max, num_bins=num_bins, rebin=rebin, shape_prefix=())
+
+    def _gaps(self, stats: BatchStats) -> torch.Tensor:
+        return self._gap(stats.conf_count, stats.conf_sum, stats.correct_sum)
+
+
+@register_policy("classwise_adafocal")
+class ClasswiseAdaFocal(_AdaFocalBase):
+    """The AdaFocal rule per class x confidence bin (new in adaptive_focal): a (C, B) GammaTable.
+
+    Each class c has its own gammas ``gamma[c, b]``, moved by the calibration gap of the validation samples *of
+    class c* in bin b, ``E[c, b] = mean confidence - accuracy`` over those samples (0 where there are none), with
+    exactly :class:`AdaFocal`'s update, switch and clipping; a training sample of class c with true-class
+    probability p_t uses ``gamma[c, bin(p_t)]``. A rare class is thus driven by its own calibration instead of
+    being averaged into the bins of the frequent ones. The bins' edges are shared by all classes (a GammaTable has
+    one set); with ``rebin=True`` they follow the validation confidences of all classes, as in AdaFocal.
+
+    The per-class x bin sums are not in today's BatchStats (it has per-class counts and p_t sums, but no
+    per-class confidence or correctness), so ``val_stats`` must carry the (C, B) fields ``class_conf_count``,
+    ``class_conf_sum`` and ``class_correct_sum`` binned by the table's edges; :func:`classwise_bin_sums` computes
+    them from the validation logits. A ``val_stats`` without them is refused with a ValueError.
+
+    Args:
+        loss: a softmax :class:`~adaptive_focal.FocalLoss`.
+        num_classes: C.
+        lam, gamma_init, switch_threshold, gamma_min, gamma_max, num_bins, rebin: as for :class:`AdaFocal`.
+
+    Example:
+        >>> import torch
+        >>> from adaptive_focal import FocalLoss
+        >>> from adaptive_focal.controllers_adafocal import ClasswiseAdaFocal, classwise_bin_sums
+        >>> loss = FocalLoss("softmax")
+        >>> policy = ClasswiseAdaFocal(loss, num_classes=2, num_bins=2, rebin=False)
+        >>> logits, target = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7]]).log(), torch.tensor([0, 1, 1])
+        >>> _, val_stats = loss(logits, target, return_stats=True)
+        >>> vars(val_stats).update(classwise_bin_sums(logits, target, val_stats.edges))
+        >>> policy.epoch_end(val_stats)  # class 0, bin 1: E = 0.9 - 1; class 1, bin 1: E = 0.8 - 0.5
+        >>> loss.gamma.values
+        tensor([[1.0000, 0.9048],
+                [1.0000, 1.3499]])
+    """
+
+    def __init__(self, loss: FocalLoss, num_classes: int | None = None, lam: float = 1.0, gamma_init: float = 1.0,
+                 switch_threshold: float = 0.2, gamma_min: float = -2.0, gamma_max: float = 20.0,
+                 num_bins: int = 15, rebin: bool = True) -> None:
+        if num_classes is None:
+            raise ValueError("num_classes is required for the 'classwise_adafocal' policy (the table is (C, B))")
+        self.num_classes = _check_number("num_classes", num_classes, 1, integer=True)
+        super().__init__(loss, lam=lam, gamma_init=gamma_init, switch_threshold=switch_threshold,
+                         gamma_min=gamma_min, gamma_max=gamma_max, num_bins=num_bins, rebin=rebin,
+                         shape_prefix=(self.num_classes,))
+
+    def _check_val(self, stats: BatchStats) -> None:
+        super()._check_val(stats)
+        shape = (self.num_classes, self.num_bins)
+        missing = [f for f in CLASSWISE_FIELDS if getattr(stats, f, None) is None]
+        if missing:
+            raise ValueError(
+                f"the 'classwise_adafocal' policy needs per-class x bin validation sums {', '.join(missing)} "
+                f"(shape {shape}), which BatchStats does not compute yet: add them with "
+                f"vars(val_stats).update(classwise_bin_sums(logits, target, val_stats.edges))"
+            )
+        for f in CLASSWISE_FIELDS:
+            value = getattr(stats, f)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"val_stats.{f} must be a tensor of shape {shape}, got {got}")
+            if not bool(torch.isfinite(value.detach().to("cpu", torch.float64)).all()):
+                raise ValueError(f"val_stats.{f} must be finite")
+
+    def _gaps(self, stats: BatchStats) -> torch.Tensor:
+        return self._gap(*(getattr(stats, f) for f in CLASSWISE_FIELDS))
