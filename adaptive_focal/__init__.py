@@ -7,6 +7,7 @@ computed in the same pass. Optional integrations (W&B, Optuna, Lightning, Transf
 used.
 """
 
+from . import metrics
 from .functional import sigmoid_focal_loss, softmax_focal_loss
 from .loss import FocalLoss
 from .policy import GammaPolicy, create_policy, list_policies, register_policy
@@ -37,6 +38,7 @@ __all__ = [
     "__version__",
     "create_policy",
     "list_policies",
+    "metrics",
     "register_policy",
     "sigmoid_focal_loss",
     "softmax_focal_loss",

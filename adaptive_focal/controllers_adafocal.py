@@ -86,34 +86,54 @@ def adafocal_update(gamma: torch.Tensor, gap: torch.Tensor, lam: float, switch_t
     return g.clamp(gamma_min, gamma_max)
 
 
-def equal_mass_edges(edges: torch.Tensor, counts: torch.Tensor) -> torch.Tensor | None:
+def equal_mass_edges(edges: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor | None = None,
+                     min_width: float = 1e-6, floor: float = 0.0) -> torch.Tensor | None:
     """Approximately equal-mass bin edges from a histogram: the quantiles ``k / B`` of ``counts`` over ``edges``.
 
-    The values are assumed uniform inside each bin (linear interpolation of the cumulative counts), so the result
-    is exact only under that assumption. Returns float32 edges ``[0, q_1, ..., q_{B-1}, 1]`` with as many bins as
-    ``counts``, or None when there is nothing to place them by (no counts) or when float32 cannot hold them
-    strictly ascending.
+    BatchStats gives, per bin, only the number of values and (``sums``) their sum, so the quantiles are those of a
+    model of the values: inside bin k they are taken as uniform on the widest interval within the bin that has
+    the bin's mean ``m`` at its centre, ``[m - r, m + r]`` with ``r = min(m - edges[k], edges[k + 1] - m)`` (the
+    whole bin when ``sums`` is None), and the cumulative count is interpolated linearly there; no value is below
+    ``floor`` (a softmax confidence is at least 1 / C). The result is exact only when the values follow that model. Edges closer than ``min_width`` (values piled on one point,
+    e.g. confidences of exactly 1.0) are then pushed apart to ``min_width`` so that they stay strictly ascending.
+
+    Returns:
+        float32 edges ``[0, q_1, ..., q_{B-1}, 1]`` with as many bins as ``counts``, or None when ``counts`` is
+        all zero (nothing to place the edges by).
 
     Example:
         >>> import torch
         >>> equal_mass_edges(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), torch.tensor([0, 10, 0, 10]))
         tensor([0.0000, 0.3750, 0.5000, 0.8750, 1.0000])
+        >>> equal_mass_edges(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0, 4]), torch.tensor([0.0, 3.6]))
+        tensor([0.0000, 0.9000, 1.0000])
     """
     e = edges.detach().to("cpu", torch.float64)
     h = counts.detach().to("cpu", torch.float64)
     bins = h.numel()
     total = float(h.sum())
-    if total <= 0 or bins < 1:
+    if total <= 0:
         return None
-    cum = torch.cat([torch.zeros(1, dtype=torch.float64), h.cumsum(0)])  # cum[k] = mass below edges[k]
+    lo, hi = e[:-1].clamp(min=min(float(floor), 1.0)), e[1:]
+    lo = torch.minimum(lo, hi)
+    if sums is not None:
+        m = (sums.detach().to("cpu", torch.float64) / h.clamp_min(1.0)).clamp(lo, hi)
+        r = torch.minimum(m - lo, hi - m)
+        lo, hi = torch.where(h > 0, m - r, lo), torch.where(h > 0, m + r, hi)
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), h.cumsum(0)])  # cum[k] = count below bin k
     targets = torch.arange(1, bins, dtype=torch.float64) * (total / bins)
     # the bin k holding each target: cum[k] < target <= cum[k + 1], so counts[k] > 0
     k = torch.searchsorted(cum[1:], targets, right=False).clamp(max=bins - 1)
-    x = e[k] + (targets - cum[k]) / h[k] * (e[k + 1] - e[k])
-    out = torch.cat([torch.zeros(1, dtype=torch.float64), x, torch.ones(1, dtype=torch.float64)]).to(torch.float32)
-    if not bool((out[1:] > out[:-1]).all()):
-        return None
-    return out
+    q = (lo[k] + (targets - cum[k]) / h[k] * (hi[k] - lo[k])).tolist()
+    # strictly ascending with gaps >= min_width, inside (0, 1): a pass up from 0, then a pass down from 1
+    width = min(float(min_width), 1.0 / (2 * bins))
+    prev = 0.0
+    for i in range(len(q)):
+        q[i] = prev = max(q[i], prev + width)
+    nxt = 1.0
+    for i in reversed(range(len(q))):
+        q[i] = nxt = min(q[i], nxt - width)
+    return torch.tensor([0.0] + q + [1.0], dtype=torch.float64).to(torch.float32)
 
 
 def classwise_bin_sums(logits: torch.Tensor, target: torch.Tensor, edges: torch.Tensor,
@@ -220,7 +240,8 @@ class _AdaFocalBase(GammaPolicy):
                                  self.gamma_min, self.gamma_max)
         edges = self.edges
         if self.rebin:
-            new = equal_mass_edges(self.edges, val_stats.conf_count)
+            new = equal_mass_edges(self.edges, val_stats.conf_count, val_stats.conf_sum,
+                                       floor=1.0 / val_stats.num_classes)
             if new is not None:
                 edges = new
         self.values, self.edges = values, edges
@@ -237,6 +258,11 @@ class _AdaFocalBase(GammaPolicy):
     # -- state ---------------------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"edges": self.edges.clone(), "values": self.values.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores ``state_dict()`` and writes the restored table (edges and values) into the loss."""
+        super().load_state_dict(state)
+        self._write(self._table())  # the loss follows the policy's state, whatever 'last_gamma' held
 
     def _load_state(self, state: dict) -> None:
         for key in ("edges", "values"):

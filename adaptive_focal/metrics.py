@@ -2,8 +2,9 @@
 
 Every function here except :func:`calibration_summary` returns 0-d or 1-d tensors and never forces a host
 synchronisation (no ``.item()``, no data-dependent shapes, no ``bincount``): they can run inside a training or
-validation loop on CUDA and be logged later. Bins are filled with ``scatter_add``, which is also what lets
-:func:`ece_from_stats` reuse the per-bin sums a softmax focal loss collects in :class:`~adaptive_focal.BatchStats`.
+validation loop on CUDA and be logged later. Bins are filled with ``scatter_add`` as per-bin sums, the same form as
+the confidence bins a softmax focal loss collects in :class:`~adaptive_focal.BatchStats`, from which
+:func:`ece_from_stats` gets the ECE of a whole validation set without keeping its probabilities.
 
 Conventions shared by all functions:
 
@@ -13,8 +14,9 @@ Conventions shared by all functions:
 * Confidence is ``max_c probs[:, c]``; the prediction is ``argmax`` (the first maximal class on ties).
 * Count-based metrics (recall, balanced accuracy, macro-F1) are returned in ``torch.get_default_dtype()``.
 * On CPU the label (and prediction) values are range-checked and an out-of-range value raises a ValueError. On
-  other devices that check would need a host synchronisation and is skipped, so an out-of-range index there
-  ends in a device-side error instead.
+  other devices that check would need a host synchronisation and is skipped: an out-of-range index there gives a
+  device-side assertion (NLL, recall, balanced accuracy, macro-F1) or counts as matching no class (the ECEs,
+  Brier), so check labels once, outside the loop, if they are not trusted.
 * An empty batch (N = 0) gives NaN for every mean over samples.
 """
 
@@ -288,8 +290,9 @@ def nll(probs_or_logits: torch.Tensor, labels: torch.Tensor, from_logits: bool =
 
     ``-mean_i log p_i[label_i]``. With ``from_logits=True`` the input is taken as logits and the log
     probabilities come from ``log_softmax`` (exact, the value of ``F.cross_entropy``). With probabilities, a
-    probability below the dtype's machine epsilon is raised to it first (as scikit-learn's ``log_loss`` clips), so
-    a zero probability gives a large finite value rather than infinity.
+    probability below the dtype's machine epsilon is raised to it first (scikit-learn's ``log_loss`` clips to
+    ``[eps, 1 - eps]``), so a zero probability gives a large finite value (about 15.9 in float32) rather than
+    infinity.
 
     Args:
         probs_or_logits: (N, C) class probabilities, or logits with ``from_logits=True``.
@@ -493,7 +496,8 @@ def recall_splits(per_class_recall: torch.Tensor, train_class_counts, many: int 
 
     Args:
         per_class_recall: (C,) recalls, e.g. from :func:`per_class_recall`.
-        train_class_counts: (C,) training samples per class, a tensor or a sequence of integers.
+        train_class_counts: (C,) training samples per class, a tensor or a sequence of integers (a tensor on
+            ``per_class_recall``'s device avoids a host-to-device copy).
         many: many-shot classes have strictly more training samples than this.
         few: few-shot classes have strictly fewer training samples than this (``few <= many``).
 
