@@ -3,6 +3,7 @@
 #   make run     train the long-tailed digits demo (focal loss vs cross-entropy)
 #   make test    run the test suite (pytest, 2 xdist workers, W&B disabled)
 #   make bench   run the CPU benchmark in research/benchmarks/bench_focal.py
+#   make docs    redraw docs/schedules.svg (gamma(t) of every schedule)
 #   make clean   remove build artefacts and caches (keeps the virtual env)
 #   make distclean   clean, and remove the virtual env if this Makefile created it
 #
@@ -50,7 +51,7 @@ else
 CHECK_PYTHON :=
 endif
 
-.PHONY: run test bench clean distclean venv
+.PHONY: run test bench docs clean distclean venv
 
 run: venv
 	$(VENV_PY) -m research.train_digits $(RUN_ARGS)
@@ -61,6 +62,9 @@ test: venv
 
 bench: venv
 	$(VENV_PY) research/benchmarks/bench_focal.py $(BENCH_ARGS)
+
+docs: venv
+	$(VENV_PY) -m research.plot_schedules --out docs/schedules.svg
 
 # Internal: the env exists and holds torch plus the package with its test extra.
 venv: $(STAMP)

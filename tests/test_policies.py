@@ -313,3 +313,13 @@ def test_softmax_only_policy_rejects_sigmoid_loss():
 
     with pytest.raises(ValueError, match="needs a FocalLoss with mode='softmax', got mode='sigmoid'"):
         SoftmaxOnly(FocalLoss("sigmoid"))
+
+
+def test_schedule_figure_is_up_to_date(tmp_path):
+    from pathlib import Path
+
+    from research.plot_schedules import main
+
+    fresh = main(["--out", str(tmp_path / "schedules.svg")]).read_text()
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "schedules.svg").read_text()
+    assert fresh == committed, "docs/schedules.svg is stale: run `make docs`"
