@@ -54,7 +54,8 @@ class AutomatedGamma(GammaPolicy):
     gamma = -log(p_hat), with p_hat the expected probability of the correct class, tracked as an exponential
     moving average of the batches' mean p_t: ``p_hat <- momentum * p_hat + (1 - momentum) * mean_pt`` (the first
     batch initialises it). Easy training data (p_hat near 1) gives gamma near 0; hard data a larger gamma.
-    gamma is clipped to ``[0, gamma_max]``. Batches with no element leave p_hat unchanged.
+    gamma is clipped to ``[0, gamma_max]``; it is ``gamma_init`` until the first batch with elements, and batches
+    with no element leave p_hat unchanged.
 
     Example:
         >>> import torch
@@ -69,13 +70,16 @@ class AutomatedGamma(GammaPolicy):
 
     needs_stats = True
 
-    def __init__(self, loss: FocalLoss, momentum: float = 0.95, gamma_max: float = 20.0) -> None:
+    def __init__(self, loss: FocalLoss, momentum: float = 0.95, gamma_init: float = 2.0,
+                 gamma_max: float = 20.0) -> None:
         super().__init__(loss)
         self.momentum = _check_number("momentum", momentum, 0.0, 1.0)
         if self.momentum == 1.0:
             raise ValueError("momentum must be in [0, 1), got 1.0 (p_hat would never move)")
         self.gamma_max = _check_number("gamma_max", gamma_max, 0.0, 50.0, low_open=True)
+        self.gamma_init = _check_number("gamma_init", gamma_init, 0.0, self.gamma_max)
         self.p_hat: torch.Tensor | None = None
+        self._write(torch.tensor(self.gamma_init, device=self._device()))
 
     def _compute(self, stats: BatchStats):
         mean = stats.mean_pt.to(torch.float32)
@@ -87,9 +91,8 @@ class AutomatedGamma(GammaPolicy):
             p_hat = torch.where(has, torch.where(torch.isnan(self.p_hat), mean, blended), self.p_hat)
         self.p_hat = p_hat
         gamma = -torch.log(p_hat.clamp_min(1e-12))
-        current = self.loss.gamma
-        # until a batch with elements arrives, keep the loss's gamma
-        return torch.where(torch.isnan(gamma), current.detach().to(gamma), gamma.clamp(0.0, self.gamma_max))
+        # until a batch with elements arrives, gamma stays at gamma_init
+        return torch.where(torch.isnan(gamma), torch.full_like(gamma, self.gamma_init), gamma.clamp(0.0, self.gamma_max))
 
     def _state(self) -> dict:
         return {"p_hat": None if self.p_hat is None else self.p_hat.detach().cpu().clone()}

@@ -262,8 +262,9 @@ def test_automated_is_minus_log_of_the_ema_of_mean_pt():
 
 
 def test_automated_keeps_gamma_on_an_empty_batch():
-    loss = FocalLoss("sigmoid", gamma=1.25, ignore_index=-1)
-    policy = create_policy("automated", loss)
+    loss = FocalLoss("sigmoid", ignore_index=-1)
+    policy = create_policy("automated", loss, gamma_init=1.25)
+    assert float(loss.gamma) == 1.25
     _, stats = loss(torch.randn(3, 2), torch.full((3, 2), -1.0), return_stats=True)
     policy.step(stats)
     assert float(loss.gamma) == 1.25
