@@ -17,12 +17,15 @@ from .schedules import (  # noqa: E402  (registers the schedules)
     ConstantGamma, CosineGamma, ExponentialGamma, FLSc531, LinearGamma, SequentialGamma, StepGamma,
 )
 from .controllers import AutomatedGamma, FLSD53, PIGamma  # noqa: E402  (registers the controllers)
+from .controllers_adafocal import AdaFocal, ClasswiseAdaFocal  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaFocal",
     "AutomatedGamma",
     "BatchStats",
+    "ClasswiseAdaFocal",
     "ConstantGamma",
     "CosineGamma",
     "ExponentialGamma",

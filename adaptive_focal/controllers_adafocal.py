@@ -63,7 +63,7 @@ from .policy import GammaPolicy, _check_number, register_policy
 from .stats import BatchStats
 from .table import GammaTable
 
-__all__ = ["AdaFocal", "ClasswiseAdaFocal", "adafocal_update", "classwise_bin_sums", "equal_mass_edges"]
+__all__ = ["AdaFocal", "ClasswiseAdaFocal", "adafocal_update", "equal_mass_edges"]
 
 #: the (C, B) per-class x confidence-bin sums ClasswiseAdaFocal reads from the validation statistics (a proposed
 #: BatchStats extension: samples of target class c whose confidence max_c q_c falls in bin b)
@@ -141,49 +141,6 @@ def equal_mass_edges(edges: torch.Tensor, counts: torch.Tensor, sums: torch.Tens
     for i in reversed(range(len(q))):
         q[i] = nxt = min(q[i], nxt - width)
     return torch.tensor([0.0] + q + [1.0], dtype=torch.float64).to(torch.float32)
-
-
-def classwise_bin_sums(logits: torch.Tensor, target: torch.Tensor, edges: torch.Tensor,
-                       ignore_index: int | None = -100) -> dict[str, torch.Tensor]:
-    """The (C, B) per-class x confidence-bin sums :class:`ClasswiseAdaFocal` needs, from logits and class indices.
-
-    A reference for the proposed BatchStats fields ``class_conf_count`` (int64), ``class_conf_sum`` and
-    ``class_correct_sum`` (float32): validation samples of target class c whose confidence ``max_c q_c`` falls in
-    bin b of ``edges``, the sum of their confidences and the number predicted correctly (the target class attains
-    the maximum probability; a tie counts as correct), with the same conventions as BatchStats' ``conf_count`` /
-    ``conf_sum`` / ``correct_sum``, whose sums over classes they are. Until BatchStats carries them, attach them to
-    the validation statistics: ``vars(val_stats).update(classwise_bin_sums(logits, target, val_stats.edges))``.
-
-    Args:
-        logits: (N, C) or (N, C, d1, ...).
-        target: class indices (N,) or (N, d1, ...).
-        edges: the statistics' bin edges (the loss's GammaTable edges).
-        ignore_index: samples with this target are left out (None: none are).
-    """
-    with torch.no_grad():
-        c = logits.shape[1]
-        logp = torch.log_softmax(logits.detach().float(), dim=1)
-        if logp.dim() > 2:
-            logp = logp.movedim(1, -1).reshape(-1, c)
-        tgt = target.reshape(-1).to(torch.int64)
-        valid = tgt != ignore_index if ignore_index is not None else torch.ones_like(tgt, dtype=torch.bool)
-        cls = torch.where(valid, tgt, torch.zeros_like(tgt))
-        conf_log = logp.amax(1)
-        conf = conf_log.exp()
-        v = valid.to(torch.float32)
-        correct = (logp.gather(1, cls.unsqueeze(1)).squeeze(1) >= conf_log).to(torch.float32) * v
-        e = edges.to(device=logp.device, dtype=torch.float32)
-        b = e.numel() - 1
-        idx = cls * b + torch.bucketize(conf, e[1:-1], right=True)
-
-        def scatter(weights, dtype):
-            return torch.zeros(c * b, dtype=dtype, device=logp.device).scatter_add_(0, idx, weights).view(c, b)
-
-        return {
-            "class_conf_count": scatter(valid.to(torch.int64), torch.int64),
-            "class_conf_sum": scatter(conf * v, torch.float32),
-            "class_correct_sum": scatter(correct, torch.float32),
-        }
 
 
 def _check_finite(name: str, value: float) -> float:
@@ -313,7 +270,6 @@ class AdaFocal(_AdaFocalBase):
     Example:
         >>> import torch
         >>> from adaptive_focal import FocalLoss, create_policy
-        >>> from adaptive_focal.controllers_adafocal import AdaFocal  # registers "adafocal"
         >>> loss = FocalLoss("softmax")
         >>> policy = create_policy("adafocal", loss, num_bins=3, rebin=False)
         >>> loss.gamma.values
@@ -345,10 +301,8 @@ class ClasswiseAdaFocal(_AdaFocalBase):
     being averaged into the bins of the frequent ones. The bins' edges are shared by all classes (a GammaTable has
     one set); with ``rebin=True`` they follow the validation confidences of all classes, as in AdaFocal.
 
-    The per-class x bin sums are not in today's BatchStats (it has per-class counts and p_t sums, but no
-    per-class confidence or correctness), so ``val_stats`` must carry the (C, B) fields ``class_conf_count``,
-    ``class_conf_sum`` and ``class_correct_sum`` binned by the table's edges; :func:`classwise_bin_sums` computes
-    them from the validation logits. A ``val_stats`` without them is refused with a ValueError.
+    The gaps come from the softmax statistics' (C, B) fields ``class_conf_count``, ``class_conf_sum`` and
+    ``class_correct_sum`` (validation samples of each target class per confidence bin of the table's edges).
 
     Args:
         loss: a softmax :class:`~adaptive_focal.FocalLoss`.
@@ -358,12 +312,11 @@ class ClasswiseAdaFocal(_AdaFocalBase):
     Example:
         >>> import torch
         >>> from adaptive_focal import FocalLoss
-        >>> from adaptive_focal.controllers_adafocal import ClasswiseAdaFocal, classwise_bin_sums
+        >>> from adaptive_focal import ClasswiseAdaFocal
         >>> loss = FocalLoss("softmax")
         >>> policy = ClasswiseAdaFocal(loss, num_classes=2, num_bins=2, rebin=False)
         >>> logits, target = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7]]).log(), torch.tensor([0, 1, 1])
         >>> _, val_stats = loss(logits, target, return_stats=True)
-        >>> vars(val_stats).update(classwise_bin_sums(logits, target, val_stats.edges))
         >>> policy.epoch_end(val_stats)  # class 0, bin 1: E = 0.9 - 1; class 1, bin 1: E = 0.8 - 0.5
         >>> loss.gamma.values
         tensor([[1.0000, 0.9048],
@@ -386,9 +339,8 @@ class ClasswiseAdaFocal(_AdaFocalBase):
         missing = [f for f in CLASSWISE_FIELDS if getattr(stats, f, None) is None]
         if missing:
             raise ValueError(
-                f"the 'classwise_adafocal' policy needs per-class x bin validation sums {', '.join(missing)} "
-                f"(shape {shape}), which BatchStats does not compute yet: add them with "
-                f"vars(val_stats).update(classwise_bin_sums(logits, target, val_stats.edges))"
+                f"the 'classwise_adafocal' policy needs the per-class x bin validation sums {', '.join(missing)} "
+                f"(shape {shape}) of softmax statistics (softmax_focal_loss(..., return_stats=True))"
             )
         for f in CLASSWISE_FIELDS:
             value = getattr(stats, f)
@@ -397,20 +349,6 @@ class ClasswiseAdaFocal(_AdaFocalBase):
                 raise ValueError(f"val_stats.{f} must be a tensor of shape {shape}, got {got}")
             if not bool(torch.isfinite(value.detach().to("cpu", torch.float64)).all()):
                 raise ValueError(f"val_stats.{f} must be finite")
-
-    def _synced(self, stats: BatchStats | None) -> BatchStats | None:
-        synced = super()._synced(stats)
-        if stats is None or synced is stats:
-            return synced
-        # BatchStats.all_reduce sums its own fields only: sum the per-class x bin fields over the ranks too
-        import torch.distributed as dist
-
-        for f in CLASSWISE_FIELDS:
-            if getattr(synced, f, None) is None:
-                value = getattr(stats, f).clone()
-                dist.all_reduce(value, op=dist.ReduceOp.SUM)
-                setattr(synced, f, value)
-        return synced
 
     def _gaps(self, stats: BatchStats) -> torch.Tensor:
         return self._gap(*(getattr(stats, f) for f in CLASSWISE_FIELDS))

@@ -681,6 +681,17 @@ def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_clas
         class_sum_pt = torch.zeros(num_classes, device=logp.device, dtype=p_t.dtype)
         class_sum_pt.scatter_add_(0, cls.reshape(-1), (p_t * v).reshape(-1))
         count = vi.sum()
+        bins = edges.numel() - 1
+        conf_bin = torch.bucketize(conf.reshape(-1), edges[1:-1].to(conf.dtype), right=True)
+        class_bin = cls.reshape(-1) * bins + conf_bin
+
+        def by_class_and_bin(weights: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(num_classes * bins, device=logp.device, dtype=weights.dtype)
+            return out.scatter_add_(0, class_bin, weights.reshape(-1)).view(num_classes, bins)
+
+        class_conf_count = by_class_and_bin(vi)
+        class_conf_sum = by_class_and_bin((conf * v).to(f32))
+        class_correct_sum = by_class_and_bin(correct.to(f32))
         return BatchStats(
             edges=edges,
             count=count,
@@ -691,7 +702,10 @@ def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_clas
             pt_hist=_histogram(p_t, edges, vi),
             class_count=class_count,
             class_sum_pt=class_sum_pt.to(f32),
-            conf_count=_histogram(conf, edges, vi),
-            conf_sum=_histogram(conf, edges, (conf * v).to(f32)),
-            correct_sum=_histogram(conf, edges, correct.to(f32)),
+            conf_count=class_conf_count.sum(0),
+            conf_sum=class_conf_sum.sum(0),
+            correct_sum=class_correct_sum.sum(0),
+            class_conf_count=class_conf_count,
+            class_conf_sum=class_conf_sum,
+            class_correct_sum=class_correct_sum,
         )

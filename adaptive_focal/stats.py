@@ -42,6 +42,8 @@ class BatchStats:
             confidence ``max_c q_c``, the confidences' sum and the number predicted correctly per bin (the target
             class has the highest probability; a tie counts as correct), which is what expected calibration error
             and AdaFocal need.
+        class_conf_count, class_conf_sum, class_correct_sum: (C, B) softmax only: the same three split by the
+            samples' target class (their sums over classes are the three above), for class-wise calibration.
     """
 
     edges: torch.Tensor
@@ -56,10 +58,13 @@ class BatchStats:
     conf_count: torch.Tensor | None = None
     conf_sum: torch.Tensor | None = None
     correct_sum: torch.Tensor | None = None
+    class_conf_count: torch.Tensor | None = None
+    class_conf_sum: torch.Tensor | None = None
+    class_correct_sum: torch.Tensor | None = None
 
     _SUMMED = (
         "count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm", "pt_hist", "class_count", "class_sum_pt",
-        "conf_count", "conf_sum", "correct_sum",
+        "conf_count", "conf_sum", "correct_sum", "class_conf_count", "class_conf_sum", "class_correct_sum",
     )
 
     # -- derived values -------------------------------------------------------------------------------------

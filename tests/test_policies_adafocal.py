@@ -6,6 +6,7 @@ next epoch's edges are the quantiles of the validation confidence histogram with
 each bin (an approximation of AdaFocal's exact equal-mass bins, which BatchStats cannot give); with rebin=False
 the equal-width bins are kept.
 """
+import dataclasses
 import io
 import math
 
@@ -14,19 +15,55 @@ import torch
 
 import adaptive_focal as af
 from adaptive_focal.controllers_adafocal import (
-    AdaFocal, ClasswiseAdaFocal, adafocal_update, classwise_bin_sums, equal_mass_edges,
+    AdaFocal, ClasswiseAdaFocal, adafocal_update, equal_mass_edges,
 )
 
 DEFAULTS = dict(lam=1.0, switch_threshold=0.2, gamma_min=-2.0, gamma_max=20.0)
 
 
-def val_stats_from_probs(loss, probs, target, classwise=False):
+def classwise_bin_sums(logits: torch.Tensor, target: torch.Tensor, edges: torch.Tensor,
+                       ignore_index: int | None = -100) -> dict[str, torch.Tensor]:
+    """Independent reference for BatchStats' (C, B) fields class_conf_count / class_conf_sum / class_correct_sum:
+    validation samples of target class c whose confidence max_c q_c falls in bin b of ``edges``, the sum of their
+    confidences and the number predicted correctly (a tie for the top probability counts as correct).
+
+    Args:
+        logits: (N, C) or (N, C, d1, ...).
+        target: class indices (N,) or (N, d1, ...).
+        edges: the statistics' bin edges (the loss's GammaTable edges).
+        ignore_index: samples with this target are left out (None: none are).
+    """
+    with torch.no_grad():
+        c = logits.shape[1]
+        logp = torch.log_softmax(logits.detach().float(), dim=1)
+        if logp.dim() > 2:
+            logp = logp.movedim(1, -1).reshape(-1, c)
+        tgt = target.reshape(-1).to(torch.int64)
+        valid = tgt != ignore_index if ignore_index is not None else torch.ones_like(tgt, dtype=torch.bool)
+        cls = torch.where(valid, tgt, torch.zeros_like(tgt))
+        conf_log = logp.amax(1)
+        conf = conf_log.exp()
+        v = valid.to(torch.float32)
+        correct = (logp.gather(1, cls.unsqueeze(1)).squeeze(1) >= conf_log).to(torch.float32) * v
+        e = edges.to(device=logp.device, dtype=torch.float32)
+        b = e.numel() - 1
+        idx = cls * b + torch.bucketize(conf, e[1:-1], right=True)
+
+        def scatter(weights, dtype):
+            return torch.zeros(c * b, dtype=dtype, device=logp.device).scatter_add_(0, idx, weights).view(c, b)
+
+        return {
+            "class_conf_count": scatter(valid.to(torch.int64), torch.int64),
+            "class_conf_sum": scatter(conf * v, torch.float32),
+            "class_correct_sum": scatter(correct, torch.float32),
+        }
+
+
+def val_stats_from_probs(loss, probs, target):
     """Validation statistics of samples whose softmax probabilities are ``probs`` (rows summing to 1)."""
     logits = torch.tensor(probs, dtype=torch.float64).log().float()
     target = torch.tensor(target)
     _, stats = loss(logits, target, return_stats=True)
-    if classwise:
-        vars(stats).update(classwise_bin_sums(logits, target, stats.edges))
     return stats
 
 
@@ -175,7 +212,7 @@ def test_classwise_gap_per_class_and_bin_hand_computed():
     # class 0: conf 0.9 right, 0.9 right (bin 1, E = -0.1);  class 1: conf 0.8 wrong, 0.6 wrong (bin 1, E = 0.7)
     # class 2: conf 0.4 right (bin 0, E = -0.6);  the global bin 1 gap would mix classes 0 and 1
     probs = [[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4]]
-    stats = val_stats_from_probs(loss, probs, [0, 0, 1, 1, 2], classwise=True)
+    stats = val_stats_from_probs(loss, probs, [0, 0, 1, 1, 2])
     assert stats.class_conf_count.sum(0).tolist() == stats.conf_count.tolist()
     policy.epoch_end(stats)
     expected = torch.tensor([[1.0, math.exp(-0.1)], [1.0, math.exp(0.7)], [math.exp(-0.6), 1.0]])
@@ -185,13 +222,16 @@ def test_classwise_gap_per_class_and_bin_hand_computed():
         [math.exp(-0.1), math.exp(0.7), math.exp(-0.6)], rel=1e-6)
 
 
-def test_classwise_bin_sums_matches_batchstats_totals(gen):
+def test_batchstats_classwise_fields_match_the_reference(gen):
     logits = torch.randn(200, 5, generator=gen) * 3
     target = torch.randint(0, 5, (200,), generator=gen)
     target[:7] = -100
     edges = torch.tensor([0.0, 0.3, 0.5, 0.8, 0.95, 1.0])
     _, stats = af.softmax_focal_loss(logits, target, gamma=af.GammaTable(edges, torch.ones(5)), return_stats=True)
     sums = classwise_bin_sums(logits, target, stats.edges)
+    assert torch.equal(sums["class_conf_count"], stats.class_conf_count)
+    torch.testing.assert_close(sums["class_conf_sum"], stats.class_conf_sum)
+    torch.testing.assert_close(sums["class_correct_sum"], stats.class_correct_sum)
     assert torch.equal(sums["class_conf_count"].sum(0), stats.conf_count)
     torch.testing.assert_close(sums["class_conf_sum"].sum(0), stats.conf_sum)
     torch.testing.assert_close(sums["class_correct_sum"].sum(0), stats.correct_sum)
@@ -213,8 +253,6 @@ def test_state_dict_round_trip_continues_trajectory(cls, kwargs, gen):
     def epoch(policy, loss, batch):
         logits, target = batch
         _, stats = loss(logits, target, return_stats=True)
-        if cls is ClasswiseAdaFocal:
-            vars(stats).update(classwise_bin_sums(logits, target, stats.edges))
         policy.epoch_end(stats)
 
     loss_a = af.FocalLoss("softmax")
@@ -326,9 +364,10 @@ def test_classwise_without_per_class_fields_changes_nothing():
     policy = ClasswiseAdaFocal(loss, num_classes=3, num_bins=3)
     before = snapshot(policy)
     stats = val_stats_from_probs(loss, [[0.5, 0.3, 0.2]], [0])
+    without = dataclasses.replace(stats, class_conf_count=None, class_conf_sum=None, class_correct_sum=None)
     with pytest.raises(ValueError, match="class_conf_count, class_conf_sum, class_correct_sum"):
-        policy.epoch_end(stats)
-    bad = val_stats_from_probs(loss, [[0.5, 0.3, 0.2]], [0], classwise=True)
+        policy.epoch_end(without)
+    bad = val_stats_from_probs(loss, [[0.5, 0.3, 0.2]], [0])
     bad.class_conf_sum = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="shape"):
         policy.epoch_end(bad)
@@ -357,8 +396,6 @@ def test_policy_bounded_under_extreme_validation(cls, gen):
         logits = torch.randn(128, 3, generator=gen) * scale
         target = torch.randint(0, 3, (128,), generator=gen)
         _, stats = loss(logits, target, return_stats=True)
-        if cls is ClasswiseAdaFocal:
-            vars(stats).update(classwise_bin_sums(logits, target, stats.edges))
         policy.epoch_end(stats)
         v = loss.gamma.values
         assert torch.isfinite(v).all() and (v >= -1.0).all() and (v <= 6.0).all()
@@ -403,8 +440,6 @@ def test_end_to_end_training(classwise, gen):
             logits = model(xv)
             _, val_stats = af.softmax_focal_loss(logits, yv, gamma=criterion.gamma, return_stats=True)
         assert torch.equal(val_stats.edges, criterion.gamma.edges)  # the statistics use the table's bins
-        if classwise:
-            vars(val_stats).update(classwise_bin_sums(logits, yv, val_stats.edges))
         policy.epoch_end(val_stats)
     table = criterion.gamma
     assert isinstance(table, af.GammaTable) and policy.epoch == 6 and policy.step_count == 48
@@ -435,30 +470,6 @@ def test_equal_mass_edges_uses_means_floor_and_min_width():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the shared policy contract (tests/test_policies.py) applied to AdaFocal
-# ---------------------------------------------------------------------------------------------------------------
-CONTRACT_FACTORIES = {
-    "adafocal": ("softmax", lambda loss: af.create_policy("adafocal", loss)),
-    "adafocal-fixed-bins": ("softmax", lambda loss: af.create_policy("adafocal", loss, num_bins=5, rebin=False)),
-    # classwise_adafocal needs the per-class x bin fields the contract's plain BatchStats lack (see the module
-    # docstring); its contract properties are tested above with classwise_bin_sums
-}
-CONTRACT_CHECKS = ["test_gamma_finite_and_bounded", "test_deterministic", "test_resume_continues_the_same_trajectory",
-                   "test_bad_stats_change_nothing", "test_state_of_another_policy_is_rejected",
-                   "test_cuda_step_does_not_synchronise"]
-
-
-@pytest.mark.parametrize("check", CONTRACT_CHECKS)
-@pytest.mark.parametrize("name", sorted(CONTRACT_FACTORIES))
-def test_policy_contract(name, check):
-    contract = pytest.importorskip("test_policies")
-    if check == "test_cuda_step_does_not_synchronise" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    contract.CASES.setdefault(name, CONTRACT_FACTORIES[name])
-    getattr(contract.TestPolicyContract(), check)(name)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # torch.distributed: every rank sets the gamma of the whole validation set
 # ---------------------------------------------------------------------------------------------------------------
 def _dist_data(rank, epoch):
@@ -475,8 +486,6 @@ def _dist_build(name):
 
 def _dist_epoch(name, loss, policy, logits, target):
     _, stats = loss(logits, target, return_stats=True)
-    if name == "classwise_adafocal":
-        vars(stats).update(classwise_bin_sums(logits, target, stats.edges))
     policy.epoch_end(stats)
     return loss.gamma.edges.clone(), loss.gamma.values.clone()
 
