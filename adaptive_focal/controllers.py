@@ -82,17 +82,17 @@ class AutomatedGamma(GammaPolicy):
         self._write(torch.tensor(self.gamma_init, device=self._device()))
 
     def _compute(self, stats: BatchStats):
-        mean = stats.mean_pt.to(torch.float32)
-        has = stats.count > 0
-        if self.p_hat is None:
-            p_hat = torch.where(has, mean, torch.full_like(mean, float("nan")))
+        count = stats.count.to(torch.float32)
+        mean = stats.sum_pt.to(torch.float32) / count.clamp_min(1.0)
+        if self.p_hat is None:  # the first batch with elements sets p_hat (weight 1), later ones blend
+            weight = (count > 0).to(torch.float32)
+            self.p_hat = mean * weight
         else:
-            blended = self.momentum * self.p_hat + (1.0 - self.momentum) * mean
-            p_hat = torch.where(has, torch.where(torch.isnan(self.p_hat), mean, blended), self.p_hat)
-        self.p_hat = p_hat
-        gamma = -torch.log(p_hat.clamp_min(1e-12))
-        # until a batch with elements arrives, gamma stays at gamma_init
-        return torch.where(torch.isnan(gamma), torch.full_like(gamma, self.gamma_init), gamma.clamp(0.0, self.gamma_max))
+            weight = torch.where(self.p_hat > 0, 1.0 - self.momentum, 1.0) * (count > 0)
+            self.p_hat = torch.lerp(self.p_hat, mean, weight)
+        # p_hat == 0 only before any element was seen: gamma stays at gamma_init until then
+        gamma = torch.where(self.p_hat > 0, -torch.log(self.p_hat.clamp_min(1e-12)), self.gamma_init)
+        return gamma.clamp_(0.0, self.gamma_max)
 
     def _state(self) -> dict:
         return {"p_hat": None if self.p_hat is None else self.p_hat.detach().cpu().clone()}

@@ -655,57 +655,61 @@ def _class_grid(like: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_classes, dtype) -> BatchStats:
+    """Softmax statistics in few operations (they run every training step): one gather, one max, and a single
+    scatter-add of five per-sample quantities into (class, confidence bin) cells and p_t bins, from which every
+    count and sum follows by reduction."""
     f32 = torch.float32
     with torch.no_grad():
-        q = None
         if prob_target:
             t = target.detach().to(dtype)
             q = torch.exp(logp)
             p_t = (t * q).sum(1)
-            grad_norm = 0.5 * (q - t).abs().sum(1)
             cls = t.argmax(1)
             v = torch.ones_like(p_t)
+            sum_grad_norm = 0.5 * (q - t).abs().sum()
+            logp_y = logp.gather(1, cls.unsqueeze(1)).squeeze(1)
         else:
             cls = target
-            p_t = torch.exp(logp.gather(1, cls.unsqueeze(1)).squeeze(1))
-            grad_norm = 1.0 - p_t
+            logp_y = logp.gather(1, cls.unsqueeze(1)).squeeze(1)
+            p_t = torch.exp(logp_y)
             v = valid.to(p_t.dtype)
+            sum_grad_norm = None  # sum of (1 - p_t) over valid samples: count - sum_pt, below
         # amax is one cheap pass; max with indices (argmax) costs about four times more on CPU. A sample is
         # correct when its target class attains the maximum (a tie counts as correct).
         conf_log = logp.amax(1)
         conf = torch.exp(conf_log)
-        correct = (logp.gather(1, cls.unsqueeze(1)).squeeze(1) >= conf_log).to(p_t.dtype) * v
-        vi = v.to(torch.int64)
-        class_count = torch.zeros(num_classes, device=logp.device, dtype=torch.int64)
-        class_count.scatter_add_(0, cls.reshape(-1), vi.reshape(-1))
-        class_sum_pt = torch.zeros(num_classes, device=logp.device, dtype=p_t.dtype)
-        class_sum_pt.scatter_add_(0, cls.reshape(-1), (p_t * v).reshape(-1))
-        count = vi.sum()
+        inner = edges[1:-1].to(conf.dtype)
         bins = edges.numel() - 1
-        conf_bin = torch.bucketize(conf.reshape(-1), edges[1:-1].to(conf.dtype), right=True)
-        class_bin = cls.reshape(-1) * bins + conf_bin
-
-        def by_class_and_bin(weights: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros(num_classes * bins, device=logp.device, dtype=weights.dtype)
-            return out.scatter_add_(0, class_bin, weights.reshape(-1)).view(num_classes, bins)
-
-        class_conf_count = by_class_and_bin(vi)
-        class_conf_sum = by_class_and_bin((conf * v).to(f32))
-        class_correct_sum = by_class_and_bin(correct.to(f32))
+        cell = cls * bins + torch.bucketize(conf, inner, right=True)
+        index = torch.stack([cell, cell, cell, cell, torch.bucketize(p_t, inner, right=True)]).reshape(5, -1)
+        correct = (logp_y >= conf_log).to(p_t.dtype)
+        # float64 keeps the counts exact however many samples (pixels) a batch has
+        weights = (torch.stack([v, conf, correct, p_t, v]) * v).reshape(5, -1).to(torch.float64)
+        cells = torch.zeros(5, num_classes * bins, device=logp.device, dtype=torch.float64)
+        cells.scatter_add_(1, index, weights)
+        per_class = cells[:4].view(4, num_classes, bins)
+        class_conf_count = per_class[0].to(torch.int64)
+        class_count = class_conf_count.sum(1)
+        class_sum_pt = per_class[3].sum(1)
+        per_bin = per_class[:3].sum(1)
+        count = class_count.sum()
+        sum_pt = class_sum_pt.sum()
+        if sum_grad_norm is None:
+            sum_grad_norm = count - sum_pt
         return BatchStats(
             edges=edges,
             count=count,
             n_pos=count.clone(),
-            sum_pt=(p_t * v).sum().to(f32),
+            sum_pt=sum_pt.to(f32),
             sum_loss=per_sample.sum().to(f32),
-            sum_grad_norm=(grad_norm * v).sum().to(f32),
-            pt_hist=_histogram(p_t, edges, vi),
+            sum_grad_norm=sum_grad_norm.to(f32),
+            pt_hist=cells[4, :bins].to(torch.int64),
             class_count=class_count,
             class_sum_pt=class_sum_pt.to(f32),
-            conf_count=class_conf_count.sum(0),
-            conf_sum=class_conf_sum.sum(0),
-            correct_sum=class_correct_sum.sum(0),
+            conf_count=per_bin[0].to(torch.int64),
+            conf_sum=per_bin[1].to(f32),
+            correct_sum=per_bin[2].to(f32),
             class_conf_count=class_conf_count,
-            class_conf_sum=class_conf_sum,
-            class_correct_sum=class_correct_sum,
+            class_conf_sum=per_class[1].to(f32),
+            class_correct_sum=per_class[2].to(f32),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
 import torch
@@ -85,21 +86,28 @@ class FocalLoss(nn.Module):
         else:
             super().__setattr__(name, value)
 
-    def _set_gamma(self, value) -> None:
+    def _set_gamma(self, value, check: bool = True) -> None:
+        """Assigns gamma; ``check=False`` skips the NaN check (for policies, whose values are finite by design)."""
         if isinstance(value, GammaTable):
             if "gamma" in self._buffers:
                 del self._buffers["gamma"]
             self._modules["gamma"] = value
             return
+        old = self._buffers.get("gamma")
         if isinstance(value, Real) and not isinstance(value, bool):
+            if check and math.isnan(value):
+                raise ValueError(f"gamma must not be NaN, got {value!r}")
+            if old is not None and old.dim() == 0:
+                with torch.no_grad():
+                    old.fill_(float(value))  # the per-step path of schedules: in place, no new tensor
+                return
             new = torch.tensor(float(value), dtype=torch.float32)
         elif isinstance(value, torch.Tensor):
             new = value.detach().to(torch.float32)
         else:
             raise TypeError(f"gamma must be a float, a tensor or a GammaTable, got {type(value).__name__}")
-        if new.device.type == "cpu" and torch.isnan(new).any():  # reading a device tensor would synchronise
+        if check and new.device.type == "cpu" and torch.isnan(new).any():  # reading a device tensor would synchronise
             raise ValueError(f"gamma must not be NaN, got {value!r}")
-        old = self._buffers.get("gamma")
         if old is not None and old.shape == new.shape:
             with torch.no_grad():
                 old.copy_(new)  # in place: same tensor, no recompilation, optimisers keep their reference

@@ -203,7 +203,7 @@ class GammaPolicy:
                 self.loss.gamma = gamma.to(self._device())
             self._last_gamma = self.loss.gamma
             return
-        self.loss.gamma = gamma
+        self.loss._set_gamma(gamma, check=False)  # policies produce finite values; skip the per-step NaN check
         value = self.loss.gamma
         self._last_gamma = float(gamma) if isinstance(gamma, (int, float)) else value.detach().clone()
 
