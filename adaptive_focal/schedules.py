@@ -71,8 +71,25 @@ class ConstantGamma(Schedule):
         return self.gamma
 
 
+class _Ramp(Schedule):
+    """From ``start`` to ``end`` over ``total`` steps (or epochs), then constant; subclasses shape the way."""
+
+    def __init__(self, loss: FocalLoss, start: float, end: float, total: int, unit: str | None) -> None:
+        super().__init__(loss, unit)
+        self.start = _check_number("start", start, -20.0, 20.0)
+        self.end = _check_number("end", end, -20.0, 20.0)
+        self.total = _check_number("total", total, 1, integer=True)
+        self._start()
+
+    def gamma_at(self, t: int) -> float:
+        return self._between(min(max(t, 0), self.total) / self.total)
+
+    def _between(self, frac: float) -> float:
+        raise NotImplementedError
+
+
 @register_policy("linear")
-class LinearGamma(Schedule):
+class LinearGamma(_Ramp):
     """Linear ramp from ``start`` to ``end`` over ``total`` steps (or epochs), then constant.
 
     Example:
@@ -84,19 +101,14 @@ class LinearGamma(Schedule):
 
     def __init__(self, loss: FocalLoss, start: float = 0.0, end: float = 2.0, total: int = 1000,
                  unit: str | None = None) -> None:
-        super().__init__(loss, unit)
-        self.start = _check_number("start", start, -20.0, 20.0)
-        self.end = _check_number("end", end, -20.0, 20.0)
-        self.total = _check_number("total", total, 1, integer=True)
-        self._start()
+        super().__init__(loss, start, end, total, unit)
 
-    def gamma_at(self, t: int) -> float:
-        frac = min(max(t, 0), self.total) / self.total
+    def _between(self, frac: float) -> float:
         return self.start + (self.end - self.start) * frac
 
 
 @register_policy("cosine")
-class CosineGamma(Schedule):
+class CosineGamma(_Ramp):
     """Half-cosine from ``start`` to ``end`` over ``total`` steps (or epochs), then constant.
 
     Example:
@@ -108,14 +120,9 @@ class CosineGamma(Schedule):
 
     def __init__(self, loss: FocalLoss, start: float = 3.0, end: float = 1.0, total: int = 1000,
                  unit: str | None = None) -> None:
-        super().__init__(loss, unit)
-        self.start = _check_number("start", start, -20.0, 20.0)
-        self.end = _check_number("end", end, -20.0, 20.0)
-        self.total = _check_number("total", total, 1, integer=True)
-        self._start()
+        super().__init__(loss, start, end, total, unit)
 
-    def gamma_at(self, t: int) -> float:
-        frac = min(max(t, 0), self.total) / self.total
+    def _between(self, frac: float) -> float:
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
