@@ -1,0 +1,20 @@
+"""The docstrings' examples are tests too: every public module's doctests must pass."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "adaptive_focal.functional", "adaptive_focal.loss", "adaptive_focal.table", "adaptive_focal.stats",
+    "adaptive_focal.policy", "adaptive_focal.schedules", "adaptive_focal.controllers",
+    "adaptive_focal.controllers_adafocal", "adaptive_focal.metrics",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"
+    assert result.attempted > 0, f"{name} has no runnable example"
