@@ -74,3 +74,23 @@ def assert_close(actual, expected, dtype, scale_atol=True, msg=""):
 @pytest.fixture
 def close():
     return assert_close
+
+
+def compare_with_reference(lib_call, ref, x, t, g, kw, reduction, dtype, gen, detach=False):
+    """Loss and input gradient of the library against a float64 reference, under the same random upstream
+    gradient; checks shapes, dtypes (float32 loss for half inputs, input-dtype gradient) and finiteness."""
+    from _reference import upstream_like, value_and_grad
+
+    extra = {"detach_modulator": True} if detach else {}
+    ref_loss0, _ = value_and_grad(lambda xx: ref(xx, t, g, reduction=reduction, **kw), x.double())
+    up = upstream_like(ref_loss0, gen)
+    ref_loss, ref_grad = value_and_grad(
+        lambda xx: ref(xx, t, g, reduction=reduction, detach_modulator=detach, **kw), x.double(), upstream=up)
+    loss, grad = value_and_grad(lambda xx: lib_call(xx, t, g, kw, reduction, **extra), x, upstream=up)
+    assert loss.shape == ref_loss.shape
+    assert loss.dtype == (torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
+    assert grad.dtype == x.dtype
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert_close(loss, ref_loss, dtype, msg="loss")
+    assert_close(grad, ref_grad, dtype, msg="grad")
+    return loss, grad

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import adaptive_focal as af
 from _reference import (Table, far_from_edges_softmax, ref_softmax, stable_ref_softmax, to_lib_gamma,
                         upstream_like, value_and_grad)
-from conftest import assert_close
+from conftest import assert_close, compare_with_reference
 
 LIB = af.softmax_focal_loss
 
@@ -112,19 +112,7 @@ def lib_call(x, t, g, kw, reduction, **extra):
 
 
 def check_against_ref(x, t, g, kw, reduction, dtype, gen, detach=False, ref=ref_softmax):
-    extra = {"detach_modulator": True} if detach else {}
-    ref_loss0, _ = value_and_grad(lambda xx: ref(xx, t, g, reduction=reduction, **kw), x.double())
-    up = upstream_like(ref_loss0, gen)
-    ref_loss, ref_grad = value_and_grad(
-        lambda xx: ref(xx, t, g, reduction=reduction, detach_modulator=detach, **kw), x.double(), upstream=up)
-    loss, grad = value_and_grad(lambda xx: lib_call(xx, t, g, kw, reduction, **extra), x, upstream=up)
-    assert loss.shape == ref_loss.shape
-    assert loss.dtype == (torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
-    assert grad.dtype == x.dtype
-    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
-    assert_close(loss, ref_loss, dtype, msg="loss")
-    assert_close(grad, ref_grad, dtype, msg="grad")
-    return loss, grad
+    return compare_with_reference(lib_call, ref, x, t, g, kw, reduction, dtype, gen, detach)
 
 
 @pytest.mark.parametrize("gname", ["float", "frac", "neg", "term_mixed", "table_cb"])
