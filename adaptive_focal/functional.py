@@ -122,17 +122,23 @@ class _Gamma:
     kind: int
     value: torch.Tensor  # scalar (), per class (C,), full (input shape), or table values (C, B)
     table: GammaTable | None = None
+    #: every value is >= 0 (so the inverse focal branch can be skipped); False when unknown without a sync
+    nonneg: bool = False
+
+
+def _nonneg(values: torch.Tensor) -> bool:
+    return _on_host(values) and not values.requires_grad and bool((values >= 0).all())
 
 
 def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
     """Brings every accepted form of gamma into one of the four kinds of the kernel contract."""
     device = input.device
     if isinstance(gamma, GammaTable):
-        return _Gamma(_TABLE, gamma.values, gamma)
+        return _Gamma(_TABLE, gamma.values, gamma, nonneg=_nonneg(gamma.values))
     if isinstance(gamma, Real) and not isinstance(gamma, bool):
         if math.isnan(float(gamma)):
             raise ValueError("gamma must not be NaN, got nan")
-        return _Gamma(_SCALAR, torch.tensor(float(gamma), device=device, dtype=dtype))
+        return _Gamma(_SCALAR, torch.tensor(float(gamma), device=device, dtype=dtype), nonneg=float(gamma) >= 0)
     if not isinstance(gamma, torch.Tensor):
         raise TypeError(
             f"gamma must be a float, a tensor or a GammaTable, got {type(gamma).__name__}"
@@ -141,11 +147,12 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
         gamma = gamma.to(dtype)
     if _on_host(gamma) and bool(torch.isnan(gamma).any()):
         raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
+    nonneg = _nonneg(gamma)
     g = gamma.to(device=device, dtype=dtype)
     if g.dim() == 0:
-        return _Gamma(_SCALAR, g)
+        return _Gamma(_SCALAR, g, nonneg=nonneg)
     if input.dim() >= 2 and g.dim() == 1 and g.numel() == input.shape[1]:
-        return _Gamma(_PER_CLASS, g)
+        return _Gamma(_PER_CLASS, g, nonneg=nonneg)
     shape = input.shape
     if mode == "softmax" and g.dim() == input.dim() - 1 and input.dim() >= 2:
         g = g.unsqueeze(1)  # per sample: (N, d1, ...) -> (N, 1, d1, ...)
@@ -157,7 +164,12 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
             f"gamma must be a float, a 0-d tensor, a (C,) per-class tensor, a GammaTable, or a tensor broadcastable "
             f"to {what} {tuple(shape)}, got shape {tuple(gamma.shape)}"
         ) from None
-    return _Gamma(_FULL, full)
+    return _Gamma(_FULL, full, nonneg=nonneg)
+
+
+def _check_stat_bins(stat_bins) -> None:
+    if isinstance(stat_bins, bool) or not isinstance(stat_bins, int) or stat_bins < 1:
+        raise ValueError(f"stat_bins must be a positive integer, got {stat_bins!r}")
 
 
 def _stat_edges(gamma: _Gamma, stat_bins: int, device, dtype=torch.float32) -> torch.Tensor:
@@ -439,13 +451,15 @@ class _FocalTerm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, ell, gamma, detach):
-        q = torch.exp(-ell)
+    def forward(ctx, ell, gamma, detach, inverse):
         one_minus_q = -torch.expm1(-ell)
-        m = torch.where(gamma >= 0, torch.pow(one_minus_q, gamma.clamp_min(0)),
-                        torch.pow(1.0 + q, (-gamma).clamp_min(0)))
+        if inverse:  # some gamma may be negative
+            m = torch.where(gamma >= 0, torch.pow(one_minus_q, gamma.clamp_min(0)),
+                            torch.pow(2.0 - one_minus_q, (-gamma).clamp_min(0)))
+        else:
+            m = torch.pow(one_minus_q, gamma)
         ctx.save_for_backward(ell, gamma)
-        ctx.detach = detach
+        ctx.detach, ctx.inverse = detach, inverse
         return m * ell
 
     @staticmethod
@@ -454,9 +468,13 @@ class _FocalTerm(torch.autograd.Function):
         ell, gamma = ctx.saved_tensors
         q = torch.exp(-ell)
         one_minus_q = -torch.expm1(-ell)
-        pos = gamma >= 0
-        base = torch.where(pos, one_minus_q, 1.0 + q)
-        m = torch.pow(base, gamma.abs())
+        if ctx.inverse:
+            pos = gamma >= 0
+            base = torch.where(pos, one_minus_q, 1.0 + q)
+            m = torch.pow(base, gamma.abs())
+        else:
+            pos, base = None, one_minus_q
+            m = torch.pow(base, gamma)
         grad_ell = grad_gamma = None
         if ctx.needs_input_grad[0]:
             if ctx.detach:
@@ -466,14 +484,14 @@ class _FocalTerm(torch.autograd.Function):
                 safe_ell = torch.where(small, torch.ones_like(ell), ell)
                 k_pos = torch.where(small, 1.0 + 0.5 * ell,
                                     safe_ell / torch.where(small, torch.ones_like(ell), -torch.expm1(-safe_ell)))
-                k = torch.where(pos, k_pos, ell / (1.0 + q))
+                k = torch.where(pos, k_pos, ell / (1.0 + q)) if ctx.inverse else k_pos
                 grad_ell = grad_out * m * (1.0 + gamma * q * k)
         if ctx.needs_input_grad[1]:
             log_base = torch.log(base.clamp_min(torch.finfo(base.dtype).tiny))
-            dm = torch.where(pos, m * log_base, -m * log_base)
+            dm = torch.where(pos, m * log_base, -m * log_base) if ctx.inverse else m * log_base
             grad_gamma = grad_out * dm * ell
             grad_gamma = _sum_to(grad_gamma, gamma.shape)
-        return grad_ell, grad_gamma, None
+        return grad_ell, grad_gamma, None, None
 
 
 def _sum_to(grad: torch.Tensor, shape) -> torch.Tensor:
@@ -567,7 +585,7 @@ def softmax_focal_loss(
     w = None
     if weight is not None:
         w = _as_class_vector(weight, "weight", num_classes, device, dtype)
-    edges = _stat_edges(g, stat_bins, device)
+    edges = _stat_edges(g, stat_bins, device) if return_stats else _check_stat_bins(stat_bins)
 
     x = input.to(dtype)
     logp = F.log_softmax(x, dim=1)
@@ -589,7 +607,7 @@ def softmax_focal_loss(
             raise ValueError("target of class probabilities must hold values in [0, 1]")
         valid = None
         y = t * (1.0 - ls) + ls / num_classes if ls else t
-        per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
+        per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator, not g.nonneg)
         denom = torch.tensor(float(math.prod(sample_shape)), device=device, dtype=dtype)
         cls = t.argmax(1)
     else:
@@ -612,7 +630,7 @@ def softmax_focal_loss(
                 gam = g.value.gather(1, cls.unsqueeze(1)).squeeze(1)
             else:
                 gam = g.table.lookup(torch.exp(-ell.detach()), cls).to(dtype)
-            per_sample = _FocalTerm.apply(ell, gam, bool(detach_modulator))
+            per_sample = _FocalTerm.apply(ell, gam, bool(detach_modulator), not g.nonneg)
             if a is not None:
                 per_sample = per_sample * a[cls]
             if w_y is not None:
@@ -620,7 +638,7 @@ def softmax_focal_loss(
         else:
             onehot = torch.zeros_like(logp).scatter_(1, cls.unsqueeze(1), 1.0)
             y = onehot * (1.0 - ls) + ls / num_classes
-            per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator)
+            per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator, not g.nonneg)
         per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
         denom = valid.to(dtype).sum() if w_y is None else (w_y * valid).sum()
     total = per_sample.sum()
@@ -634,12 +652,12 @@ def softmax_focal_loss(
     return loss, stats
 
 
-def _softmax_all_terms(logp, y, class_gamma, alpha, weight, cshape, detach):
+def _softmax_all_terms(logp, y, class_gamma, alpha, weight, cshape, detach, inverse):
     """Per-sample loss summing every class term (probability targets or label smoothing)."""
     ell = -logp
     gam = class_gamma(torch.exp(logp.detach()), _class_grid(logp))
     gam = torch.broadcast_to(gam, ell.shape)
-    terms = _FocalTerm.apply(ell, gam, bool(detach)) * y
+    terms = _FocalTerm.apply(ell, gam, bool(detach), inverse) * y
     if alpha is not None:
         terms = terms * alpha.view(cshape)
     if weight is not None:
