@@ -1,0 +1,191 @@
+"""GammaCallback: drives a gamma policy from a plain PyTorch training loop and forwards what it sees to loggers.
+
+The callback adds the bookkeeping a loop needs around a policy: it calls ``policy.step`` after each optimizer step
+and ``policy.epoch_end`` at each epoch end, turns gamma and the statistics into plain Python records every
+``log_every`` steps (the only place values are read back from the device), hands them to any number of loggers,
+and saves and restores the whole state. A logger that raises is dropped with one warning: logging never stops
+training.
+
+Example:
+    >>> import torch
+    >>> import adaptive_focal as af
+    >>> from adaptive_focal.callbacks import GammaCallback, MemoryLogger
+    >>> model = torch.nn.Linear(4, 3)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> criterion = af.FocalLoss("softmax", gamma=2.0)
+    >>> history = MemoryLogger()
+    >>> callback = GammaCallback(af.create_policy("pi", criterion, setpoint=0.6), loggers=[history], log_every=1)
+    >>> for step in range(3):
+    ...     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    ...     loss, stats = criterion(model(x), y, return_stats=True)
+    ...     optimizer.zero_grad()
+    ...     loss.backward()
+    ...     optimizer.step()
+    ...     callback.on_train_batch_end(stats)
+    >>> with torch.no_grad():
+    ...     _, val_stats = criterion(model(torch.randn(16, 4)), torch.randint(0, 3, (16,)), return_stats=True)
+    >>> callback.on_epoch_end(val_stats)
+    >>> len(history.steps), sorted(history.epochs[0]["val"])[:3]
+    (3, ['count', 'ece', 'mean_grad_norm'])
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .metrics import ece_from_stats
+from .policy import GammaPolicy
+from .stats import BatchStats
+from .table import GammaTable
+
+__all__ = ["GammaCallback", "GammaLogger", "JSONLinesLogger", "MemoryLogger", "gamma_record", "stats_record"]
+
+
+@runtime_checkable
+class GammaLogger(Protocol):
+    """What the callback calls. Records are plain dicts of Python numbers, lists and strings."""
+
+    def log_step(self, record: dict) -> None: ...
+
+    def log_epoch(self, record: dict) -> None: ...
+
+
+def gamma_record(gamma) -> Any:
+    """gamma as plain Python: a float, a list (per class / per element), or ``{"edges": ..., "values": ...}``."""
+    if isinstance(gamma, GammaTable):
+        return {"edges": gamma.edges.tolist(), "values": gamma.values.tolist()}
+    if isinstance(gamma, torch.Tensor):
+        return gamma.item() if gamma.dim() == 0 else gamma.tolist()
+    return None if gamma is None else float(gamma)
+
+
+def stats_record(stats: BatchStats) -> dict:
+    """The summary numbers of a BatchStats (one device read), with ECE for softmax statistics."""
+    record = {
+        "count": int(stats.count),
+        "mean_pt": float(stats.mean_pt),
+        "mean_loss": float(stats.mean_loss),
+        "mean_grad_norm": float(stats.mean_grad_norm),
+    }
+    if stats.conf_count is not None:
+        record["ece"] = float(ece_from_stats(stats))
+    return record
+
+
+class GammaCallback:
+    """Runs ``policy`` in a plain training loop and logs gamma and statistics.
+
+    Args:
+        policy: any :class:`~adaptive_focal.GammaPolicy` (from :func:`~adaptive_focal.create_policy`).
+        loggers: objects with ``log_step(record)`` and ``log_epoch(record)`` (see :class:`GammaLogger`).
+        log_every: log every this many optimizer steps (reading values back from an accelerator synchronises,
+            so keep it above 1 on GPUs). Epoch ends are always logged.
+    """
+
+    def __init__(self, policy: GammaPolicy, loggers=(), log_every: int = 10) -> None:
+        if not isinstance(policy, GammaPolicy):
+            raise TypeError(f"policy must be a GammaPolicy (see adaptive_focal.create_policy), got "
+                            f"{type(policy).__name__}")
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+            raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
+        loggers = list(loggers)
+        for logger in loggers:
+            if not isinstance(logger, GammaLogger):
+                raise TypeError(f"loggers must have log_step(record) and log_epoch(record), got "
+                                f"{type(logger).__name__}")
+        self.policy = policy
+        self.loggers = loggers
+        self.log_every = log_every
+
+    def on_train_batch_end(self, stats: BatchStats | None = None) -> None:
+        """Call after ``optimizer.step()`` with the batch's statistics (``return_stats=True``)."""
+        self.policy.step(stats)
+        if self.loggers and self.policy.step_count % self.log_every == 0:
+            record = {"step": self.policy.step_count, "epoch": self.policy.epoch,
+                      "gamma": gamma_record(self.policy.get_last_gamma())}
+            if stats is not None:
+                record["train"] = stats_record(stats)
+            self._emit("log_step", record)
+
+    def on_epoch_end(self, val_stats: BatchStats | None = None) -> None:
+        """Call at the end of each epoch, with validation statistics when the policy needs them."""
+        self.policy.epoch_end(val_stats)
+        if self.loggers:
+            record = {"step": self.policy.step_count, "epoch": self.policy.epoch,
+                      "gamma": gamma_record(self.policy.get_last_gamma())}
+            if val_stats is not None:
+                record["val"] = stats_record(val_stats)
+            self._emit("log_epoch", record)
+
+    def _emit(self, method: str, record: dict) -> None:
+        for logger in list(self.loggers):
+            try:
+                getattr(logger, method)(record)
+            except Exception as err:  # noqa: BLE001 - a logger must never stop training
+                warnings.warn(f"adaptive_focal: logger {type(logger).__name__} failed ({err!r}); it is dropped "
+                              "for the rest of the run", RuntimeWarning, stacklevel=3)
+                self.loggers.remove(logger)
+
+    def state_dict(self) -> dict:
+        """The policy's state and each logger's (where it has ``state_dict``), with explicit keys."""
+        return {
+            "policy": self.policy.state_dict(),
+            "log_every": self.log_every,
+            "loggers": [logger.state_dict() if hasattr(logger, "state_dict") else None for logger in self.loggers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or "policy" not in state:
+            raise ValueError("state must be a GammaCallback.state_dict() (a dict with a 'policy' entry)")
+        logger_states = state.get("loggers", [])
+        if len(logger_states) not in (0, len(self.loggers)):
+            raise ValueError(f"state holds {len(logger_states)} logger states, this callback has "
+                             f"{len(self.loggers)} loggers")
+        self.policy.load_state_dict(state["policy"])
+        for logger, sub in zip(self.loggers, logger_states):
+            if sub is not None and hasattr(logger, "load_state_dict"):
+                logger.load_state_dict(sub)
+
+
+class MemoryLogger:
+    """Keeps the records in lists (``steps``, ``epochs``): for notebooks, tests and plots."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+        self.epochs: list[dict] = []
+
+    def log_step(self, record: dict) -> None:
+        self.steps.append(record)
+
+    def log_epoch(self, record: dict) -> None:
+        self.epochs.append(record)
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps), "epochs": list(self.epochs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.epochs = list(state.get("steps", [])), list(state.get("epochs", []))
+
+
+class JSONLinesLogger:
+    """Appends one JSON object per record to ``path`` (``{"kind": "step" | "epoch", ...}``): readable without
+    any tracker, and safe to resume (records are appended, never rewritten)."""
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, kind: str, record: dict) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"kind": kind, **record}) + "\n")
+
+    def log_step(self, record: dict) -> None:
+        self._write("step", record)
+
+    def log_epoch(self, record: dict) -> None:
+        self._write("epoch", record)
