@@ -34,6 +34,8 @@ class FLSD53(GammaPolicy):
         tensor([5., 3., 3.])
     """
 
+    search_space = {"gamma_low": ("float", 2.0, 8.0, False), "gamma_mid": ("float", 1.0, 5.0, False), "gamma_base": ("float", 0.0, 5.0, False)}
+
     def __init__(self, loss: FocalLoss, gamma_low: float = 5.0, gamma_mid: float = 3.0, gamma_base: float = 3.0,
                  thresholds=(0.2, 0.5)) -> None:
         super().__init__(loss)
@@ -67,6 +69,8 @@ class AutomatedGamma(GammaPolicy):
         >>> round(float(loss.gamma), 4)  # -log(sigmoid(2))
         0.1269
     """
+
+    search_space = {"momentum": ("float", 0.5, 0.99, False)}
 
     needs_stats = True
 
@@ -130,6 +134,8 @@ class PIGamma(GammaPolicy):
         >>> round(float(loss.gamma), 4)
         3.1314
     """
+
+    search_space = {"setpoint": ("float", 0.3, 0.95, False), "kp": ("float", 0.1, 10.0, True), "ki": ("float", 0.0, 1.0, False), "gamma_init": ("float", 0.0, 5.0, False)}
 
     needs_stats = True
 

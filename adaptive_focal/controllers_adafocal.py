@@ -281,6 +281,8 @@ class AdaFocal(_AdaFocalBase):
         tensor([1.0000, 0.6703, 1.1814])
     """
 
+    search_space = {"lam": ("float", 0.1, 5.0, True), "gamma_init": ("float", 0.0, 5.0, False)}
+
     def __init__(self, loss: FocalLoss, lam: float = 1.0, gamma_init: float = 1.0, switch_threshold: float = 0.2,
                  gamma_min: float = -2.0, gamma_max: float = 20.0, num_bins: int = 15, rebin: bool = True) -> None:
         super().__init__(loss, lam=lam, gamma_init=gamma_init, switch_threshold=switch_threshold,
@@ -322,6 +324,8 @@ class ClasswiseAdaFocal(_AdaFocalBase):
         tensor([[1.0000, 0.9048],
                 [1.0000, 1.3499]])
     """
+
+    search_space = AdaFocal.search_space
 
     def __init__(self, loss: FocalLoss, num_classes: int | None = None, lam: float = 1.0, gamma_init: float = 1.0,
                  switch_threshold: float = 0.2, gamma_min: float = -2.0, gamma_max: float = 20.0,

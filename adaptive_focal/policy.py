@@ -96,6 +96,9 @@ class GammaPolicy:
     stats_mode: ClassVar[str | None] = None
     #: bumped when the state layout changes; load_state_dict accepts older versions through .get defaults
     state_version: ClassVar[int] = 1
+    #: hyperparameter search space for tuners: name -> ("float", low, high, log) | ("int", low, high) |
+    #: ("categorical", choices); empty when the policy has nothing worth searching
+    search_space: ClassVar[dict] = {}
 
     #: sum the statistics over torch.distributed ranks before using them (set False to use local statistics)
     sync_stats: bool = True

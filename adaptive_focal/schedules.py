@@ -62,6 +62,8 @@ class ConstantGamma(Schedule):
         1.5
     """
 
+    search_space = {"gamma": ("float", 0.0, 5.0, False)}
+
     def __init__(self, loss: FocalLoss, gamma: float = 2.0, unit: str | None = None) -> None:
         super().__init__(loss, unit)
         self.gamma = _check_number("gamma", gamma, -20.0, 20.0)
@@ -99,6 +101,8 @@ class LinearGamma(_Ramp):
         [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
     """
 
+    search_space = {"start": ("float", 0.0, 5.0, False), "end": ("float", 0.0, 5.0, False)}
+
     def __init__(self, loss: FocalLoss, start: float = 0.0, end: float = 2.0, total: int = 1000,
                  unit: str | None = None) -> None:
         super().__init__(loss, start, end, total, unit)
@@ -117,6 +121,8 @@ class CosineGamma(_Ramp):
         >>> [round(policy.gamma_at(t), 6) for t in range(4)]
         [3.0, 2.0, 1.0, 1.0]
     """
+
+    search_space = {"start": ("float", 0.0, 5.0, False), "end": ("float", 0.0, 5.0, False)}
 
     def __init__(self, loss: FocalLoss, start: float = 3.0, end: float = 1.0, total: int = 1000,
                  unit: str | None = None) -> None:
@@ -138,6 +144,8 @@ class StepGamma(Schedule):
         >>> [policy.gamma_at(t) for t in range(6)]
         [4.0, 4.0, 2.0, 2.0, 1.0, 1.0]
     """
+
+    search_space = {"start": ("float", 0.0, 5.0, False), "factor": ("float", 0.1, 1.0, False)}
 
     def __init__(self, loss: FocalLoss, start: float = 2.0, milestones=(), factor: float = 0.5,
                  unit: str | None = None) -> None:
@@ -162,6 +170,8 @@ class ExponentialGamma(Schedule):
         >>> [policy.gamma_at(t) for t in range(4)]
         [4.0, 2.0, 1.0, 1.0]
     """
+
+    search_space = {"start": ("float", 0.0, 5.0, False), "factor": ("float", 0.99, 1.0, False)}
 
     def __init__(self, loss: FocalLoss, start: float = 2.0, factor: float = 0.999, gamma_min: float = 0.0,
                  gamma_max: float = 20.0, unit: str | None = None) -> None:

@@ -1,0 +1,115 @@
+"""Optuna integration with a real study: policy sampling, fixed arguments, pruning, optional import."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+optuna = pytest.importorskip("optuna")
+
+import adaptive_focal as af  # noqa: E402
+from adaptive_focal.callbacks import GammaCallback  # noqa: E402
+from adaptive_focal.integrations.optuna import PruningReporter, default_candidates, suggest_policy  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _objective(trial):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    loss = af.FocalLoss("softmax", gamma=2.0)
+    policy = suggest_policy(trial, loss, policies=["constant", "pi", "automated", "adafocal"],
+                            fixed={"adafocal": {"num_bins": 5}})
+    callback = GammaCallback(policy)
+    reporter = PruningReporter(trial, "val_loss")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
+    for epoch in range(3):
+        for idx in torch.arange(96).split(32):
+            value, stats = loss(model(x[idx]), y[idx], return_stats=True)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            callback.on_train_batch_end(stats)
+        with torch.no_grad():
+            val, val_stats = loss(model(x), y, return_stats=True)
+        callback.on_epoch_end(val_stats)
+        reporter.report(float(val_stats.mean_loss), epoch)
+    return float(val_stats.mean_loss)
+
+
+def test_a_real_study_samples_policies_and_their_hyperparameters():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+    study.optimize(_objective, n_trials=12)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                        for t in study.trials)
+    for t in study.trials:
+        name = t.params["policy"]
+        assert name in {"constant", "pi", "automated", "adafocal"}
+        # exactly that policy's searched hyperparameters, namespaced by the policy
+        searched = {k.split(".", 1)[1] for k in t.params if k != "policy"}
+        assert searched == set(af.create_policy.__globals__["_REGISTRY"][name].search_space)
+    assert len({t.params["policy"] for t in study.trials}) > 1  # the sampler explores several policies
+
+
+def test_sampled_values_reach_the_policy():
+    trial = optuna.trial.FixedTrial({"policy": "pi", "pi.setpoint": 0.55, "pi.kp": 1.5, "pi.ki": 0.25,
+                                     "pi.gamma_init": 1.0})
+    loss = af.FocalLoss("softmax")
+    policy = suggest_policy(trial, loss, policies=["pi"])
+    assert isinstance(policy, af.PIGamma)
+    assert (policy.setpoint, policy.kp, policy.ki, policy.gamma_init) == (0.55, 1.5, 0.25, 1.0)
+    assert float(loss.gamma) == 1.0
+
+
+def test_constant_is_always_a_choice_and_fixed_arguments_apply():
+    trial = optuna.trial.FixedTrial({"policy": "constant", "constant.gamma": 3.5})
+    policy = suggest_policy(trial, af.FocalLoss("sigmoid"), policies=["automated"])
+    assert isinstance(policy, af.ConstantGamma) and policy.gamma == 3.5
+    trial = optuna.trial.FixedTrial({"policy": "linear", "linear.start": 0.0, "linear.end": 2.0})
+    policy = suggest_policy(trial, af.FocalLoss("sigmoid"), policies=["linear"], fixed={"linear": {"total": 7}})
+    assert policy.total == 7
+
+
+def test_default_candidates_need_the_required_arguments():
+    assert "classwise_adafocal" not in default_candidates()
+    assert "classwise_adafocal" in default_candidates({"classwise_adafocal": {"num_classes": 4}})
+    assert "sequential" not in default_candidates()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"policies": ["nope"]}, "unknown policy 'nope' in policies"),
+    ({"policies": ["classwise_adafocal"]}, "needs fixed="),
+    ({"fixed": {"nope": {}}}, "fixed has arguments for unknown policy 'nope'"),
+])
+def test_bad_arguments(kwargs, match):
+    trial = optuna.trial.FixedTrial({"policy": "constant", "constant.gamma": 1.0})
+    with pytest.raises(ValueError, match=match):
+        suggest_policy(trial, af.FocalLoss("softmax"), **kwargs)
+
+
+def test_pruning_reporter_raises_when_the_pruner_says_so():
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))
+    trial = study.ask()
+    reporter = PruningReporter(trial)
+    reporter.report(0.5, 0)
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1"):
+        reporter.report(2.0, 1)
+
+
+def test_pruning_reporter_in_a_multi_objective_study_only_records():
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    trial = study.ask()
+    PruningReporter(trial, "ece").report(0.1, 0)
+    assert trial.user_attrs == {"ece@0": 0.1}
+
+
+def test_missing_optuna_gives_an_install_hint():
+    code = ("import sys; sys.modules['optuna'] = None\n"
+            "try:\n    import adaptive_focal.integrations.optuna\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "pip install 'adaptive_focal[optuna]'" in out.stdout, out.stderr
