@@ -25,8 +25,8 @@ Example:
     >>> with torch.no_grad():
     ...     _, val_stats = criterion(model(torch.randn(16, 4)), torch.randint(0, 3, (16,)), return_stats=True)
     >>> callback.on_epoch_end(val_stats)
-    >>> len(history.steps), sorted(history.epochs[0]["val"])[:3]
-    (3, ['count', 'ece', 'mean_grad_norm'])
+    >>> len(history.steps), [key in history.epochs[0]["val"] for key in ("ece", "accuracy", "bins", "classes")]
+    (3, [True, True, True, True])
 """
 
 from __future__ import annotations
@@ -64,16 +64,33 @@ def gamma_record(gamma) -> Any:
     return None if gamma is None else float(gamma)
 
 
-def stats_record(stats: BatchStats) -> dict:
-    """The summary numbers of a BatchStats (one device read), with ECE for softmax statistics."""
+def stats_record(stats: BatchStats, detail: bool = False) -> dict:
+    """The summary numbers of a BatchStats, with ECE and accuracy for softmax statistics.
+
+    With ``detail`` it also holds per-class lists (``classes``: count, mean p_t and, for softmax, recall) and,
+    for softmax, the per-confidence-bin sums a reliability diagram needs (``bins``).
+    """
     record = {
         "count": int(stats.count),
         "mean_pt": float(stats.mean_pt),
         "mean_loss": float(stats.mean_loss),
         "mean_grad_norm": float(stats.mean_grad_norm),
     }
-    if stats.conf_count is not None:
+    softmax = stats.conf_count is not None
+    if softmax:
         record["ece"] = float(ece_from_stats(stats))
+        record["accuracy"] = float(stats.correct_sum.sum() / stats.count.clamp_min(1))
+        per_class = stats.class_conf_count.sum(1).to(torch.float64)
+        recall = stats.class_correct_sum.sum(1).to(torch.float64) / per_class.clamp_min(1)
+        present = per_class > 0
+        record["balanced_accuracy"] = float(recall[present].mean()) if bool(present.any()) else float("nan")
+    if detail:
+        classes = {"count": stats.class_count.tolist(), "mean_pt": stats.class_mean_pt.tolist()}
+        if softmax:
+            classes["recall"] = torch.where(present, recall, torch.full_like(recall, float("nan"))).tolist()
+            record["bins"] = {"edges": stats.edges.tolist(), "count": stats.conf_count.tolist(),
+                              "confidence_sum": stats.conf_sum.tolist(), "correct_sum": stats.correct_sum.tolist()}
+        record["classes"] = classes
     return record
 
 
@@ -119,7 +136,7 @@ class GammaCallback:
             record = {"step": self.policy.step_count, "epoch": self.policy.epoch,
                       "gamma": gamma_record(self.policy.get_last_gamma())}
             if val_stats is not None:
-                record["val"] = stats_record(val_stats)
+                record["val"] = stats_record(val_stats, detail=True)
             self._emit("log_epoch", record)
 
     def _emit(self, method: str, record: dict) -> None:

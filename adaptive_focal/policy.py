@@ -143,6 +143,18 @@ class GammaPolicy:
             return stats
         return stats.all_reduce()  # a no-op outside torch.distributed
 
+    def hparams(self) -> dict:
+        """The policy's hyperparameters as plain values (numbers, strings, tuples), for experiment configs."""
+        skip = {"loss", "step_count", "epoch"}
+        plain = (int, float, str, bool)
+        out = {}
+        for key, value in vars(self).items():
+            if key.startswith("_") or key in skip:
+                continue
+            if isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value)):
+                out[key] = value
+        return out
+
     def get_last_gamma(self):
         """The gamma the policy last wrote: a float, a tensor (per class) or a GammaTable."""
         return self._last_gamma
