@@ -11,6 +11,7 @@ MODULES = [
     "adaptive_focal.controllers_adafocal", "adaptive_focal.metrics", "adaptive_focal.callbacks",
     "adaptive_focal.integrations.optuna", "adaptive_focal.integrations.wandb",
     "adaptive_focal.integrations.lightning", "adaptive_focal.integrations.transformers",
+    "adaptive_focal.integrations.wandb_report",
 ]
 
 
