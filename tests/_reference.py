@@ -14,7 +14,6 @@ Gamma descriptions used by the tests (``GammaSpec``) are turned into the library
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 

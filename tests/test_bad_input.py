@@ -1,5 +1,4 @@
 """Bad input -> ValueError / TypeError whose message names the argument and shows the received value."""
-import math
 import re
 
 import pytest

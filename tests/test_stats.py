@@ -1,13 +1,11 @@
 """BatchStats returned with return_stats=True, checked against values computed directly (spec: BatchStats)."""
-import itertools
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import adaptive_focal as af
-from _reference import Table, far_from_edges_sigmoid, to_lib_gamma
+from _reference import far_from_edges_sigmoid
 
 SIG = af.sigmoid_focal_loss
 SMX = af.softmax_focal_loss
