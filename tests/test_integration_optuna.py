@@ -4,40 +4,25 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 optuna = pytest.importorskip("optuna")
 
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal.callbacks import GammaCallback  # noqa: E402
 from adaptive_focal.integrations.optuna import PruningReporter, default_candidates, suggest_policy  # noqa: E402
+from conftest import train_tiny  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _objective(trial):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(6, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
     loss = af.FocalLoss("softmax", gamma=2.0)
     policy = suggest_policy(trial, loss, policies=["constant", "pi", "automated", "adafocal"],
                             fixed={"adafocal": {"num_bins": 5}})
-    callback = GammaCallback(policy)
     reporter = PruningReporter(trial, "val_loss")
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
-    for epoch in range(3):
-        for idx in torch.arange(96).split(32):
-            value, stats = loss(model(x[idx]), y[idx], return_stats=True)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-            callback.on_train_batch_end(stats)
-        with torch.no_grad():
-            val, val_stats = loss(model(x), y, return_stats=True)
-        callback.on_epoch_end(val_stats)
-        reporter.report(float(val_stats.mean_loss), epoch)
-    return float(val_stats.mean_loss)
+    val = train_tiny(GammaCallback(policy), loss, epochs=3, n=96, features=6,
+                     on_epoch=lambda val, epoch: reporter.report(float(val.mean_loss), epoch))
+    return float(val.mean_loss)
 
 
 def test_a_real_study_samples_policies_and_their_hyperparameters():

@@ -8,13 +8,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("wandb")
 
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal.callbacks import GammaCallback  # noqa: E402
 from adaptive_focal.integrations.wandb import WandbLogger, resolve_mode  # noqa: E402
+from conftest import train_tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -26,29 +26,11 @@ def _never_online(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-def _train(callback, loss, epochs=2, steps=3):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(5, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(48, 5, generator=g), torch.randint(0, 3, (48,), generator=g)
-    for _ in range(epochs):
-        for idx in torch.arange(48).split(48 // steps):
-            value, stats = loss(model(x[idx]), y[idx], return_stats=True)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-            callback.on_train_batch_end(stats)
-        with torch.no_grad():
-            _, val = loss(model(x), y, return_stats=True)
-        callback.on_epoch_end(val)
-
-
 def test_disabled_mode_logs_nothing_to_disk(tmp_path):
     loss = af.FocalLoss("softmax")
     policy = af.create_policy("pi", loss, setpoint=0.5)
     logger = WandbLogger(policy)  # WANDB_MODE=disabled from the environment
-    _train(GammaCallback(policy, loggers=[logger], log_every=1), loss)
+    train_tiny(GammaCallback(policy, loggers=[logger], log_every=1), loss)
     logger.finish()
     assert not (tmp_path / "wandb").exists()
 
@@ -68,7 +50,7 @@ def test_offline_run_is_written_and_reads_back(tmp_path):
     loss = af.FocalLoss("softmax")
     policy = af.create_policy("adafocal", loss, num_bins=5, rebin=False)
     logger = WandbLogger(policy, mode="offline", dir=tmp_path, project="af-test", config={"lr": 0.3})
-    _train(GammaCallback(policy, loggers=[logger], log_every=1), loss)
+    train_tiny(GammaCallback(policy, loggers=[logger], log_every=1), loss)
     logger.finish()
 
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))

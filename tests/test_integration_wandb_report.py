@@ -1,7 +1,6 @@
 """W&B report: built offline for a set of runs, and written locally as Markdown + PNG from offline run files."""
 
 import pytest
-import torch
 
 pytest.importorskip("wandb")
 pytest.importorskip("wandb_workspaces")
@@ -10,6 +9,7 @@ pytest.importorskip("matplotlib")
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal.callbacks import GammaCallback  # noqa: E402
 from adaptive_focal.integrations.wandb import WandbLogger  # noqa: E402
+from conftest import train_tiny  # noqa: E402
 from adaptive_focal.integrations.wandb_report import (  # noqa: E402
     build_report, comparison_rows, load_offline_runs, save_report, write_local_report,
 )
@@ -25,24 +25,10 @@ def _never_online(monkeypatch, tmp_path):
 
 
 def _offline_run(tmp_path, policy_name, **kwargs):
-    torch.manual_seed(0)
     loss = af.FocalLoss("softmax")
     policy = af.create_policy(policy_name, loss, **kwargs)
     logger = WandbLogger(policy, mode="offline", dir=tmp_path, project="af-report", name=policy_name)
-    callback = GammaCallback(policy, loggers=[logger], log_every=1)
-    model = torch.nn.Linear(5, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(48, 5, generator=g), torch.randint(0, 3, (48,), generator=g)
-    for _ in range(3):
-        value, stats = loss(model(x), y, return_stats=True)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        callback.on_train_batch_end(stats)
-        with torch.no_grad():
-            _, val = loss(model(x), y, return_stats=True)
-        callback.on_epoch_end(val)
+    train_tiny(GammaCallback(policy, loggers=[logger], log_every=1), loss, epochs=3, batches=1)
     logger.finish()
 
 
