@@ -96,6 +96,21 @@ def test_gamma_and_statistics_reach_the_trainer_loggers(tmp_path):
     assert len([r for r in rows if r["val/ece"]]) == 2  # every epoch
 
 
+def test_gradient_accumulation_steps_the_policy_once_per_optimizer_step(tmp_path):
+    module = Module()
+    policy = af.create_policy("automated", module.criterion)
+    seen = []
+    step = policy.step
+    policy.step = lambda stats=None: (seen.append(int(stats.count)), step(stats))  # what the policy is given
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, accumulate_grad_batches=2,
+                        callbacks=[GammaPolicyCallback(policy)])
+    train, _ = _loaders()
+    trainer.fit(module, train)
+    assert policy.step_count == trainer.global_step == 2  # 4 batches of 16, 2 optimizer steps
+    assert seen == [32, 32]  # each step sees both micro-batches' statistics
+
+
 def test_missing_statistics_are_a_clear_error(tmp_path):
     class NoStats(Module):
         def training_step(self, batch, batch_idx):

@@ -4,7 +4,8 @@ The LightningModule computes its loss with ``return_stats=True`` and returns the
 ``training_step`` returns ``{"loss": loss, "stats": stats}`` and ``validation_step`` returns ``{"stats": stats}``
 (the key is configurable). :class:`GammaPolicyCallback` then
 
-* calls ``policy.step(stats)`` after every optimizer step (``on_train_batch_end``),
+* calls ``policy.step(stats)`` after every optimizer step (``on_train_batch_end``; with gradient accumulation the
+  statistics of the accumulated micro-batches are summed),
 * adds up the validation statistics over the validation batches (they combine exactly by addition) and calls
   ``policy.epoch_end(val_stats)`` once per training epoch (sanity-check validation is ignored),
 * logs gamma (``gamma`` per step, ``epoch/gamma`` after each epoch's update; ``.../mean`` for per-class or per-bin
@@ -57,6 +58,8 @@ class GammaPolicyCallback(pl.Callback):
         self.log_every_n_steps = log_every_n_steps
         self.name = name
         self._val_stats: BatchStats | None = None
+        self._train_stats: BatchStats | None = None
+        self._last_global_step = -1
 
     @property
     def state_key(self) -> str:
@@ -77,6 +80,12 @@ class GammaPolicyCallback(pl.Callback):
                 f"the {self.policy.name!r} policy needs the batch statistics: compute the loss with "
                 f"return_stats=True and return {{'loss': loss, {self.stats_key!r}: stats}} from training_step"
             )
+        if stats is not None:  # micro-batches of one optimizer step (gradient accumulation) add up
+            self._train_stats = stats if self._train_stats is None else self._train_stats + stats
+        if trainer.global_step == self._last_global_step:
+            return  # gradients are still accumulating: the optimizer has not stepped
+        self._last_global_step = trainer.global_step
+        stats, self._train_stats = self._train_stats, None
         self.policy.step(stats)
         if self.policy.step_count % self.log_every_n_steps == 0:
             self._log(pl_module, "gamma", gamma_record(self.policy.get_last_gamma()), on_step=True)
@@ -127,3 +136,7 @@ class GammaPolicyCallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.policy.load_state_dict(state_dict["policy"])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_global_step = trainer.global_step  # also right after resuming from a checkpoint
+        self._train_stats = None
