@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _kernels
-from .stats import BatchStats, default_edges
+from .stats import BatchStats, check_bins, default_edges
 from .table import GammaTable
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
@@ -167,11 +167,6 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
     return _Gamma(_FULL, full, nonneg=nonneg)
 
 
-def _check_stat_bins(stat_bins) -> None:
-    if isinstance(stat_bins, bool) or not isinstance(stat_bins, int) or stat_bins < 1:
-        raise ValueError(f"stat_bins must be a positive integer, got {stat_bins!r}")
-
-
 def _stat_edges(gamma: _Gamma, stat_bins: int, device, dtype=torch.float32) -> torch.Tensor:
     if gamma.table is not None:
         return gamma.table.edges.to(device=device, dtype=dtype)
@@ -298,7 +293,7 @@ def sigmoid_focal_loss(
                     + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
                     + f", got values such as {t[bad][0].item()!r}"
                 )
-    edges = _stat_edges(g, stat_bins, device)
+    check_bins(stat_bins)
 
     # canonical view (N, C, S)
     if input.dim() == 0:
@@ -322,6 +317,7 @@ def sigmoid_focal_loss(
         and _kernels.kernel_available(device.type)
     )
     need_elem = reduction == "none"
+    edges = _stat_edges(g, stat_bins, device) if (use_kernel or return_stats) else None
     if use_kernel:
         x3 = input.reshape(shape3).to(torch.float32).contiguous()
         elem, acc, _ = torch.ops.adaptive_focal.sigmoid_focal(
@@ -371,15 +367,14 @@ def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int) ->
     )
 
 
-def _modulator(log_base_pos: torch.Tensor, log_base_neg_fn, gamma: torch.Tensor) -> torch.Tensor:
+def _modulator(log_base_pos: torch.Tensor, log_base_neg_fn, gamma: torch.Tensor, inverse: bool) -> torch.Tensor:
     """``(1 - p_t)**gamma`` for gamma >= 0 and ``(1 + p_t)**|gamma|`` for gamma < 0, from logarithms.
 
     Written as a product of two exponentials, one of which is exp(0) = 1 for each element, rather than a
     ``torch.where``: both factors are finite, so no masked branch can put ``0 * inf`` into the gradient.
     """
     m = torch.exp(gamma.clamp_min(0) * log_base_pos)
-    # The inverse factor is skipped only when gamma is known to be >= 0 without waiting for a device or a trace.
-    if gamma.requires_grad or not _on_host(gamma) or bool((gamma < 0).any()):
+    if inverse:  # False only when gamma is known to be >= 0 (_Gamma.nonneg)
         m = m * torch.exp((-gamma).clamp_min(0) * log_base_neg_fn())
     return m
 
@@ -409,7 +404,7 @@ def _sigmoid_reference(x, t, g: _Gamma, gval, alpha, weight, ignore_index, ls, d
         cls = torch.arange(c, device=x.device).view(1, c, 1).expand(n, c, s)
         gam = gval.to(x.dtype)[cls, g.table.bin_index(p_t)]
     gam = gam.to(x.dtype)
-    m = _modulator(log_q, lambda: torch.log1p(-torch.expm1(log_q)), gam)
+    m = _modulator(log_q, lambda: torch.log1p(-torch.expm1(log_q)), gam, not g.nonneg)
     if detach:
         m = m.detach()
     loss = m * ce
@@ -585,7 +580,8 @@ def softmax_focal_loss(
     w = None
     if weight is not None:
         w = _as_class_vector(weight, "weight", num_classes, device, dtype)
-    edges = _stat_edges(g, stat_bins, device) if return_stats else _check_stat_bins(stat_bins)
+    check_bins(stat_bins)
+    edges = _stat_edges(g, stat_bins, device) if return_stats else None
 
     x = input.to(dtype)
     logp = F.log_softmax(x, dim=1)

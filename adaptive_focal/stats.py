@@ -14,10 +14,15 @@ import torch
 __all__ = ["BatchStats", "default_edges"]
 
 
-def default_edges(bins: int = 15, device: torch.device | str | None = None) -> torch.Tensor:
-    """``bins`` equal-width bin edges on [0, 1] (15 by default, the usual ECE binning)."""
+def check_bins(bins) -> None:
+    """Validates a number of statistics bins (the losses' ``stat_bins``)."""
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"stat_bins must be a positive integer, got {bins!r}")
+
+
+def default_edges(bins: int = 15, device: torch.device | str | None = None) -> torch.Tensor:
+    """``bins`` equal-width bin edges on [0, 1] (15 by default, the usual ECE binning)."""
+    check_bins(bins)
     return torch.linspace(0.0, 1.0, bins + 1, device=device)
 
 
