@@ -2,13 +2,14 @@
 
 The core is an exact, fast focal loss for sigmoid and softmax outputs (:func:`sigmoid_focal_loss`,
 :func:`softmax_focal_loss`, :class:`FocalLoss`) that accepts gamma as a float, a tensor (per class, per sample,
-per element) or a :class:`GammaTable`, and can return the batch's difficulty statistics (:class:`BatchStats`)
-computed in the same pass. Optional integrations (W&B, Optuna, Lightning, Transformers) are imported only when
+per element), a :class:`GammaTable`, a :class:`FocalMixture` or an :class:`AsymmetricGamma`, and can return
+the batch's difficulty statistics (:class:`BatchStats`) computed in the same pass. Optional integrations (W&B, Optuna, Lightning, Transformers) are imported only when
 used.
 """
 
 from . import metrics
 from .functional import sigmoid_focal_loss, softmax_focal_loss
+from .gamma_forms import AsymmetricGamma, FocalMixture
 from .loss import FocalLoss
 from .policy import GammaPolicy, create_policy, list_policies, register_policy
 from .stats import BatchStats
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaFocal",
+    "AsymmetricGamma",
     "AutomatedGamma",
     "BatchStats",
     "ClasswiseAdaFocal",
@@ -32,6 +34,7 @@ __all__ = [
     "FLSD53",
     "FLSc531",
     "FocalLoss",
+    "FocalMixture",
     "GammaPolicy",
     "GammaTable",
     "LinearGamma",

@@ -56,9 +56,13 @@ class GammaLogger(Protocol):
 
 
 def gamma_record(gamma) -> Any:
-    """gamma as plain Python: a float, a list (per class / per element), or ``{"edges": ..., "values": ...}``."""
+    """gamma as plain Python: a float, a list (per class / per element), ``{"edges": ..., "values": ...}`` for a
+    GammaTable, and for the other module forms their buffers plus ``"form"`` (e.g. ``{"form": "FocalMixture",
+    "gammas": ..., "weights": ...}``)."""
     if isinstance(gamma, GammaTable):
         return {"edges": gamma.edges.tolist(), "values": gamma.values.tolist()}
+    if isinstance(gamma, torch.nn.Module):
+        return {"form": type(gamma).__name__, **{k: v.tolist() for k, v in gamma.named_buffers()}}
     if isinstance(gamma, torch.Tensor):
         return gamma.item() if gamma.dim() == 0 else gamma.tolist()
     return None if gamma is None else float(gamma)

@@ -15,6 +15,7 @@ loss, its gradient and (optionally) the batch statistics in one pass:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from numbers import Real
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _kernels
+from .gamma_forms import AsymmetricGamma, FocalMixture
 from .stats import BatchStats, check_bins, default_edges
 from .table import GammaTable
 
@@ -141,7 +143,8 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
         return _Gamma(_SCALAR, torch.tensor(float(gamma), device=device, dtype=dtype), nonneg=float(gamma) >= 0)
     if not isinstance(gamma, torch.Tensor):
         raise TypeError(
-            f"gamma must be a float, a tensor or a GammaTable, got {type(gamma).__name__}"
+            "gamma must be a float, a tensor, a GammaTable, a FocalMixture or an AsymmetricGamma, "
+            f"got {type(gamma).__name__}"
         )
     if not gamma.is_floating_point():
         gamma = gamma.to(dtype)
@@ -179,6 +182,69 @@ def _check_table(gamma: _Gamma, num_classes: int) -> None:
             f"gamma: a per-class GammaTable needs values of shape (C, B) with C = {num_classes}, "
             f"got {tuple(gamma.value.shape)}"
         )
+
+
+def _asymmetric(gamma: AsymmetricGamma, input: torch.Tensor, target, num_classes: int, dtype) -> torch.Tensor:
+    """An AsymmetricGamma as the per-element gamma it stands for (after the target's shape is known to match)."""
+    c = gamma.num_classes
+    if c is not None and (input.dim() < 2 or c != num_classes):
+        where = "a 1-D input has no class dimension" if input.dim() < 2 else f"the input has C = {num_classes}"
+        raise ValueError(f"gamma: AsymmetricGamma with per-class values of length {c} does not fit: {where}")
+    if not isinstance(target, torch.Tensor) or target.shape != input.shape:
+        return gamma.positive  # let the usual target checks report the problem
+    return gamma.expand(target.to(input.device), dtype)
+
+
+#: BatchStats fields that depend on the loss value (the rest depend only on the logits and targets)
+_LOSS_FIELDS = ("sum_loss", "class_sum_grad_pos", "class_sum_grad_neg")
+
+
+def _mixture(fn, mode: str, input, target, mix: FocalMixture, alpha, weight, kwargs: dict):
+    """The loss with a FocalMixture gamma: the weighted sum of the losses with each term's gamma.
+
+    A scalar weight scales a term's loss; a per-class weight (sigmoid only) multiplies the element weight, which
+    leaves the reduction's denominator alone. Statistics are those of the first term with the loss-dependent sums added
+    over the terms (the gradient sums add magnitudes, exact whenever the terms' gradients share a sign, as they
+    do for hard targets).
+    """
+    c = mix.num_classes
+    if c is not None:
+        has_class_dim = input.dim() >= 2 or mode == "softmax"
+        num_classes = (input.shape[1] if input.dim() >= 2 else input.shape[0]) if has_class_dim else None
+        if num_classes != c:
+            where = "a 1-D input has no class dimension" if num_classes is None else f"the input has C = {num_classes}"
+            raise ValueError(f"gamma: FocalMixture with per-class gammas or weights of length {c} does not fit: {where}")
+    if mode == "softmax" and mix.weights.dim() == 2:
+        raise ValueError(
+            "gamma: a FocalMixture with per-class weights is for sigmoid_focal_loss (its weights scale each "
+            "class's elements); for softmax_focal_loss give scalar weights of shape (K,) and per-class factors "
+            f"through alpha, got weights of shape {tuple(mix.weights.shape)}"
+        )
+    return_stats = kwargs["return_stats"]
+    total, stats = None, None
+    for k in range(mix.num_terms):
+        w_k = mix.weights[k]
+        term_weight, scale = weight, None
+        if w_k.dim() == 0:
+            scale = w_k
+        else:  # sigmoid, per class along dim 1
+            class_w = w_k.view((1, c) + (1,) * (input.dim() - 2))
+            term_weight = class_w if weight is None else torch.as_tensor(weight, device=input.device) * class_w
+        out = fn(input, target, gamma=mix.gammas[k], alpha=alpha, weight=term_weight, **kwargs)
+        loss_k, stats_k = out if return_stats else (out, None)
+        if scale is not None:
+            loss_k = loss_k * scale.to(loss_k.dtype)
+        total = loss_k if total is None else total + loss_k
+        if stats_k is not None:
+            parts = {}
+            for name in _LOSS_FIELDS:
+                value = getattr(stats_k, name, None)
+                if value is None:
+                    continue
+                value = value * scale.to(value.dtype) if scale is not None else value
+                parts[name] = value if stats is None else getattr(stats, name) + value
+            stats = dataclasses.replace(stats_k if stats is None else stats, **parts)
+    return (total, stats) if return_stats else total
 
 
 def _histogram(values: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -253,6 +319,10 @@ def sigmoid_focal_loss(
         0.075133
     """
     _check_input(input)
+    if isinstance(gamma, FocalMixture):
+        return _mixture(sigmoid_focal_loss, "sigmoid", input, target, gamma, alpha, weight, dict(
+            reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
+            return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
     _check_reduction(reduction, _SIGMOID_REDUCTIONS, "sigmoid_focal_loss")
     ls = _check_label_smoothing(label_smoothing)
     if not isinstance(target, torch.Tensor):
@@ -267,6 +337,8 @@ def sigmoid_focal_loss(
     device = input.device
     has_class_dim = input.dim() >= 2
     num_classes = input.shape[1] if has_class_dim else 1
+    if isinstance(gamma, AsymmetricGamma):
+        gamma = _asymmetric(gamma, input, target, num_classes, dtype)
     g = _resolve_gamma(gamma, input, "sigmoid", dtype)
     _check_table(g, num_classes)
     a = _resolve_alpha(alpha, num_classes, device, dtype, "sigmoid", has_class_dim)
@@ -352,18 +424,24 @@ def sigmoid_focal_loss(
 
 
 def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int) -> BatchStats:
-    b = edges.numel() - 1
+    # layout: _kernels/__init__.py; the int64 and float32 fields are converted in one operation each
+    b, c = edges.numel() - 1, num_classes
     f32 = torch.float32
+    ints = acc[:5 + b + c].to(torch.int64)
+    floats = acc.to(f32)
     return BatchStats(
         edges=edges,
-        count=acc[1].to(torch.int64),
-        n_pos=acc[2].to(torch.int64),
-        sum_pt=acc[3].to(f32),
-        sum_loss=acc[0].to(f32),
-        sum_grad_norm=acc[4].to(f32),
-        pt_hist=acc[5:5 + b].to(torch.int64),
-        class_count=acc[5 + b:5 + b + num_classes].to(torch.int64),
-        class_sum_pt=acc[5 + b + num_classes:].to(f32),
+        count=ints[1],
+        n_pos=ints[2],
+        sum_pt=floats[3],
+        sum_loss=floats[0],
+        sum_grad_norm=floats[4],
+        pt_hist=ints[5:5 + b],
+        class_count=ints[5 + b:5 + b + c],
+        class_sum_pt=floats[5 + b + c:5 + b + 2 * c],
+        sum_pt_pos=floats[5 + b + 2 * c],
+        class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
+        class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
     )
 
 
@@ -408,9 +486,11 @@ def _sigmoid_reference(x, t, g: _Gamma, gval, alpha, weight, ignore_index, ls, d
     if detach:
         m = m.detach()
     loss = m * ce
+    alpha_t = None
     if alpha is not None:
         av = alpha.view(1, c, 1)
-        loss = loss * (av * ts + (1.0 - av) * (1.0 - ts))
+        alpha_t = av * ts + (1.0 - av) * (1.0 - ts)
+        loss = loss * alpha_t
     if weight is not None:
         loss = loss * weight
     if valid is not None:
@@ -419,19 +499,50 @@ def _sigmoid_reference(x, t, g: _Gamma, gval, alpha, weight, ignore_index, ls, d
     if need_stats:
         with torch.no_grad():
             v = torch.ones_like(p_t) if valid is None else valid.to(p_t.dtype)
+            pos = (t >= 0.5).to(v.dtype) * v
             f32 = torch.float32
+            # |dl/dx| per element (0 where ignored), split by the raw target
+            grad = _sigmoid_elem_grad(p, p_t, ts, ce, log_p, log_pm, log_q, m, gam, g.nonneg, detach, alpha_t,
+                                      weight).abs() * v
             stats = BatchStats(
                 edges=edges,
                 count=v.sum().to(torch.int64),
-                n_pos=((t >= 0.5).to(v.dtype) * v).sum().to(torch.int64),
+                n_pos=pos.sum().to(torch.int64),
                 sum_pt=(p_t * v).sum().to(f32),
                 sum_loss=loss.detach().sum().to(f32),
                 sum_grad_norm=((p - ts).abs() * v).sum().to(f32),
                 pt_hist=_histogram(p_t, edges, v.to(torch.int64)),
                 class_count=v.sum((0, 2)).to(torch.int64),
                 class_sum_pt=(p_t * v).sum((0, 2)).to(f32),
+                sum_pt_pos=(p_t * pos).sum().to(f32),
+                class_sum_grad_pos=(grad * t).sum((0, 2)).to(f32),
+                class_sum_grad_neg=(grad * (1.0 - t)).sum((0, 2)).to(f32),
             )
     return loss, stats
+
+
+def _sigmoid_elem_grad(p, p_t, ts, ce, log_p, log_pm, log_q, m, gam, nonneg, detach, alpha_t, weight):
+    """dl/dx of each element loss ``A W m ce`` (A = alpha_t, W = weight, m the modulating factor), in closed form
+    (called under no_grad).
+
+    ``dl/dx = A W (m (p - t') + ce dm/dx)`` with ``dm/dx = -gamma m (2t' - 1) p (1 - p) / (1 - p_t)`` for
+    gamma >= 0 and ``|gamma| m (2t' - 1) p (1 - p) / (1 + p_t)`` for gamma < 0 (0 with ``detach``). Both ratios are
+    at most 1; the first is formed from logarithms, ``exp(log p + log(1 - p) - log(1 - p_t))``, so it is finite for
+    saturated logits, where p (1 - p) and 1 - p_t underflow together.
+    """
+    d = p - ts
+    if not detach:
+        log_ppm = log_p + log_pm
+        dm = gam.clamp_min(0) * torch.exp(log_ppm - log_q)  # -(dm/dx) / (m (2t' - 1)) for gamma >= 0
+        if not nonneg:
+            dm = dm - (-gam).clamp_min(0) * torch.exp(log_ppm) / (1.0 + p_t)
+        d = d - ce * (2.0 * ts - 1.0) * dm
+    d = m * d
+    if alpha_t is not None:
+        d = d * alpha_t
+    if weight is not None:
+        d = d * weight
+    return d
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -543,6 +654,16 @@ def softmax_focal_loss(
         0.483824
     """
     _check_input(input)
+    if isinstance(gamma, FocalMixture):
+        return _mixture(softmax_focal_loss, "softmax", input, target, gamma, alpha, weight, dict(
+            reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
+            return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
+    if isinstance(gamma, AsymmetricGamma):
+        raise ValueError(
+            "gamma: AsymmetricGamma (one gamma for positive and one for negative targets) is for "
+            "sigmoid_focal_loss; softmax_focal_loss has one target class per sample, use a float, a (C,) "
+            "per-class tensor, a per-sample tensor, a GammaTable or a FocalMixture"
+        )
     _check_reduction(reduction, _SOFTMAX_REDUCTIONS, "softmax_focal_loss")
     ls = _check_label_smoothing(label_smoothing)
     if not isinstance(target, torch.Tensor):
@@ -726,4 +847,5 @@ def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_clas
             class_conf_count=class_conf_count,
             class_conf_sum=per_class[1].to(f32),
             class_correct_sum=per_class[2].to(f32),
+            sum_pt_pos=sum_pt.to(f32),  # every sample is a positive (n_pos == count)
         )

@@ -9,9 +9,13 @@ import torch
 from torch import nn
 
 from .functional import sigmoid_focal_loss, softmax_focal_loss
+from .gamma_forms import AsymmetricGamma, FocalMixture
 from .table import GammaTable
 
 __all__ = ["FocalLoss", "GammaTable"]
+
+#: gamma forms held as submodules (their settings are buffers) rather than as a tensor buffer
+GAMMA_MODULES = (GammaTable, FocalMixture, AsymmetricGamma)
 
 _MODES = ("sigmoid", "softmax")
 _UNSET = object()
@@ -21,7 +25,8 @@ class FocalLoss(nn.Module):
     """Focal loss as an ``nn.Module``; ``forward`` calls :func:`sigmoid_focal_loss` or :func:`softmax_focal_loss`.
 
     ``gamma`` is state, the way a learning rate is state of an optimizer: a float32 tensor buffer (0-d, per class
-    or per element), or a :class:`GammaTable` submodule. It is saved in ``state_dict`` and moves with ``.to()``.
+    or per element), or a :class:`GammaTable`, :class:`FocalMixture` or :class:`AsymmetricGamma` submodule. It
+    is saved in ``state_dict`` and moves with ``.to()``.
     Assigning ``loss.gamma = value`` copies into the existing buffer when the shape is unchanged, so a gamma policy
     updating it every step never makes ``torch.compile`` recompile (the graph reads the buffer; a Python float
     would be baked into the graph as a constant).
@@ -44,7 +49,7 @@ class FocalLoss(nn.Module):
         1.0
     """
 
-    gamma: torch.Tensor | GammaTable
+    gamma: torch.Tensor | GammaTable | FocalMixture | AsymmetricGamma
 
     def __init__(
         self,
@@ -88,7 +93,10 @@ class FocalLoss(nn.Module):
 
     def _set_gamma(self, value, check: bool = True) -> None:
         """Assigns gamma; ``check=False`` skips the NaN check (for policies, whose values are finite by design)."""
-        if isinstance(value, GammaTable):
+        if isinstance(value, GAMMA_MODULES):
+            if isinstance(value, AsymmetricGamma) and self.mode != "sigmoid":
+                raise ValueError("gamma: AsymmetricGamma is for mode='sigmoid' (positive vs negative targets), "
+                                 f"got a FocalLoss with mode={self.mode!r}")
             if "gamma" in self._buffers:
                 del self._buffers["gamma"]
             self._modules["gamma"] = value
@@ -105,7 +113,10 @@ class FocalLoss(nn.Module):
         elif isinstance(value, torch.Tensor):
             new = value.detach().to(torch.float32)
         else:
-            raise TypeError(f"gamma must be a float, a tensor or a GammaTable, got {type(value).__name__}")
+            raise TypeError(
+                "gamma must be a float, a tensor, a GammaTable, a FocalMixture or an AsymmetricGamma, "
+                f"got {type(value).__name__}"
+            )
         if check and new.device.type == "cpu" and torch.isnan(new).any():  # reading a device tensor would synchronise
             raise ValueError(f"gamma must not be NaN, got {value!r}")
         if old is not None and old.shape == new.shape:
@@ -127,6 +138,8 @@ class FocalLoss(nn.Module):
             c = self.gamma.values.shape[0]
         elif isinstance(self.gamma, torch.Tensor) and self.gamma.dim() == 1:
             c = self.gamma.numel()
+        elif isinstance(self.gamma, (FocalMixture, AsymmetricGamma)) and self.gamma.num_classes is not None:
+            c = self.gamma.num_classes
         x = torch.zeros(2, c)
         target = torch.zeros(2, dtype=torch.int64) if self.mode == "softmax" else torch.zeros(2, c)
         # per-sample / per-element gammas and sigmoid's element weights are shaped for real batches
@@ -148,6 +161,6 @@ class FocalLoss(nn.Module):
     def extra_repr(self) -> str:
         gamma = self.gamma
         g = f"{gamma.item():g}" if isinstance(gamma, torch.Tensor) and gamma.dim() == 0 else (
-            f"tensor{tuple(gamma.shape)}" if isinstance(gamma, torch.Tensor) else "table"
+            f"tensor{tuple(gamma.shape)}" if isinstance(gamma, torch.Tensor) else type(gamma).__name__
         )
         return f"mode={self.mode!r}, gamma={g}, reduction={self.reduction!r}"

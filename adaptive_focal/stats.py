@@ -49,6 +49,17 @@ class BatchStats:
             and AdaFocal need.
         class_conf_count, class_conf_sum, class_correct_sum: (C, B) softmax only: the same three split by the
             samples' target class (their sums over classes are the three above), for class-wise calibration.
+        sum_pt_pos: sum of p_t over the elements ``n_pos`` counts (raw target >= 0.5); equal to ``sum_pt`` for
+            softmax, where every sample counts as positive.
+        class_sum_grad_pos, class_sum_grad_neg: (C,) sigmoid only (None for softmax): per class, the sums of
+            ``|dl/dx| * t`` and ``|dl/dx| * (1 - t)`` over the elements, with t the raw target (before label
+            smoothing) and dl/dx the derivative of the element's unreduced loss with respect to its logit (alpha,
+            weight and the modulating factor included; with ``detach_modulator=True`` the factor counts as a
+            constant, so it is the gradient the loss back-propagates, without the reduction's 1 / denominator).
+            Their ratio is the positive-to-negative gradient ratio of Equalized Focal Loss (Li et al., 2022).
+
+        The last three default to None, for statistics built without them; a sum with such statistics has None
+        there too.
 
     Example:
         >>> import torch
@@ -77,10 +88,14 @@ class BatchStats:
     class_conf_count: torch.Tensor | None = None
     class_conf_sum: torch.Tensor | None = None
     class_correct_sum: torch.Tensor | None = None
+    sum_pt_pos: torch.Tensor | None = None
+    class_sum_grad_pos: torch.Tensor | None = None
+    class_sum_grad_neg: torch.Tensor | None = None
 
     _SUMMED = (
         "count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm", "pt_hist", "class_count", "class_sum_pt",
         "conf_count", "conf_sum", "correct_sum", "class_conf_count", "class_conf_sum", "class_correct_sum",
+        "sum_pt_pos", "class_sum_grad_pos", "class_sum_grad_neg",
     )
 
     # -- derived values -------------------------------------------------------------------------------------
@@ -113,6 +128,20 @@ class BatchStats:
         """Mean p_t per class (NaN for classes with no element)."""
         return self._mean(self.class_sum_pt, self.class_count)
 
+    @property
+    def mean_pt_pos(self) -> torch.Tensor | None:
+        """Mean p_t over the positive elements (raw target >= 0.5); NaN without any, None without ``sum_pt_pos``."""
+        if self.sum_pt_pos is None:
+            return None
+        return self._mean(self.sum_pt_pos, self.n_pos)
+
+    @property
+    def mean_pt_neg(self) -> torch.Tensor | None:
+        """Mean p_t over the other elements (NaN without any, as always for softmax); None without ``sum_pt_pos``."""
+        if self.sum_pt_pos is None:
+            return None
+        return self._mean(self.sum_pt - self.sum_pt_pos.to(self.sum_pt.device), self.count - self.n_pos)
+
     # -- combination ----------------------------------------------------------------------------------------
     def __add__(self, other: BatchStats) -> BatchStats:
         if not isinstance(other, BatchStats):
@@ -129,7 +158,7 @@ class BatchStats:
         kwargs = {"edges": self.edges}
         for name in self._SUMMED:
             a, b = getattr(self, name), getattr(other, name)
-            kwargs[name] = None if a is None else a + b.to(a.device)
+            kwargs[name] = None if a is None or b is None else a + b.to(a.device)
         return BatchStats(**kwargs)
 
     def __radd__(self, other):

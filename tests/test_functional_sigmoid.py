@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import adaptive_focal as af
-from _reference import (Table, far_from_edges_sigmoid, ref_sigmoid, stable_ref_sigmoid,
+from _reference import (Table, far_from_edges_sigmoid, pt_sigmoid, ref_sigmoid, stable_ref_sigmoid,
                         to_lib_gamma, upstream_like, value_and_grad)
 from conftest import assert_close, compare_with_reference
 
@@ -587,6 +587,29 @@ def large_case(gname, opt, gen, shape=LARGE, dtype=torch.float32):
     return make_case(shape, gname, opt, gen, dtype=dtype, scale=4.0)
 
 
+def check_grad_stats(x, t, g, kw, detach=False):
+    """sum_pt_pos and the class gradient sums of return_stats (the compiled kernel for large inputs) against the
+    float64 reference: its p_t, and its autograd gradient per element (the gradient of the summed losses)."""
+    _, st = LIB(x, t, gamma=to_lib_gamma(g), return_stats=True, detach_modulator=detach, **kw)
+    _, grad = value_and_grad(
+        lambda xx: stable_ref_sigmoid(xx, t, g, reduction="sum", detach_modulator=detach, **kw), x.double())
+    ign = kw.get("ignore_index")
+    t64 = t.double()
+    valid = torch.ones_like(t64, dtype=torch.bool) if ign is None else t64 != ign
+    tt = torch.where(valid, t64, 0.0)
+    pt = pt_sigmoid(x, t, kw.get("label_smoothing", 0.0), ign)
+    dims = [d for d in range(x.dim()) if d != 1]
+    gabs = torch.where(valid, grad.abs(), 0.0)
+    want = {"sum_pt_pos": pt[valid & (t64 >= 0.5)].sum(),
+            "class_sum_grad_pos": (gabs * tt).sum(dims) if x.dim() > 1 else (gabs * tt).sum().reshape(1),
+            "class_sum_grad_neg": (gabs * (1 - tt)).sum(dims) if x.dim() > 1 else (gabs * (1 - tt)).sum().reshape(1)}
+    for name, w in want.items():
+        got = getattr(st, name)
+        assert got.dtype == torch.float32 and got.shape == w.shape, name
+        torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=1e-5 * max(1.0, float(w.abs().max())),
+                                   msg=name)
+
+
 LARGE_GAMMAS = ["float", "frac", "zero", "t0d", "neg", "per_class", "per_class_mixed", "elem", "elem_mixed",
                 "bcast", "table", "table_neg", "table_cb"]
 
@@ -621,6 +644,7 @@ def test_large_input_float32(gname, opt, reduction, gen):
     if isinstance(kw.get("weight"), torch.Tensor) and kw["weight"].dim() == 1:
         kw["weight"] = torch.rand(x.shape[1], generator=gen) + 0.2
     check_against_ref(x, t, g, kw, reduction, torch.float32, gen)
+    check_grad_stats(x, t, g, kw)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -640,6 +664,7 @@ def test_large_input_nchw(gname, opt, gen):
     shape = (8, 4, 64, 64)
     x, t, g, kw = large_case(gname, opt, gen, shape=shape)
     check_against_ref(x, t, g, kw, "mean", torch.float32, gen)
+    check_grad_stats(x, t, g, kw)
 
 
 @pytest.mark.parametrize("gname", ["float", "elem", "table", "neg"])
@@ -647,6 +672,7 @@ def test_large_input_nchw(gname, opt, gen):
 def test_large_input_1d(gname, opt, gen):
     x, t, g, kw = large_case(gname, opt, gen, shape=(131072,))
     check_against_ref(x, t, g, kw, "positives" if opt == "ignore_pos" else "sum", torch.float32, gen)
+    check_grad_stats(x, t, g, kw)
 
 
 @pytest.mark.parametrize("gname", ["float", "frac", "neg", "per_class_mixed", "table_cb"])
@@ -658,6 +684,7 @@ def test_large_input_detach(gname, reduction, gen):
         g = g2
     kw["alpha"] = torch.rand(x.shape[1], generator=gen)
     check_against_ref(x, t, g, kw, reduction, torch.float32, gen, detach=True)
+    check_grad_stats(x, t, g, kw, detach=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -747,6 +774,7 @@ def test_large_input_multithreaded(gname, reduction, gen):
         assert int(st.pt_hist.sum()) == int(valid.sum())
         assert st.class_count.tolist() == valid.sum(0).tolist()
         assert int(st.n_pos) == int(((t >= 0.5) & valid).sum())
+        check_grad_stats(x, t, g, kw)
     finally:
         torch.set_num_threads(old)
 
@@ -780,6 +808,8 @@ def test_extreme_logits_float32_large_path(gamma, ls, detach, gen):
     keep = (x != 0) if isinstance(g, Table) else torch.ones_like(x, dtype=torch.bool)
     assert_close(loss[keep], ref_loss[keep], torch.float32)
     assert_close(grad[keep], ref_grad[keep], torch.float32)
+    if not isinstance(g, Table):  # (a table's bin at x = 0 depends on float32 rounding, see `keep`)
+        check_grad_stats(x, t, g, dict(label_smoothing=ls), detach=detach)
     for red in ("mean", "sum", "positives"):
         l2, g2 = value_and_grad(lambda xx: LIB(xx, t, gamma=to_lib_gamma(g), reduction=red, label_smoothing=ls), x)
         assert torch.isfinite(l2) and torch.isfinite(g2).all()

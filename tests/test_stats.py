@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import adaptive_focal as af
-from _reference import far_from_edges_sigmoid
+from _reference import Table, far_from_edges_sigmoid, stable_ref_sigmoid, value_and_grad
 
 SIG = af.sigmoid_focal_loss
 SMX = af.softmax_focal_loss
@@ -47,7 +47,15 @@ def sigmoid_data(shape, gen, soft, ignore_index, ls, edges, dtype=torch.float32,
     return far_from_edges_sigmoid(make_x, make_t, torch.as_tensor(edges), ls, ignore_index, margin=1e-4)
 
 
-def sigmoid_expected(x, t, ls, ignore_index, edges, loss_none):
+def ref_elem_grad(x, t, gamma, kw):
+    """d(element loss)/d(logit) of every element (0 where ignored): float64 autograd of the independent log-space
+    reference (the elements' losses are independent, so the gradient of their sum is the per-element one)."""
+    _, g = value_and_grad(lambda xx: stable_ref_sigmoid(xx, t, gamma, reduction="sum", **kw), x.double())
+    return g
+
+
+def sigmoid_expected(x, t, ls, ignore_index, edges, loss_none, grad=None):
+    """The statistics computed directly in numpy; with ``grad`` (``ref_elem_grad``) also the gradient sums."""
     x = x.detach().double().numpy()
     t_raw = t.double().numpy()
     valid = np.ones_like(t_raw, dtype=bool) if ignore_index is None else t_raw != ignore_index
@@ -62,7 +70,7 @@ def sigmoid_expected(x, t, ls, ignore_index, edges, loss_none):
         C = x.shape[1]
         cls = np.broadcast_to(np.arange(C).reshape([1, C] + [1] * (x.ndim - 2)), x.shape)
     v = valid
-    return dict(
+    out = dict(
         count=int(v.sum()),
         n_pos=int(((t_raw >= 0.5) & v).sum()),
         sum_pt=pt[v].sum(),
@@ -71,7 +79,13 @@ def sigmoid_expected(x, t, ls, ignore_index, edges, loss_none):
         pt_hist=np_hist(pt[v], edges),
         class_count=np.bincount(cls[v], minlength=C),
         class_sum_pt=np.bincount(cls[v], weights=pt[v], minlength=C),
+        sum_pt_pos=pt[v & (t_raw >= 0.5)].sum(),
     )
+    if grad is not None:
+        g = np.abs(grad.double().numpy())
+        out["class_sum_grad_pos"] = np.bincount(cls[v], weights=(g * tt)[v], minlength=C)
+        out["class_sum_grad_neg"] = np.bincount(cls[v], weights=(g * (1 - tt))[v], minlength=C)
+    return out
 
 
 def assert_stats_equal_expected(st, exp, edges, rtol=2e-5):
@@ -86,9 +100,13 @@ def assert_stats_equal_expected(st, exp, edges, rtol=2e-5):
         v = getattr(st, k)
         assert v.dtype == torch.int64, (k, v.dtype)
         np.testing.assert_array_equal(v.numpy(), exp[k], err_msg=k)
-    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt"):
+    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt", "sum_pt_pos", "class_sum_grad_pos",
+              "class_sum_grad_neg"):
+        if k not in exp:
+            continue
         v = getattr(st, k)
         assert v.dtype == torch.float32, (k, v.dtype)
+        assert v.shape == np.shape(exp[k]), (k, v.shape)
         np.testing.assert_allclose(v.double().numpy(), exp[k], rtol=rtol, atol=1e-5, err_msg=k)
 
 
@@ -122,12 +140,14 @@ def sig_case(shape, opt, gen, edges, dtype=torch.float32):
 def test_sigmoid_stats(shape, opt, gform, reduction, gen):
     edges = TABLE_EDGES.double().numpy() if gform == "table" else DEFAULT_EDGES
     x, t, kw = sig_case(shape, opt, gen, edges)
-    g = af.GammaTable(TABLE_EDGES, torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0])) if gform == "table" else 2.0
+    table_values = torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0])
+    g = af.GammaTable(TABLE_EDGES, table_values) if gform == "table" else 2.0
     loss, st = SIG(x, t, gamma=g, reduction=reduction, return_stats=True, **kw)
     loss_plain = SIG(x, t, gamma=g, reduction=reduction, **kw)
     assert torch.equal(loss, loss_plain)  # return_stats does not change the loss
     none = SIG(x, t, gamma=g, reduction="none", **kw)
-    exp = sigmoid_expected(x, t, kw["label_smoothing"], kw["ignore_index"], edges, none)
+    grad = ref_elem_grad(x, t, Table(TABLE_EDGES, table_values) if gform == "table" else 2.0, kw)
+    exp = sigmoid_expected(x, t, kw["label_smoothing"], kw["ignore_index"], edges, none, grad)
     assert_stats_equal_expected(st, exp, edges)
     assert st.conf_count is None and st.conf_sum is None and st.correct_sum is None
     assert st.num_bins == len(edges) - 1
@@ -199,7 +219,8 @@ def assert_stats_added_equal(added, whole):
             continue
         assert a.dtype == torch.int64
         assert torch.equal(a, w), k
-    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt", "conf_sum", "correct_sum"):
+    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt", "conf_sum", "correct_sum", "sum_pt_pos",
+              "class_sum_grad_pos", "class_sum_grad_neg"):
         a, w = getattr(added, k), getattr(whole, k)
         if w is None:
             assert a is None

@@ -101,6 +101,9 @@ def reference(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
             hist,
             valid.sum(dim=(0, 2)).double(),
             ptv.sum(dim=(0, 2)),
+            torch.where(valid & (t >= 0.5), p_t, 0.0).sum().reshape(1),       # sum_pt_pos
+            (grad.abs() * t).sum(dim=(0, 2)),                                   # |dl/dx| t (0 where ignored)
+            (grad.abs() * (1 - t)).sum(dim=(0, 2)),                             # |dl/dx| (1 - t)
         ])
     return elem.detach(), grad, acc
 
@@ -192,7 +195,7 @@ def check(case, hooks, need_elementwise=True, need_stats=True):
     N, C, S = elem_r.shape
     B = STAT_EDGES.numel() - 1
     assert grad.shape == (N, C, S) and grad.dtype == torch.float32
-    assert acc.shape == (5 + B + 2 * C,) and acc.dtype == torch.float64
+    assert acc.shape == (6 + B + 4 * C,) and acc.dtype == torch.float64
     assert torch.isfinite(grad).all() and torch.isfinite(acc).all()
     if need_elementwise:
         assert elem.shape == (N, C, S) and elem.dtype == torch.float32
@@ -206,6 +209,7 @@ def check(case, hooks, need_elementwise=True, need_stats=True):
         torch.testing.assert_close(acc[3:5], acc_r[3:5], rtol=1e-5, atol=1e-5)  # sum_pt, |p-t'|
         assert torch.equal(acc[5:5 + B], acc_r[5:5 + B])                        # hist
         assert torch.equal(acc[5 + B:5 + B + C], acc_r[5 + B:5 + B + C])        # class_count
+        # class_sum_pt, sum_pt_pos, class_sum_grad_pos, class_sum_grad_neg
         torch.testing.assert_close(acc[5 + B + C:], acc_r[5 + B + C:], rtol=1e-5, atol=1e-5)
     else:
         assert torch.all(acc[3:] == 0)

@@ -11,8 +11,12 @@ stat_edges, need_elementwise, need_stats) -> (elem, grad, acc)`` (``cpu.sigmoid_
   ``table_edges`` (Bt + 1,).
 * ``alpha``: (C,) or None; ``weight``: (N, C, S) or None; ``ignore_index``: float or None.
 * ``elem``: the element losses (N, C, S) when ``need_elementwise``, else an empty tensor.
-* ``acc``: float64 ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C], class_sum_pt[C]]``
-  (the statistics after ``n_pos`` are zero unless ``need_stats``).
+* ``acc``: float64 of length 6 + B + 4C, ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C],
+  class_sum_pt[C], sum_pt_pos, class_sum_grad_pos[C], class_sum_grad_neg[C]]`` (the statistics after ``n_pos`` are
+  zero unless ``need_stats``), over the non-ignored elements: ``n_pos`` and ``sum_pt_pos`` count / sum p_t over
+  raw targets >= 0.5, ``sum_absdiff`` sums ``|p - t'|``, ``hist[b]`` counts ``edges[b] <= p_t < edges[b + 1]`` (the
+  last bin closed; values outside [edges[0], edges[B]] count in the first / last bin), and the class gradient
+  sums add ``|g| t`` and ``|g| (1 - t)`` with g the element's entry of ``grad`` and t the raw target.
 * ``grad``: d(sum of element losses)/dx, (N, C, S) float32. It is returned so that autograd can save it: the
   backward is one multiplication, and the memory kept for backward is one float32 tensor the size of the logits.
 
@@ -58,7 +62,7 @@ def kernel_available(device_type: str) -> bool:
 
 
 def _acc_len(c: int, stat_edges: torch.Tensor) -> int:
-    return 5 + (stat_edges.numel() - 1) + 2 * c
+    return 6 + (stat_edges.numel() - 1) + 4 * c
 
 
 @torch.library.custom_op("adaptive_focal::sigmoid_focal", mutates_args=())

@@ -3,8 +3,10 @@
 The source (``sigmoid_focal_cpu.c``) is plain C with no dependency on torch's headers, so it compiles in well
 under a second with the system C compiler. The shared library is cached under
 ``$ADAPTIVE_FOCAL_CACHE`` (default ``~/.cache/adaptive_focal``), keyed by a hash of the source, the compiler
-flags and the machine, and later processes only load it. Without a C compiler (or with
-``ADAPTIVE_FOCAL_CPU_KERNEL=0``) :func:`available` is False and the library uses the pure-PyTorch path.
+flags and the machine, and later processes only load it. ``$ADAPTIVE_FOCAL_CPU_CFLAGS`` adds compiler flags
+(for instance ``-mno-avx512f``, which builds the portable code paths instead of the AVX-512 ones). Without a C
+compiler (or with ``ADAPTIVE_FOCAL_CPU_KERNEL=0``) :func:`available` is False and the library uses the
+pure-PyTorch path.
 
 The kernel parallelises with OpenMP over ``torch.get_num_threads()`` threads. It links ``libgomp.so.1``, which in
 a process that imported torch is the OpenMP runtime torch already loaded, so torch's operators and this kernel
@@ -48,6 +50,7 @@ class _Args(ctypes.Structure):
         ("smoothing", ctypes.c_float), ("detach", ctypes.c_int32),
         ("need_stats", ctypes.c_int32), ("stat_bins", ctypes.c_int32),
         ("stat_edges", ctypes.c_void_p), ("acc", ctypes.c_void_p),
+        ("hist_equal", ctypes.c_int32),  # set by the kernel
     ]
 
 
@@ -69,12 +72,28 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _cpu_features() -> bytes:
+    """The CPU's model and instruction-set flags, so that a cache shared between machines (a network home
+    directory) never hands a -march=native build to a CPU without those instructions."""
+    try:
+        with open("/proc/cpuinfo", "rb") as fh:
+            lines = [ln for ln in fh.read().splitlines() if ln.startswith((b"model name", b"flags", b"Features"))]
+    except OSError:
+        return b""
+    return b"\n".join(sorted(set(lines)))
+
+
 def _build(cc: str) -> Path:
     src = _SOURCE.read_bytes()
-    # OpenMP and -march=native where the compiler supports them; a plain build runs on one thread
-    attempts = [_BASE_FLAGS + extra for extra in
-                (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])]
-    key_base = hashlib.sha256(src + platform.machine().encode() + platform.processor().encode() + cc.encode())
+    # OpenMP and -march=native where the compiler supports them. Without OpenMP the build runs on one thread, and
+    # -fopenmp-simd still enables the `omp simd` loops (their reductions vectorise only with it).
+    # ADAPTIVE_FOCAL_CPU_CFLAGS adds flags to every attempt (e.g. -mno-avx512f to build the portable paths).
+    user = os.environ.get("ADAPTIVE_FOCAL_CPU_CFLAGS", "").split()
+    attempts = [_BASE_FLAGS + extra + user for extra in
+                (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native", "-fopenmp-simd"], ["-fopenmp-simd"],
+                 ["-march=native"], [])]
+    key_base = hashlib.sha256(src + platform.machine().encode() + platform.processor().encode() + cc.encode()
+                              + _cpu_features())
     last_error = ""
     for flags in attempts:
         key = key_base.copy()
@@ -166,7 +185,7 @@ def sigmoid_focal_forward(
     units = n if s == 1 else n * c
     # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
     threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
-    acc = torch.zeros(threads, 5 + bins + 2 * c, dtype=torch.float64)
+    acc = torch.zeros(threads, 6 + bins + 4 * c, dtype=torch.float64)
     args = _Args(
         n=n, c=c, s=s,
         x=x.data_ptr(), t=t.data_ptr(), grad=grad.data_ptr(),

@@ -24,6 +24,14 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The AVX-512 paths (statistics and histogram) need these extensions (Ice Lake, Zen 4 and later, with
+   -march=native); elsewhere the portable loops below serve. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && defined(__AVX512BITALG__) && \
+    defined(__GFNI__)
+#define HIST_AVX512 1
+#include <immintrin.h>
+#endif
+
 #define BLOCK 512
 
 typedef struct {
@@ -46,7 +54,8 @@ typedef struct {
     int32_t need_stats;
     int32_t stat_bins;
     const float *stat_edges;         /* stat_bins + 1 */
-    double *acc;                     /* 5 + stat_bins + 2 C, zeroed by the caller */
+    double *acc;                     /* 6 + stat_bins + 4 C, zeroed by the caller (layout: __init__.py) */
+    int32_t hist_equal;              /* set by sigmoid_focal_cpu: stat_edges are equal-width (hist_avx512) */
 } focal_args;
 
 static inline float bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
@@ -97,39 +106,63 @@ static inline float bin_of(float v, const float *edges, int32_t bins) {
     return b;
 }
 
+#ifdef HIST_AVX512
+/* Per-thread histogram state: lookup tables (set up once per call) and the counts so far. */
+typedef struct {
+    float tab[16];     /* interior edges edges[1 .. nb - 1], +inf above (binary search) */
+    float lo[16];      /* lower edge of bin k, -inf for bin 0 */
+    float hi[16];      /* upper edge of bin k, +inf for the last bin */
+    uint8_t order[64]; /* byte permutation that gathers the counters of each bin into one qword */
+    uint64_t counts[16];
+} hist_state;
+#endif
+
 typedef struct {
     /* per-position class data (index j): filled once when S == 1 (position j has class j % C), per plane else */
-    float gamma[BLOCK], alpha[BLOCK];
-    float a_pos[BLOCK], a_neg[BLOCK];  /* alpha_t for a positive / negative hard target (1 without alpha) */
+    float gamma[BLOCK];
+    float a_pos[BLOCK];  /* alpha_t of a positive hard target: the class's alpha (1 without alpha) */
     int32_t cls[BLOCK];
     float g[BLOCK];     /* gamma of each element, for the scalar (filled once) and table kinds */
     float pt[BLOCK];    /* p_t of each element, -1 where ignored (for the histogram and the table lookup) */
-    float el[BLOCK];    /* element losses of the block */
-    /* per-position running sums: element-wise adds vectorise where a floating-point reduction would not
-       (without -ffast-math); folded into acc by fold_sums */
-    double s_loss[BLOCK], s_pt[BLOCK];
-    double s_abs[BLOCK];                 /* sum of |p - t'| - (1 - p_t): zero for hard targets, so not kept there */
-    int32_t s_count[BLOCK], s_pos[BLOCK];
+    /* running sums of the per-class statistics per column of the block (column i has class cls[i]; see
+       block_stats): float, folded into acc (float64) by fold_sums before they hold more than FOLD_TERMS terms */
+    float s_pt[BLOCK];
+    float s_gpos[BLOCK], s_gneg[BLOCK]; /* |dloss/dx| t and |dloss/dx| (1 - t), t the raw target */
+    int32_t s_count[BLOCK];             /* kept only with an ignore_index (else counted per unit in run_range) */
+#ifdef HIST_AVX512
+    hist_state hist;
+#endif
 } block_buf;
+
+#define FOLD_TERMS 64
+
+/* Sums of one block's main loop, reduced in registers (see the simd reductions below). */
+typedef struct {
+    double loss, absd;
+    int64_t count, n_pos;
+} block_sums;
 
 static void clear_sums(block_buf *b, int64_t len) {
     for (int64_t j = 0; j < len; ++j) {
-        b->s_loss[j] = 0.0; b->s_pt[j] = 0.0; b->s_abs[j] = 0.0; b->s_count[j] = 0; b->s_pos[j] = 0;
+        b->s_pt[j] = 0.0f; b->s_gpos[j] = 0.0f; b->s_gneg[j] = 0.0f; b->s_count[j] = 0;
     }
 }
 
-/* Adds the running sums of positions [0, len) into acc; position j belongs to class cls[j]. */
+/* Adds the per-class running sums of positions [0, len) into acc (statistics only) and clears them. */
 static void fold_sums(const focal_args *a, block_buf *b, int64_t len, double *acc) {
+    if (!a->need_stats) return;
     double *class_count = acc + 5 + a->stat_bins, *class_sum_pt = class_count + a->c;
+    double *class_gpos = class_sum_pt + a->c + 1, *class_gneg = class_gpos + a->c;
+    double sum_pt = 0.0;
     for (int64_t j = 0; j < len; ++j) {
-        acc[0] += b->s_loss[j];
-        acc[1] += b->s_count[j];
-        acc[2] += b->s_pos[j];
-        acc[3] += b->s_pt[j];
-        acc[4] += (double)b->s_count[j] - b->s_pt[j] + b->s_abs[j];  /* sum of (1 - p_t) plus the excess */
-        class_count[b->cls[j]] += b->s_count[j];
-        class_sum_pt[b->cls[j]] += b->s_pt[j];
+        const int32_t c = b->cls[j];
+        if (a->has_ignore) class_count[c] += b->s_count[j];
+        class_sum_pt[c] += b->s_pt[j];
+        class_gpos[c] += b->s_gpos[j];
+        class_gneg[c] += b->s_gneg[j];
+        sum_pt += b->s_pt[j];
     }
+    acc[3] += sum_pt;
     clear_sums(b, len);
 }
 
@@ -150,6 +183,132 @@ static void block_pt(const focal_args *a, block_buf *b, int64_t off, int32_t len
 }
 
 /*
+ * Histogram of p_t over any edges: hist[b] += #(edges[b] <= p_t < edges[b + 1]), from the cumulative counts
+ * #(p_t >= edges[k]) (one vectorised integer reduction per interior edge); ignored elements hold p_t = -1.
+ */
+static void hist_cumulative(const float *restrict pt, int32_t len, int32_t nb, const float *edges, double *hist) {
+    int32_t prev = 0;
+    for (int32_t j = 0; j < len; ++j) prev += pt[j] >= 0.0f;
+    for (int32_t k = 1; k <= nb; ++k) {
+        int32_t cum = 0;
+        if (k < nb) {
+            const float edge = edges[k];
+            for (int32_t j = 0; j < len; ++j) cum += pt[j] >= edge;
+        }
+        hist[k - 1] += (double)(prev - cum);
+        prev = cum;
+    }
+}
+
+#ifdef HIST_AVX512
+
+/*
+ * The same histogram with AVX-512 (F, BW, VBMI, BITALG) and GFNI, for nb <= 16 bins. Each p_t gets its bin
+ * index, 16 at a time:
+ *   - equal-width edges (edges[k] within EDGE_TOL of k / nb; see equal_width_edges): g = floor(p_t nb) is the bin
+ *     or next to it (p_t nb is rounded by at most 2^-20 and each edge is within nb EDGE_TOL <= 2^-18 bins of k),
+ *     so one comparison with each of the bin's two edges (looked up with vpermps) makes it exact;
+ *   - other edges: a branchless binary search over the interior edges (four lookups and comparisons).
+ * Both compare with the edges exactly as the definition does (p_t >= edges[k]). Lanes with p_t < 0 (ignored) or
+ * NaN get index 255. The indices are packed into bytes, 64 at a time, and counted without a per-bin pass:
+ * vpshufb turns each index into a one-hot byte (bins 0-7 in one vector, 8-15 in another; 255 gives 0), gf2p8affine
+ * transposes each group of 8 such bytes (an 8 x 8 bit matrix), so that byte j holds one bit per element of the
+ * group saying whether it is in bin j, and vpopcntb counts them. Each byte counter grows by at most 8 per 64
+ * elements, at most 64 per block: no overflow.
+ */
+static inline __m128i bins_equal16(__m512 v, __m512 lo_tab, __m512 hi_tab, __m512 fb, __m512i last) {
+    const __m512 y = _mm512_max_ps(_mm512_mul_ps(v, fb), _mm512_set1_ps(-1.0f));  /* NaN -> -1 */
+    __m512i g = _mm512_min_epi32(_mm512_cvttps_epi32(y), last);
+    const __mmask16 down = _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(g, lo_tab), _CMP_LT_OQ);
+    const __mmask16 up = _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(g, hi_tab), _CMP_GE_OQ);
+    g = _mm512_mask_sub_epi32(g, down, g, _mm512_set1_epi32(1));
+    g = _mm512_mask_add_epi32(g, up, g, _mm512_set1_epi32(1));
+    return _mm512_cvtusepi32_epi8(g);  /* negative (invalid) lanes saturate to 255 */
+}
+
+static inline __m128i bins_search16(__m512 v, __m512 tab) {
+    __m512i idx = _mm512_setzero_si512();
+    for (int32_t step = 8; step >= 1; step >>= 1) {
+        const __m512i cand = _mm512_add_epi32(idx, _mm512_set1_epi32(step));
+        const __mmask16 ge = _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(cand, tab), _CMP_GE_OQ);
+        idx = _mm512_mask_mov_epi32(idx, ge, cand);
+    }
+    const __mmask16 valid = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_cvtepi32_epi8(_mm512_mask_mov_epi32(_mm512_set1_epi32(255), valid, idx));
+}
+
+static void hist_avx512_init(hist_state *h, int32_t nb, const float *edges) {  /* nb <= 16 */
+    for (int32_t k = 0; k < 16; ++k) {
+        h->tab[k] = (k >= 1 && k < nb) ? edges[k] : __builtin_inff();
+        h->lo[k] = (k >= 1 && k < nb) ? edges[k] : -__builtin_inff();
+        h->hi[k] = (k + 1 < nb) ? edges[k + 1] : __builtin_inff();
+        h->counts[k] = 0;
+    }
+    for (int32_t j = 0; j < 8; ++j)
+        for (int32_t g = 0; g < 8; ++g) h->order[8 * j + g] = (uint8_t)(8 * g + j);
+}
+
+static void hist_avx512_flush(hist_state *h, int32_t nb, double *hist) {
+    for (int32_t k = 0; k < nb; ++k) { hist[k] += (double)h->counts[k]; h->counts[k] = 0; }
+}
+
+static inline __attribute__((always_inline)) void hist_avx512_loop(
+    hist_state *restrict h, const float *restrict pt, int32_t len, int32_t nb, const int equal) {
+    const __m512 vtab = _mm512_loadu_ps(h->tab), vlo = _mm512_loadu_ps(h->lo), vhi = _mm512_loadu_ps(h->hi);
+    const __m512 fb = _mm512_set1_ps((float)nb);
+    const __m512i last = _mm512_set1_epi32(nb - 1);
+    const __m512i lut_lo = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0));
+    const __m512i lut_hi = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 32, 64, -128));
+    const __m512i unit = _mm512_set1_epi64(0x8040201008040201LL);  /* byte j = 1 << j */
+    __m512i acc_lo = _mm512_setzero_si512(), acc_hi = _mm512_setzero_si512();
+    for (int32_t j0 = 0; j0 < len; j0 += 64) {  /* pt is padded with -1 to a multiple of 64 */
+        __m128i q[4];
+        for (int32_t i = 0; i < 4; ++i) {
+            const __m512 v = _mm512_loadu_ps(pt + j0 + 16 * i);
+            q[i] = equal ? bins_equal16(v, vlo, vhi, fb, last) : bins_search16(v, vtab);
+        }
+        __m512i idx = _mm512_castsi128_si512(q[0]);
+        idx = _mm512_inserti32x4(idx, q[1], 1);
+        idx = _mm512_inserti32x4(idx, q[2], 2);
+        idx = _mm512_inserti32x4(idx, q[3], 3);
+        const __m512i onehot_lo = _mm512_shuffle_epi8(lut_lo, idx), onehot_hi = _mm512_shuffle_epi8(lut_hi, idx);
+        /* gf2p8affine(unit, m): byte j of each qword = bit j of each of m's 8 bytes, i.e. the group's bin j */
+        acc_lo = _mm512_add_epi8(acc_lo, _mm512_popcnt_epi8(_mm512_gf2p8affine_epi64_epi8(unit, onehot_lo, 0)));
+        acc_hi = _mm512_add_epi8(acc_hi, _mm512_popcnt_epi8(_mm512_gf2p8affine_epi64_epi8(unit, onehot_hi, 0)));
+    }
+    /* byte 8 g + j of acc counts bin j (8 + j) among group g's elements: gather the bytes of each bin into one
+       qword, sum each qword's bytes, and add the sums to the counts */
+    const __m512i perm = _mm512_loadu_si512(h->order), z = _mm512_setzero_si512();
+    _mm512_storeu_si512(h->counts, _mm512_add_epi64(_mm512_loadu_si512(h->counts),
+                                                    _mm512_sad_epu8(_mm512_permutexvar_epi8(perm, acc_lo), z)));
+    _mm512_storeu_si512(h->counts + 8, _mm512_add_epi64(_mm512_loadu_si512(h->counts + 8),
+                                                        _mm512_sad_epu8(_mm512_permutexvar_epi8(perm, acc_hi), z)));
+}
+
+static void hist_avx512(hist_state *h, const float *restrict pt, int32_t len, int32_t nb, int32_t equal) {
+    if (equal) hist_avx512_loop(h, pt, len, nb, 1);
+    else hist_avx512_loop(h, pt, len, nb, 0);
+}
+#endif
+
+#define EDGE_TOL (1.0 / 4194304.0) /* 2^-22 */
+
+/* Whether the nb + 1 edges are equal-width in the sense of hist_avx512. */
+static int32_t equal_width_edges(const float *edges, int32_t nb) {
+    for (int32_t k = 0; k <= nb; ++k) {
+        const double d = (double)edges[k] - (double)k / (double)nb;
+        if (!(d <= EDGE_TOL && d >= -EDGE_TOL)) return 0;
+    }
+    return 1;
+}
+
+/*
+ * The two main loops below sum the block's loss and counts (and, with statistics, sum_absdiff) with `omp simd`
+ * reductions in vector registers (the build enables OpenMP or at least its simd pragmas, which permit reordering
+ * these sums); with statistics they also store each element's p_t for block_stats.
+ */
+
+/*
  * The fused loop. `hard` (all targets of the block are 0 or 1 and there is no smoothing), `neg` (some gamma is
  * negative) and `stats` are compile-time constants at each call site, so each combination is its own
  * straight-line vector loop. With hard targets log(1 - p_t) comes free from the BCE term
@@ -157,13 +316,17 @@ static void block_pt(const focal_args *a, block_buf *b, int64_t off, int32_t len
  * division beyond the sigmoid's.
  */
 static inline __attribute__((always_inline)) void fused_loop(
-    const focal_args *a, block_buf *b, int64_t off, int32_t len, const float *gp, const int hard, const int neg,
-    const int stats) {
-    const float *x = a->x + off, *t = a->t + off;
+    const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int hard,
+    const int neg, const int stats, block_sums *out) {
+    const float *restrict x = a->x + off, *restrict t = a->t + off;
     const float ls = a->smoothing, ign = a->ignore_value;
     const int has_ign = a->has_ignore, use_alpha = a->alpha != NULL, detach = a->detach;
-    const float *w = a->weight ? a->weight + off : NULL;
-    float *grad = a->grad + off;
+    const float *restrict w = a->weight ? a->weight + off : NULL;
+    float *restrict grad = a->grad + off, *restrict elem = a->elem ? a->elem + off : NULL;
+    double loss = 0.0;
+    float absd = 0.0f;
+    int32_t count = 0, n_pos = 0;
+#pragma omp simd reduction(+ : loss, absd, count, n_pos)
     for (int32_t j = 0; j < len; ++j) {
         float xv = x[j], tv = t[j];
         int valid = !(has_ign && tv == ign);
@@ -198,23 +361,24 @@ static inline __attribute__((always_inline)) void fused_loop(
             m = g == 0.0f ? 1.0f : (base > 0.0f ? f_exp(ag * f_log(base)) : 0.0f);
             r = base > 0.0f ? p * pm / base : 0.0f;
         }
-        float al = use_alpha ? b->alpha[j] * ts + (1.0f - b->alpha[j]) * (1.0f - ts) : 1.0f;
+        float al = use_alpha ? b->a_pos[j] * ts + (1.0f - b->a_pos[j]) * (1.0f - ts) : 1.0f;
         float wa = (w ? w[j] : 1.0f) * al;
         float dmod = detach ? 0.0f : g * r * (1.0f - 2.0f * ts) * l;
         float el = valid ? wa * m * l : 0.0f;
-        float vf = valid ? 1.0f : 0.0f;
-        grad[j] = valid ? wa * m * ((p - ts) + dmod) : 0.0f;
-        b->el[j] = el;
-        b->s_loss[j] += el;
-        b->s_count[j] += valid;
-        b->s_pos[j] += valid & (tv >= 0.5f);
-        if (stats) {
+        float gv = valid ? wa * m * ((p - ts) + dmod) : 0.0f;
+        int pos = valid & (tv >= 0.5f);
+        grad[j] = gv;
+        if (elem) elem[j] = el;
+        loss += el;
+        count += valid ? 1 : 0;
+        n_pos += pos ? 1 : 0;
+        if (stats) {  /* the rest in block_stats */
             float d = p - ts;
             b->pt[j] = valid ? pt : -1.0f;
-            b->s_pt[j] += vf * pt;
-            b->s_abs[j] += vf * ((d < 0.0f ? -d : d) - (1.0f - pt));
+            absd += valid ? (d < 0.0f ? -d : d) : 0.0f;  /* sum_absdiff: a float sum per block */
         }
     }
+    out->loss += loss; out->count += count; out->n_pos += n_pos; out->absd += absd;
 }
 
 /*
@@ -224,13 +388,17 @@ static inline __attribute__((always_inline)) void fused_loop(
  * and dFL/dz = -alpha_t m [(1 - p_t) + gamma p_t BCE] needs no further transcendental.
  */
 static inline __attribute__((always_inline)) void hard_loop(
-    const focal_args *a, block_buf *b, int64_t off, int32_t len, const float *gp, const int has_w,
-    const int stats) {
-    const float *x = a->x + off, *t = a->t + off;
-    const float *w = has_w ? a->weight + off : NULL;
-    const float ign = a->ignore_value, keep = a->detach ? 0.0f : 1.0f;
+    const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int has_w,
+    const int stats, block_sums *out) {
+    const float *restrict x = a->x + off, *restrict t = a->t + off;
+    const float *restrict w = has_w ? a->weight + off : NULL;
+    const float ign = a->ignore_value, keep = a->detach ? 0.0f : 1.0f, a_neg_base = a->alpha ? 1.0f : 2.0f;
     const int has_ign = a->has_ignore;
-    float *grad = a->grad + off;
+    float *restrict grad = a->grad + off, *restrict elem = a->elem ? a->elem + off : NULL;
+    double loss = 0.0;
+    float absd = 0.0f;
+    int32_t count = 0, n_pos = 0;
+#pragma omp simd reduction(+ : loss, absd, count, n_pos)
     for (int32_t j = 0; j < len; ++j) {
         float xv = x[j], tv = t[j];
         int valid = !(has_ign && tv == ign);
@@ -248,35 +416,119 @@ static inline __attribute__((always_inline)) void hard_loop(
         float ce = rz - z + lg1p;
         float g = gp[j];
         float m = f_exp(-g * (rz + lg1p));
-        float at = pos ? b->a_pos[j] : b->a_neg[j];
+        float ap = b->a_pos[j];
+        float at = pos ? ap : a_neg_base - ap;  /* 1 - alpha, or 2 - 1 = 1 without alpha */
         if (has_w) at *= w[j];
         float atm = at * m;
         float el = valid ? atm * ce : 0.0f;
-        grad[j] = valid ? -sg * atm * (q + keep * g * pt * ce) : 0.0f;
-        b->el[j] = el;
-        b->s_loss[j] += el;
-        if (stats) {  /* |p - t| = 1 - p_t for a hard target: s_abs gets nothing */
-            b->s_count[j] += valid;
-            b->s_pos[j] += valid & pos;
-            b->s_pt[j] += valid ? pt : 0.0f;
+        float gv = valid ? -sg * atm * (q + keep * g * pt * ce) : 0.0f;
+        grad[j] = gv;
+        if (elem) elem[j] = el;
+        loss += el;
+        count += valid ? 1 : 0;  /* (written as selects: `count += valid` stops GCC 12 vectorising this loop) */
+        n_pos += (valid & pos) ? 1 : 0;
+        if (stats) {  /* the rest in block_stats; |p - t| = 1 - p_t for a hard target */
             b->pt[j] = valid ? pt : -1.0f;
+            absd += valid ? q : 0.0f;
         }
     }
-    if (!stats) {  /* counts as integer reductions; with statistics they are kept per position (per class) */
-        int32_t count = 0, n_pos = 0;
-        for (int32_t j = 0; j < len; ++j) {
-            int valid = !(has_ign && t[j] == ign);
-            count += valid;
-            n_pos += valid & (t[j] != 0.0f);
-        }
-        a->acc[1] += (double)count;
-        a->acc[2] += (double)n_pos;
-    }
+    out->loss += loss; out->count += count; out->n_pos += n_pos; out->absd += absd;
 }
 
-static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, double *acc) {
+/*
+ * The statistics of a block, in a pass of its own over what the main loop left in L1 (p_t, the gradient and the
+ * targets; the main loop only stores p_t and sums |p - t'|): a separate loop keeps the main loop's registers free.
+ * The block is seen as `rows` rows of `width` columns, column i being the block position whose class is cls[i]
+ * (rows of C classes when S == 1 and C <= BLOCK, else one row). The per-class sums add each column over the rows
+ * in registers and then into the column's running sums (s_pt, s_gpos, s_gneg, s_count), one load and store per
+ * column vector and block. sum_pt_pos, block-wide, is a float sum of a few dozen terms per lane, added to acc in
+ * float64.
+ */
+#ifdef HIST_AVX512
+static inline __attribute__((always_inline)) void block_stats_loop(
+    const focal_args *a, block_buf *restrict b, int64_t off, int32_t rows, int32_t width, double *acc,
+    const int has_ign) {
+    const float *restrict t = a->t + off, *restrict grad = a->grad + off;
+    const __m512 zero = _mm512_setzero_ps(), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    const __m512 minus_one = _mm512_set1_ps(-1.0f);
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff), ione = _mm512_set1_epi32(1);
+    __m512 pt_pos = zero;
+    for (int32_t c0 = 0; c0 < width; c0 += 16) {
+        const __mmask16 m = width - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (width - c0)) - 1u);
+        __m512 spt = zero, sgp = zero, sgn = zero;
+        __m512i cnt = _mm512_setzero_si512();
+        for (int32_t r = 0; r < rows; ++r) {
+            const int32_t j = r * width + c0;
+            const __m512 pt = _mm512_mask_loadu_ps(minus_one, m, b->pt + j);  /* lanes past the row: invalid */
+            const __mmask16 valid = _mm512_cmp_ps_mask(pt, zero, _CMP_GE_OQ);
+            const __m512 tr = _mm512_maskz_loadu_ps(valid, t + j);            /* the raw target */
+            const __m512 ag = _mm512_castsi512_ps(
+                _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, grad + j)), absmask));
+            const __m512 vpt = _mm512_max_ps(pt, zero);
+            pt_pos = _mm512_mask_add_ps(pt_pos, _mm512_cmp_ps_mask(tr, half, _CMP_GE_OQ), pt_pos, vpt);
+            if (has_ign) cnt = _mm512_mask_add_epi32(cnt, valid, cnt, ione);
+            spt = _mm512_add_ps(spt, vpt);
+            sgp = _mm512_add_ps(sgp, _mm512_mul_ps(ag, tr));
+            sgn = _mm512_add_ps(sgn, _mm512_mul_ps(ag, _mm512_sub_ps(one, tr)));
+        }
+        _mm512_mask_storeu_ps(b->s_pt + c0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, b->s_pt + c0), spt));
+        _mm512_mask_storeu_ps(b->s_gpos + c0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, b->s_gpos + c0), sgp));
+        _mm512_mask_storeu_ps(b->s_gneg + c0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, b->s_gneg + c0), sgn));
+        if (has_ign)
+            _mm512_mask_storeu_epi32(b->s_count + c0, m,
+                                     _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, b->s_count + c0), cnt));
+    }
+    acc[5 + a->stat_bins + 2 * a->c] += _mm512_reduce_add_ps(pt_pos);
+}
+#else
+static inline __attribute__((always_inline)) void block_stats_loop(
+    const focal_args *a, block_buf *restrict b, int64_t off, int32_t rows, int32_t width, double *acc,
+    const int has_ign) {
+    const float *restrict t = a->t + off, *restrict grad = a->grad + off;
+    double pt_pos = 0.0;
+    for (int32_t r = 0; r < rows; ++r) {
+        const float *restrict ptr = b->pt + r * width;
+        const float *restrict tr_ = t + r * width, *restrict gr = grad + r * width;
+        float pt_pos_r = 0.0f;
+#pragma omp simd reduction(+ : pt_pos_r)
+        for (int32_t c = 0; c < width; ++c) {
+            const float pt = ptr[c], tv = tr_[c];
+            const int valid = pt >= 0.0f;
+            const float tr = valid ? tv : 0.0f;           /* the raw target */
+            const float ag = __builtin_fabsf(gr[c]);      /* 0 where ignored */
+            const float vpt = pt > 0.0f ? pt : 0.0f;
+            pt_pos_r += tr >= 0.5f ? vpt : 0.0f;
+            if (has_ign) b->s_count[c] += valid ? 1 : 0;
+            b->s_pt[c] += vpt;
+            b->s_gpos[c] += ag * tr;
+            b->s_gneg[c] += ag * (1.0f - tr);
+        }
+        pt_pos += pt_pos_r;
+    }
+    acc[5 + a->stat_bins + 2 * a->c] += pt_pos;
+}
+#endif
+
+static void block_stats(const focal_args *a, block_buf *b, int64_t off, int32_t len, int32_t width, double *acc) {
+    const int32_t rows = len / width;
+    if (a->has_ignore) block_stats_loop(a, b, off, rows, width, acc, 1);
+    else block_stats_loop(a, b, off, rows, width, acc, 0);
+    const int32_t nb = a->stat_bins;
+#ifdef HIST_AVX512
+    if (nb <= 16) {
+        for (int32_t j = len; j < ((len + 63) & ~63); ++j) b->pt[j] = -1.0f;  /* whole vectors of 64 */
+        hist_avx512(&b->hist, b->pt, len, nb, a->hist_equal);
+        return;
+    }
+#endif
+    hist_cumulative(b->pt, len, nb, a->stat_edges, acc + 5);
+}
+
+/* One block of len elements: `width` is the row length of the statistics' columns (see block_stats). */
+static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, int32_t width, double *acc) {
     const int stats = a->need_stats, neg = a->gamma_negative;
     const float *gp = a->gamma_kind == 2 ? a->gamma + off : b->gamma;
+    block_sums sums = {0.0, 0.0, 0, 0};
     int hard = a->smoothing == 0.0f;
     if (hard) {
         const float *t = a->t + off;
@@ -296,56 +548,52 @@ static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_
         }
         gp = b->g;
     }
+    block_sums *o = &sums;
     if (hard && !neg) {
-        if (a->weight) { if (stats) hard_loop(a, b, off, len, gp, 1, 1); else hard_loop(a, b, off, len, gp, 1, 0); }
-        else           { if (stats) hard_loop(a, b, off, len, gp, 0, 1); else hard_loop(a, b, off, len, gp, 0, 0); }
+        if (a->weight) { if (stats) hard_loop(a, b, off, len, gp, 1, 1, o); else hard_loop(a, b, off, len, gp, 1, 0, o); }
+        else           { if (stats) hard_loop(a, b, off, len, gp, 0, 1, o); else hard_loop(a, b, off, len, gp, 0, 0, o); }
     } else if (hard) {
-        if (stats) fused_loop(a, b, off, len, gp, 1, 1, 1); else fused_loop(a, b, off, len, gp, 1, 1, 0);
+        if (stats) fused_loop(a, b, off, len, gp, 1, 1, 1, o); else fused_loop(a, b, off, len, gp, 1, 1, 0, o);
     } else {
-        if (neg) { if (stats) fused_loop(a, b, off, len, gp, 0, 1, 1); else fused_loop(a, b, off, len, gp, 0, 1, 0); }
-        else     { if (stats) fused_loop(a, b, off, len, gp, 0, 0, 1); else fused_loop(a, b, off, len, gp, 0, 0, 0); }
+        if (neg) { if (stats) fused_loop(a, b, off, len, gp, 0, 1, 1, o); else fused_loop(a, b, off, len, gp, 0, 1, 0, o); }
+        else     { if (stats) fused_loop(a, b, off, len, gp, 0, 0, 1, o); else fused_loop(a, b, off, len, gp, 0, 0, 0, o); }
     }
-    if (a->elem) memcpy(a->elem + off, b->el, (size_t)len * sizeof(float));
-    if (!stats) return;
-    const int32_t nb = a->stat_bins;
-    double *hist = acc + 5;
-    /* cumulative counts cum[k] = #(p_t >= edges[k]), a vectorised integer reduction per interior edge; ignored
-       elements hold p_t = -1 */
-    int32_t prev = 0;
-    for (int32_t j = 0; j < len; ++j) prev += b->pt[j] >= 0.0f;
-    for (int32_t k = 1; k <= nb; ++k) {
-        int32_t cum = 0;
-        if (k < nb) {
-            const float edge = a->stat_edges[k];
-            for (int32_t j = 0; j < len; ++j) cum += b->pt[j] >= edge;
-        }
-        hist[k - 1] += (double)(prev - cum);
-        prev = cum;
-    }
+    acc[0] += sums.loss;
+    acc[1] += (double)sums.count;
+    acc[2] += (double)sums.n_pos;
+    acc[4] += sums.absd;
+    if (stats) block_stats(a, b, off, len, width, acc);
 }
 
 /* Runs units [unit_begin, unit_end) of a->... on the calling thread. */
 static void run_range(const focal_args *a) {
     block_buf *b = (block_buf *)__builtin_alloca(sizeof(block_buf));
     const int64_t C = a->c, S = a->s;
-    double *acc = a->acc;
+    double *acc = a->acc, *class_count = acc + 5 + a->stat_bins;
+    int32_t since_fold = 0;  /* blocks */
     clear_sums(b, BLOCK);
+#ifdef HIST_AVX512
+    const int hist_vec = a->need_stats && a->stat_bins <= 16;  /* block_stats bins with hist_avx512 */
+    if (hist_vec) hist_avx512_init(&b->hist, a->stat_bins, a->stat_edges);
+#endif
     if (S == 1 && C <= BLOCK) {
         /* units are rows of C elements; a block holds whole rows, so block position j has class j % C */
         const int64_t rows_per_block = BLOCK / C, span = rows_per_block * C;
+        const int32_t fold_every = rows_per_block >= FOLD_TERMS ? 1 : (int32_t)(FOLD_TERMS / rows_per_block);
         for (int64_t j = 0; j < span; ++j) {
             int32_t c = (int32_t)(j % C);
             b->cls[j] = c;
             b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
-            b->alpha[j] = a->alpha ? a->alpha[c] : 0.0f;
             b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
-            b->a_neg[j] = a->alpha ? 1.0f - a->alpha[c] : 1.0f;
         }
         for (int64_t row = a->unit_begin; row < a->unit_end; row += rows_per_block) {
             int64_t rows = a->unit_end - row < rows_per_block ? a->unit_end - row : rows_per_block;
-            process_block(a, b, row * C, (int32_t)(rows * C), acc);
+            process_block(a, b, row * C, (int32_t)(rows * C), (int32_t)C, acc);
+            if (++since_fold >= fold_every) { fold_sums(a, b, C, acc); since_fold = 0; }
         }
-        fold_sums(a, b, span, acc);
+        fold_sums(a, b, C, acc);
+        if (a->need_stats && !a->has_ignore)  /* every element counts: one per class and row */
+            for (int64_t c = 0; c < C; ++c) class_count[c] += (double)(a->unit_end - a->unit_begin);
     } else if (S == 1) {
         /* rows longer than a block: blocks are consecutive classes of one row */
         for (int64_t row = a->unit_begin; row < a->unit_end; ++row) {
@@ -354,14 +602,14 @@ static void run_range(const focal_args *a) {
                 for (int32_t j = 0; j < len; ++j) {
                     b->cls[j] = (int32_t)(c0 + j);
                     b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c0 + j] : 0.0f);
-                    b->alpha[j] = a->alpha ? a->alpha[c0 + j] : 0.0f;
                     b->a_pos[j] = a->alpha ? a->alpha[c0 + j] : 1.0f;
-                    b->a_neg[j] = a->alpha ? 1.0f - a->alpha[c0 + j] : 1.0f;
                 }
-                process_block(a, b, row * C + c0, len, acc);
+                process_block(a, b, row * C + c0, len, len, acc);
                 fold_sums(a, b, len, acc);
             }
         }
+        if (a->need_stats && !a->has_ignore)
+            for (int64_t c = 0; c < C; ++c) class_count[c] += (double)(a->unit_end - a->unit_begin);
     } else {
         /* units are (n, c) planes of S contiguous elements of one class */
         for (int64_t unit = a->unit_begin; unit < a->unit_end; ++unit) {
@@ -370,28 +618,34 @@ static void run_range(const focal_args *a) {
             for (int32_t j = 0; j < used; ++j) {
                 b->cls[j] = c;
                 b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
-                b->alpha[j] = a->alpha ? a->alpha[c] : 0.0f;
                 b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
-                b->a_neg[j] = a->alpha ? 1.0f - a->alpha[c] : 1.0f;
             }
             for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
                 int32_t len = (int32_t)(S - s0 < BLOCK ? S - s0 : BLOCK);
-                process_block(a, b, unit * S + s0, len, acc);
+                process_block(a, b, unit * S + s0, len, len, acc);
+                if (++since_fold == FOLD_TERMS) { fold_sums(a, b, used, acc); since_fold = 0; }
             }
             fold_sums(a, b, used, acc);
+            since_fold = 0;
+            if (a->need_stats && !a->has_ignore) class_count[c] += (double)S;
         }
     }
+#ifdef HIST_AVX512
+    if (hist_vec) hist_avx512_flush(&b->hist, a->stat_bins, acc + 5);
+#endif
 }
 
 /* Runs all units on `threads` threads; thread i handles the i-th of `threads` equal ranges and accumulates into
    acc_rows[i * acc_len ...] (zeroed by the caller), which the caller sums in order. Returns 0 on success. */
 int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, double *acc_rows, int64_t acc_len) {
+    const int32_t hist_equal = a->need_stats ? equal_width_edges(a->stat_edges, a->stat_bins) : 0;
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int32_t i = 0; i < threads; ++i) {
         focal_args local = *a;
         local.unit_begin = units * i / threads;
         local.unit_end = units * (i + 1) / threads;
         local.acc = acc_rows + i * acc_len;
+        local.hist_equal = hist_equal;
         run_range(&local);
     }
     return 0;

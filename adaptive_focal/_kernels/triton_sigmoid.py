@@ -137,6 +137,9 @@ def _sigmoid_focal_fwd_kernel(
     if NEED_STATS:
         acc_pt = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_ad = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
+        acc_ptpos = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
+        acc_gpos = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
+        acc_gneg = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_hist = tl.zeros((HIST_PAD,), tl.int32)
 
     for tile in range(pid_rest, N_TILES, P_REST):
@@ -226,6 +229,12 @@ def _sigmoid_focal_fwd_kernel(
             pt_v = tl.where(valid, p_t, 0.0)
             acc_pt += pt_v
             acc_ad += tl.where(valid, tl.abs(p - tp), 0.0)
+            acc_ptpos += tl.where(t >= 0.5, pt_v, 0.0)
+            # |d loss / dx| split by the raw target (gr is 0 where ignored)
+            g_abs = tl.abs(gr)
+            t_raw = tl.where(valid, t, 0.0)
+            acc_gpos += g_abs * t_raw
+            acc_gneg += g_abs * (1.0 - t_raw)
             # invalid lanes go to bin NB_STAT (< HIST_PAD) and are dropped when storing
             hb = tl.where(valid, _bin_index(p_t, sedges_ptr, NB_STAT), NB_STAT)
             if HIST_MODE == 0:
@@ -245,16 +254,22 @@ def _sigmoid_focal_fwd_kernel(
         tl.store(row + 3, tl.sum(acc_pt.to(tl.float64)))
         tl.store(row + 4, tl.sum(acc_ad.to(tl.float64)))
         tl.store(row + 5 + hk, acc_hist.to(tl.float64), mask=hk < NB_STAT)
+        tl.store(row + 5 + NB_STAT, tl.sum(acc_ptpos.to(tl.float64)))
         cvec = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        crow = part_c_ptr + pid_rest * (2 * C)
+        crow = part_c_ptr + pid_rest * (4 * C)
         ccnt = tl.sum(tl.sum(acc_cnt, axis=2), axis=0)
         cpt = tl.sum(tl.sum(acc_pt.to(tl.float64), axis=2), axis=0)
+        cgpos = tl.sum(tl.sum(acc_gpos.to(tl.float64), axis=2), axis=0)
+        cgneg = tl.sum(tl.sum(acc_gneg.to(tl.float64), axis=2), axis=0)
         tl.store(crow + cvec, ccnt.to(tl.float64), mask=cvec < C)
         tl.store(crow + C + cvec, cpt, mask=cvec < C)
+        tl.store(crow + 2 * C + cvec, cgpos, mask=cvec < C)
+        tl.store(crow + 3 * C + cvec, cgneg, mask=cvec < C)
     else:
         tl.store(row + 3, 0.0)
         tl.store(row + 4, 0.0)
         tl.store(row + 5 + hk, tl.zeros((HIST_PAD,), tl.float64), mask=hk < NB_STAT)
+        tl.store(row + 5 + NB_STAT, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,8 +352,9 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     """Fused sigmoid focal loss; see the module docstring and the spec's kernel contract.
 
     Returns ``(elem, grad, acc)``: elem (N, C, S) float32 (empty unless ``need_elementwise``),
-    grad (N, C, S) float32 = d(sum elem)/dx, acc float64 of length 5 + B + 2C
-    ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C], class_sum_pt[C]]``.
+    grad (N, C, S) float32 = d(sum elem)/dx, acc float64 of length 6 + B + 4C
+    ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C], class_sum_pt[C], sum_pt_pos,
+    class_sum_grad_pos[C], class_sum_grad_neg[C]]``.
     ``_tile`` / ``_programs`` override the tile size and program count (tests only).
     """
     if x.dim() == 0:
@@ -420,7 +436,7 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
 
     grad = torch.empty((N, C, S), **f32)
     elem = torch.empty((N, C, S), **f32) if need_elementwise else torch.empty(0, **f32)
-    acc_len = 5 + B + 2 * C
+    acc_len = 6 + B + 4 * C
     if numel == 0:
         grad.zero_()
         return elem, grad, torch.zeros(acc_len, device=device, dtype=torch.float64)
@@ -433,9 +449,11 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     target = _programs or _programs_target(device)
     p_rest = max(1, min(n_tiles, -(-target // ncb)))
     n_prog = p_rest * ncb
-    part_w = 5 + B
+    # part_s rows: [sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], sum_pt_pos] per program; part_c rows:
+    # [class_count, class_sum_pt, class_sum_grad_pos, class_sum_grad_neg] (4C) per class-block slice
+    part_w = 6 + B
     part_s = torch.empty((n_prog, part_w), device=device, dtype=torch.float64)
-    part_c = torch.empty((p_rest, 2 * C), device=device, dtype=torch.float64) if need_stats else None
+    part_c = torch.empty((p_rest, 4 * C), device=device, dtype=torch.float64) if need_stats else None
     idx64 = (N + bn) * C * (S + bs) >= 2 ** 31  # offsets of masked lanes past the end must fit too
     dummy = x
 
@@ -454,9 +472,10 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     _launch(n_prog, args, meta, need_stats)
     acc_s = part_s.sum(0)
     if need_stats:
-        acc = torch.cat([acc_s, part_c.sum(0)])
+        acc_c = part_c.sum(0)
+        acc = torch.cat([acc_s[:5 + B], acc_c[:2 * C], acc_s[5 + B:], acc_c[2 * C:]])
     else:
-        acc = torch.cat([acc_s, torch.zeros(2 * C, device=device, dtype=torch.float64)])
+        acc = torch.cat([acc_s, torch.zeros(4 * C, device=device, dtype=torch.float64)])
     return elem, grad, acc
 
 

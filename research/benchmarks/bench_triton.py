@@ -183,6 +183,9 @@ def reference64(x, t, gamma, gamma_kind, alpha, ls, stat_edges):
             torch.bincount(b.reshape(-1), minlength=B).double(),
             torch.full((C,), float(N * S), dtype=torch.float64, device=x.device),
             p_t.sum(dim=(0, 2)),
+            torch.where(t >= 0.5, p_t, 0.0).sum().reshape(1),
+            (grad.abs() * t.double()).sum(dim=(0, 2)),
+            (grad.abs() * (1 - t.double())).sum(dim=(0, 2)),
         ])
     return elem.detach(), grad, acc
 
@@ -221,7 +224,9 @@ def accuracy_checks(ts, device, n_rows, C, stat_edges):
             sum_loss_rel=rel_err(acc[0:1], ar[0:1], 1e-30), sum_pt_rel=rel_err(acc[3:5], ar[3:5], 1e-30),
             counts_equal=bool(torch.equal(acc[1:3], ar[1:3])),
             hist_abs_diff_total=hist_diff,   # ties at bin edges may flip between float32 and float64
-            class_sum_pt_rel=rel_err(acc[5 + B + C:], ar[5 + B + C:], 1e-30),
+            class_sum_pt_rel=rel_err(acc[5 + B + C:5 + B + 2 * C], ar[5 + B + C:5 + B + 2 * C], 1e-30),
+            sum_pt_pos_rel=rel_err(acc[5 + B + 2 * C:6 + B + 2 * C], ar[5 + B + 2 * C:6 + B + 2 * C], 1e-30),
+            class_sum_grad_rel=rel_err(acc[6 + B + 2 * C:], ar[6 + B + 2 * C:], 1e-30),
         )
     # saturated logits: finite everything for gamma in {0, 0.3, 2} (and the inverse form)
     vals = torch.tensor([1e4, -1e4, 104.0, -104.0, 88.0, -88.0, 30.0, -30.0, 0.0])
@@ -325,7 +330,6 @@ def main(args):
     add = timer(lambda: torch.add(x, t, out=y))
     add_gbs = 3 * x.nbytes / (add["ms"] * 1e-3) / 1e9
     result["ceilings"] = dict(copy=dict(copy, GBps=copy_gbs), add=dict(add, GBps=add_gbs))
-    del y
 
     # ---- kernel alone ----
     tables = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], device=device)
@@ -449,7 +453,7 @@ def main(args):
                  if isinstance(v, dict) and k != "saturated_finite"]
         print(md_table(arows, ["case", "elem_max_rel", "grad_max_rel", "elem_max_abs_over_max",
                                "grad_max_abs_over_max", "sum_loss_rel", "counts_equal", "hist_abs_diff_total",
-                               "class_sum_pt_rel"]))
+                               "class_sum_pt_rel", "sum_pt_pos_rel", "class_sum_grad_rel"]))
         print(f"\nsaturated logits finite: {result['accuracy']['saturated_finite']}")
         print(f"log1p helper max rel error: {result['accuracy']['log1p_max_rel']:.3g}")
     else:
