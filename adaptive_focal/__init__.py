@@ -11,32 +11,41 @@ from . import metrics
 from .functional import sigmoid_focal_loss, softmax_focal_loss
 from .gamma_forms import AsymmetricGamma, FocalMixture
 from .loss import FocalLoss
-from .policy import GammaPolicy, create_policy, list_policies, register_policy
+from .policy import GammaPolicy, create_policy, list_policies, policy_class, register_policy
 from .stats import BatchStats
 from .table import GammaTable
 from .schedules import (  # noqa: E402  (registers the schedules)
-    ConstantGamma, CosineGamma, ExponentialGamma, FLSc531, LinearGamma, SequentialGamma, StepGamma,
+    ConstantGamma, CosineGamma, CyclicalFocal, ExponentialGamma, FLSc531, LinearGamma, SequentialGamma, StepGamma,
 )
-from .controllers import AutomatedGamma, FLSD53, PIGamma  # noqa: E402  (registers the controllers)
+from .controllers import (  # noqa: E402  (registers the controllers)
+    AdaptiveAsymmetry, AutomatedGamma, EqualizedFocal, FLSD53, PIGamma,
+)
 from .controllers_adafocal import AdaFocal, ClasswiseAdaFocal  # noqa: E402
+from .learned import BanditGamma, GammaNet, HypergradientGamma  # noqa: E402  (registers the learned controllers)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaFocal",
+    "AdaptiveAsymmetry",
     "AsymmetricGamma",
     "AutomatedGamma",
+    "BanditGamma",
     "BatchStats",
     "ClasswiseAdaFocal",
     "ConstantGamma",
     "CosineGamma",
+    "CyclicalFocal",
+    "EqualizedFocal",
     "ExponentialGamma",
     "FLSD53",
     "FLSc531",
     "FocalLoss",
     "FocalMixture",
+    "GammaNet",
     "GammaPolicy",
     "GammaTable",
+    "HypergradientGamma",
     "LinearGamma",
     "PIGamma",
     "SequentialGamma",
@@ -45,6 +54,7 @@ __all__ = [
     "create_policy",
     "list_policies",
     "metrics",
+    "policy_class",
     "register_policy",
     "sigmoid_focal_loss",
     "softmax_focal_loss",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from .gamma_forms import AsymmetricGamma, FocalMixture
 from .loss import FocalLoss
 from .policy import GammaPolicy, _check_number, register_policy
 from .stats import BatchStats
 from .table import GammaTable
 
-__all__ = ["AutomatedGamma", "FLSD53", "PIGamma"]
+__all__ = ["AdaptiveAsymmetry", "AutomatedGamma", "EqualizedFocal", "FLSD53", "PIGamma"]
 
 
 @register_policy("flsd53")
@@ -221,3 +222,171 @@ class PIGamma(GammaPolicy):
                 f"state['integral'] has shape {tuple(integral.shape)}, expected {tuple(self.integral.shape)}"
             )
         self.integral = integral.to(self._device())
+
+
+def _require_fields(name: str, policy: str, stats: BatchStats, fields: tuple[str, ...]) -> None:
+    missing = [f for f in fields if getattr(stats, f, None) is None]
+    if missing:
+        raise ValueError(
+            f"the {policy!r} policy needs {name} with {', '.join(missing)} (sigmoid_focal_loss(..., "
+            f"return_stats=True) computes them), got a BatchStats without them"
+        )
+
+
+@register_policy("efl")
+class EqualizedFocal(GammaPolicy):
+    """Equalized Focal Loss (Li et al., 2022, "Equalized Focal Loss for Dense Long-Tailed Object Detection").
+
+    Per class j, gamma follows the accumulated ratio of the gradient magnitudes of its positive and negative
+    elements, ``g_j = clip(sum |grad+| / sum |grad-|, 0, 1)`` over all steps so far (rare classes, whose few
+    positives are outweighed by negatives, have a small ``g_j``):
+
+        gamma_j = gamma_b + scale * (1 - g_j),        weighting factor  w_j = gamma_j / gamma_b
+
+    and the element loss of class j is ``w_j * alpha_t * (1 - p_t)**gamma_j * BCE``: the policy writes a one-term
+    :class:`~adaptive_focal.FocalMixture` with per-class gammas ``gamma_j`` and weights ``w_j``. Before any
+    gradient is seen ``g_j = 1`` (gamma_b for every class), as in the authors' code. Defaults gamma_b 2 and
+    scale 8 are the paper's; alpha (0.25 there) is the loss's own setting.
+
+    The gradients come from the statistics (``class_sum_grad_pos`` / ``class_sum_grad_neg``): the derivative of
+    each element's loss before reduction. The authors accumulate the gradient of the reduced loss, which divides
+    every batch by its normaliser; within a batch the ratio is the same, across batches ours weighs every element
+    alike. As in the authors' code, gamma_j and w_j are constants of the gradient while ``(1 - p_t)`` is
+    differentiated (the loss's ``detach_modulator`` changes that).
+
+    Example:
+        >>> import torch
+        >>> from adaptive_focal import FocalLoss, create_policy
+        >>> loss = FocalLoss("sigmoid", alpha=0.25)
+        >>> policy = create_policy("efl", loss, num_classes=3)
+        >>> x, t = torch.tensor([[2.0, -1.0, -3.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+        >>> _, stats = loss(x, t, return_stats=True)
+        >>> policy.step(stats)  # class 0 saw only a positive gradient (g = 1), classes 1 and 2 only negatives
+        >>> loss.gamma.gammas.tolist()
+        [[2.0, 10.0, 10.0]]
+    """
+
+    search_space = {"gamma_b": ("float", 0.5, 4.0, False), "scale": ("float", 0.0, 16.0, False)}
+
+    needs_stats = True
+    stats_mode = "sigmoid"
+
+    def __init__(self, loss: FocalLoss, gamma_b: float = 2.0, scale: float = 8.0,
+                 num_classes: int | None = None) -> None:
+        super().__init__(loss)
+        self.gamma_b = _check_number("gamma_b", gamma_b, 0.0, 20.0, low_open=True)
+        self.scale = _check_number("scale", scale, 0.0, 20.0)
+        self.num_classes = None if num_classes is None else _check_number("num_classes", num_classes, 1, integer=True)
+        self.pos_grad: torch.Tensor | None = None
+        self.neg_grad: torch.Tensor | None = None
+        if self.num_classes is None:  # until the first statistics say C: gamma_b with weight 1, the same loss
+            self._write(torch.tensor(self.gamma_b, device=self._device()))
+        else:
+            self._write(self._mixture(torch.full((self.num_classes,), self.gamma_b, device=self._device())))
+
+    def _mixture(self, gamma: torch.Tensor) -> FocalMixture:
+        return FocalMixture(gamma.unsqueeze(0), (gamma / self.gamma_b).unsqueeze(0))
+
+    def _check_stats(self, name, stats, *, required):
+        super()._check_stats(name, stats, required=required)
+        if stats is None or name != "stats":
+            return
+        _require_fields(name, self.name, stats, ("class_sum_grad_pos", "class_sum_grad_neg"))
+        expected = self.num_classes if self.pos_grad is None else self.pos_grad.numel()
+        if expected is not None and stats.num_classes != expected:
+            raise ValueError(f"{name} have {stats.num_classes} classes but the 'efl' policy is tracking {expected}")
+
+    def _compute(self, stats: BatchStats):
+        pos = stats.class_sum_grad_pos.to(torch.float64)
+        neg = stats.class_sum_grad_neg.to(torch.float64)
+        if self.pos_grad is None:
+            self.pos_grad, self.neg_grad = pos.clone(), neg.clone()
+        else:
+            self.pos_grad = self.pos_grad.to(pos.device) + pos
+            self.neg_grad = self.neg_grad.to(neg.device) + neg
+        ratio = (self.pos_grad / (self.neg_grad + 1e-10)).clamp(0.0, 1.0)
+        gamma = (self.gamma_b + self.scale * (1.0 - ratio)).to(torch.float32)
+        current = self.loss.gamma
+        if isinstance(current, FocalMixture) and current.gammas.shape == (1, gamma.numel()):
+            with torch.no_grad():  # in place, on the device: no new module and no synchronisation per step
+                current.gammas.copy_(gamma.unsqueeze(0))
+                current.weights.copy_((gamma / self.gamma_b).unsqueeze(0))
+            return current
+        return self._mixture(gamma)
+
+    def _state(self) -> dict:
+        def cpu(t):
+            return None if t is None else t.detach().cpu().clone()
+        return {"pos_grad": cpu(self.pos_grad), "neg_grad": cpu(self.neg_grad)}
+
+    def _load_state(self, state: dict) -> None:
+        pos, neg = state.get("pos_grad"), state.get("neg_grad")
+        if (pos is None) != (neg is None) or (pos is not None and torch.as_tensor(pos).shape != torch.as_tensor(neg).shape):
+            raise ValueError("state['pos_grad'] and state['neg_grad'] must both be None or tensors of one shape (C,)")
+        device = self._device()
+        self.pos_grad = None if pos is None else torch.as_tensor(pos, dtype=torch.float64).to(device)
+        self.neg_grad = None if neg is None else torch.as_tensor(neg, dtype=torch.float64).to(device)
+
+
+@register_policy("asl_adaptive")
+class AdaptiveAsymmetry(GammaPolicy):
+    """ASL's adaptive asymmetry (Ridnik et al., 2021, "Asymmetric Loss For Multi-Label Classification").
+
+    Multi-label sigmoid loss with separate focusing for positives and negatives (an
+    :class:`~adaptive_focal.AsymmetricGamma`): ``gamma_pos`` stays fixed and ``gamma_neg`` moves to hold the
+    probability gap ``dp = mean p_t over positive elements - mean p_t over negative elements`` at ``target_gap``:
+
+        gamma_neg <- clip(gamma_neg + rate * (target_gap - dp), gamma_min, gamma_max)
+
+    Raising gamma_neg down-weights easy negatives, which lets the positives' probabilities rise, so ``dp`` grows
+    with gamma_neg and the update is a stable integral controller. Batches without positives or without
+    negatives leave gamma_neg unchanged. Defaults: ASL's gamma_pos 0 and gamma_neg 4 to start; the gap target
+    (0, "balanced" positives and negatives) and rate are ours. ASL's probability margin on negatives is not
+    part of this policy.
+
+    Example:
+        >>> import torch
+        >>> from adaptive_focal import FocalLoss, create_policy
+        >>> loss = FocalLoss("sigmoid")
+        >>> policy = create_policy("asl_adaptive", loss, gamma_neg=4.0, target_gap=0.0, rate=1.0)
+        >>> x, t = torch.tensor([[0.0, -2.0, -2.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+        >>> _, stats = loss(x, t, return_stats=True)
+        >>> policy.step(stats)  # dp = 0.5 - sigmoid(2) = -0.3808: gamma_neg rises by 0.3808
+        >>> round(float(loss.gamma.negative), 4)
+        4.3808
+    """
+
+    search_space = {"gamma_neg": ("float", 0.0, 8.0, False), "target_gap": ("float", -0.5, 0.5, False),
+                    "rate": ("float", 0.001, 1.0, True)}
+
+    needs_stats = True
+    stats_mode = "sigmoid"
+
+    def __init__(self, loss: FocalLoss, gamma_pos: float = 0.0, gamma_neg: float = 4.0, target_gap: float = 0.0,
+                 rate: float = 0.05, gamma_min: float = 0.0, gamma_max: float = 10.0) -> None:
+        super().__init__(loss)
+        self.gamma_pos = _check_number("gamma_pos", gamma_pos, 0.0, 20.0)
+        self.gamma_min = _check_number("gamma_min", gamma_min, 0.0, 20.0)
+        self.gamma_max = _check_number("gamma_max", gamma_max, self.gamma_min, 20.0)
+        self.gamma_neg = _check_number("gamma_neg", gamma_neg, self.gamma_min, self.gamma_max)
+        self.target_gap = _check_number("target_gap", target_gap, -1.0, 1.0)
+        self.rate = _check_number("rate", rate, 0.0, low_open=True)
+        self._write(AsymmetricGamma(self.gamma_pos, self.gamma_neg))
+
+    def _check_stats(self, name, stats, *, required):
+        super()._check_stats(name, stats, required=required)
+        if stats is not None and name == "stats":
+            _require_fields(name, self.name, stats, ("sum_pt_pos",))
+
+    def _compute(self, stats: BatchStats):
+        form = self.loss.gamma
+        if not isinstance(form, AsymmetricGamma):  # e.g. replaced by hand: start again from the current setting
+            form = AsymmetricGamma(self.gamma_pos, self.gamma_neg)
+            self.loss.gamma = form.to(self._device())
+            form = self.loss.gamma
+        gap = stats.mean_pt_pos.to(torch.float32) - stats.mean_pt_neg.to(torch.float32)
+        neg = form.negative
+        moved = (neg + self.rate * (self.target_gap - gap.to(neg.device))).clamp(self.gamma_min, self.gamma_max)
+        with torch.no_grad():
+            neg.copy_(torch.where(torch.isnan(gap.to(neg.device)), neg, moved))
+        return form

@@ -17,11 +17,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from .loss import FocalLoss
+from .gamma_forms import AsymmetricGamma, FocalMixture
+from .loss import GAMMA_MODULES, FocalLoss
 from .stats import BatchStats
 from .table import GammaTable
 
-__all__ = ["GammaPolicy", "create_policy", "list_policies", "register_policy"]
+__all__ = ["GammaPolicy", "create_policy", "list_policies", "policy_class", "register_policy"]
 
 _REGISTRY: dict[str, type[GammaPolicy]] = {}
 
@@ -44,6 +45,19 @@ def list_policies() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def policy_class(name: str) -> type[GammaPolicy]:
+    """The class registered as ``name`` (to read its ``search_space``, ``stats_mode``, ... without building one).
+
+    Example:
+        >>> from adaptive_focal import policy_class
+        >>> policy_class("efl").stats_mode
+        'sigmoid'
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; available policies: {', '.join(list_policies())}")
+    return _REGISTRY[name]
+
+
 def create_policy(name: str, loss: FocalLoss, **kwargs) -> GammaPolicy:
     """Builds the policy registered as ``name`` for ``loss``; ``kwargs`` are the policy's hyperparameters.
 
@@ -54,9 +68,7 @@ def create_policy(name: str, loss: FocalLoss, **kwargs) -> GammaPolicy:
         >>> float(loss.gamma)
         0.0
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown policy {name!r}; available policies: {', '.join(list_policies())}")
-    return _REGISTRY[name](loss, **kwargs)
+    return policy_class(name)(loss, **kwargs)
 
 
 def _check_number(name: str, value, low=None, high=None, *, low_open=False, integer=False) -> float:
@@ -163,8 +175,8 @@ class GammaPolicy:
     def state_dict(self) -> dict:
         """The policy's state with explicit keys (never the loss): counters, the last gamma and ``_state()``."""
         last = self._last_gamma
-        if isinstance(last, GammaTable):
-            last = {"edges": last.edges.detach().cpu().clone(), "values": last.values.detach().cpu().clone()}
+        if isinstance(last, GAMMA_MODULES):
+            last = _form_state(last)
         elif isinstance(last, torch.Tensor):
             last = last.detach().cpu().clone()
         return {
@@ -190,7 +202,7 @@ class GammaPolicy:
         self.epoch = int(state["epoch"])
         last = state.get("last_gamma")
         if isinstance(last, dict):
-            last = GammaTable(last["edges"], last["values"])
+            last = _form_from_state(last)
         if last is not None:
             self._write(last)
 
@@ -209,6 +221,20 @@ class GammaPolicy:
 
     def _write(self, gamma) -> None:
         """Writes gamma into the loss (in place when the shape allows) and remembers it."""
+        current = self.loss.gamma
+        if gamma is current:  # the policy updated the loss's gamma module in place
+            self._last_gamma = current
+            return
+        if isinstance(gamma, (FocalMixture, AsymmetricGamma)):
+            if type(current) is type(gamma) and all(
+                    a.shape == b.shape for a, b in zip(current.buffers(), gamma.buffers())):
+                with torch.no_grad():
+                    for a, b in zip(current.buffers(), gamma.buffers()):
+                        a.copy_(b)
+            else:
+                self.loss.gamma = gamma.to(self._device())
+            self._last_gamma = self.loss.gamma
+            return
         if isinstance(gamma, GammaTable):
             current = self.loss.gamma
             if (isinstance(current, GammaTable) and current.values.shape == gamma.values.shape
@@ -243,3 +269,19 @@ class GammaPolicy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(step={self.step_count}, epoch={self.epoch})"
+
+
+_FORMS = {cls.__name__: cls for cls in GAMMA_MODULES}
+
+
+def _form_state(gamma: torch.nn.Module) -> dict:
+    """A gamma module as plain CPU tensors: ``{"form": class name, buffer name: tensor, ...}``."""
+    return {"form": type(gamma).__name__, **{k: v.detach().cpu().clone() for k, v in gamma.named_buffers()}}
+
+
+def _form_from_state(state: dict) -> torch.nn.Module:
+    """The inverse of ``_form_state``; a dict without ``"form"`` is a GammaTable (the layout of version 1)."""
+    name = state.get("form", "GammaTable")
+    if name not in _FORMS:
+        raise ValueError(f"state['last_gamma'] has an unknown gamma form {name!r}; known: {', '.join(sorted(_FORMS))}")
+    return _FORMS[name](**{k: v for k, v in state.items() if k != "form"})

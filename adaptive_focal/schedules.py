@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+from .gamma_forms import FocalMixture
 from .loss import FocalLoss
 from .policy import GammaPolicy, _check_number, register_policy
 
 __all__ = [
-    "ConstantGamma", "CosineGamma", "ExponentialGamma", "FLSc531", "LinearGamma", "Schedule", "SequentialGamma",
-    "StepGamma",
+    "ConstantGamma", "CosineGamma", "CyclicalFocal", "ExponentialGamma", "FLSc531", "LinearGamma", "Schedule",
+    "SequentialGamma", "StepGamma",
 ]
 
 _UNITS = ("step", "epoch")
@@ -218,6 +219,59 @@ class FLSc531(Schedule):
         return 5.0 if t < self.milestones[0] else (3.0 if t < self.milestones[1] else 1.0)
 
 
+@register_policy("cyclical")
+class CyclicalFocal(Schedule):
+    """Cyclical focal loss (Smith, 2022, "Cyclical Focal Loss", arXiv:2202.08978), per epoch by default.
+
+    The loss blends a high-confidence (inverse focal) term and the focal term,
+    ``L = xi * L_hc + (1 - xi) * L_fl`` with ``L_hc = -(1 + p_t)**gamma_hc log(p_t)`` and
+    ``L_fl = -(1 - p_t)**gamma_lc log(p_t)``, and ``xi`` cycles with the epoch ``e`` out of ``total`` epochs and the
+    cyclical factor ``f_c = factor``:
+
+        xi = 1 - f_c * e / total                      if f_c * e <= total
+        xi = (f_c * e / total - 1) / (f_c - 1)        otherwise
+
+    so training starts on the high-confidence term (xi = 1), reaches the focal loss at ``e = total / f_c`` and
+    returns to the high-confidence term by the end (``factor = 1`` goes from one to the other once). The policy
+    writes a :class:`~adaptive_focal.FocalMixture` with gammas ``(gamma_lc, -gamma_hc)`` and weights
+    ``(1 - xi, xi)``. Defaults are the authors' CIFAR settings (gamma_hc 3, gamma_lc 2, f_c 4; the official code's
+    README). The authors' code divides by ``total - 1`` rather than ``total``; this follows the paper's equation.
+
+    Example:
+        >>> from adaptive_focal import FocalLoss, create_policy
+        >>> loss = FocalLoss("softmax")
+        >>> policy = create_policy("cyclical", loss, total=8, factor=4)
+        >>> [policy.xi_at(e) for e in range(0, 9, 2)]
+        [1.0, 0.0, 0.3333333333333333, 0.6666666666666666, 1.0]
+        >>> policy.epoch_end()
+        >>> loss.gamma.weights.tolist()  # (1 - xi, xi) after one epoch
+        [0.5, 0.5]
+    """
+
+    unit_default = "epoch"
+    search_space = {"gamma_hc": ("float", 0.0, 5.0, False), "gamma_lc": ("float", 0.0, 5.0, False),
+                    "factor": ("float", 1.0, 8.0, False)}
+
+    def __init__(self, loss: FocalLoss, total: int = 200, gamma_hc: float = 3.0, gamma_lc: float = 2.0,
+                 factor: float = 4.0, unit: str | None = None) -> None:
+        super().__init__(loss, unit)
+        self.total = _check_number("total", total, 1, integer=True)
+        self.gamma_hc = _check_number("gamma_hc", gamma_hc, 0.0, 20.0)
+        self.gamma_lc = _check_number("gamma_lc", gamma_lc, 0.0, 20.0)
+        self.factor = _check_number("factor", factor, 1.0)
+        self._start()
+
+    def xi_at(self, t: int) -> float:
+        """The weight of the high-confidence term after ``t`` epochs (or steps); constant after ``total``."""
+        r = self.factor * min(max(t, 0), self.total) / self.total
+        return 1.0 - r if r <= 1.0 else (r - 1.0) / (self.factor - 1.0)
+
+    def gamma_at(self, t: int) -> FocalMixture:
+        """The mixture in force after ``t`` epochs (or steps); writing it copies into the loss's mixture in place."""
+        xi = self.xi_at(t)
+        return FocalMixture([self.gamma_lc, -self.gamma_hc], [1.0 - xi, xi])
+
+
 @register_policy("sequential")
 class SequentialGamma(GammaPolicy):
     """Hands over from one policy to the next at milestones (e.g. a warm-up schedule into a controller).
@@ -253,6 +307,7 @@ class SequentialGamma(GammaPolicy):
             raise ValueError(f"unit must be one of 'step', 'epoch', got {unit!r}")
         self.policies, self.milestones, self.unit = policies, ms, unit
         self.needs_validation = any(p.needs_validation for p in policies)
+        self.needs_stats = any(p.needs_stats for p in policies)  # so callers know to compute them every step
         self._write_from(self.current)
 
     @property

@@ -2,7 +2,9 @@
 
     python -m research.plot_schedules [--out docs/schedules.svg]
 
-The curves come from each schedule's own ``gamma_at``, so the figure is the code's behaviour, not a sketch.
+The curves come from each schedule's own ``gamma_at``, so the figure is the code's behaviour, not a sketch. The
+cyclical focal loss keeps its two gammas fixed and moves the blend weight, so its panel shows ``xi_at(t)``, the
+weight of the high-confidence term.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ PANELS = [
     ("step", {"start": 4.0, "milestones": [100, 200], "factor": 0.5}),
     ("exponential", {"start": 4.0, "factor": 0.99, "gamma_min": 0.5}),
     ("flsc531", {"milestones": (100, 250), "unit": "step"}),
+    ("cyclical", {"total": 300, "factor": 4.0, "unit": "step"}),
 ]
 W, H, PAD = 260, 150, 30
 COLS = 3
@@ -27,8 +30,10 @@ COLS = 3
 
 def panel(name: str, kwargs: dict, ox: float, oy: float) -> str:
     policy = af.create_policy(name, af.FocalLoss("softmax"), **kwargs)
-    values = [policy.gamma_at(t) for t in range(T + 1)]
-    top = 5.0
+    if name == "cyclical":
+        values, top, name = [policy.xi_at(t) for t in range(T + 1)], 1.0, "cyclical: xi(t), weight of L_hc"
+    else:
+        values, top = [policy.gamma_at(t) for t in range(T + 1)], 5.0
     sx = (W - 2 * PAD) / T
     sy = (H - 2 * PAD) / top
     pts = " ".join(f"{ox + PAD + t * sx:.1f},{oy + H - PAD - v * sy:.1f}" for t, v in enumerate(values))

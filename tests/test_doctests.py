@@ -9,7 +9,7 @@ MODULES = [
     "adaptive_focal.functional", "adaptive_focal.loss", "adaptive_focal.table", "adaptive_focal.gamma_forms",
     "adaptive_focal.stats",
     "adaptive_focal.policy", "adaptive_focal.schedules", "adaptive_focal.controllers",
-    "adaptive_focal.controllers_adafocal", "adaptive_focal.metrics", "adaptive_focal.callbacks",
+    "adaptive_focal.controllers_adafocal", "adaptive_focal.learned", "adaptive_focal.metrics", "adaptive_focal.callbacks",
     "adaptive_focal.integrations.optuna", "adaptive_focal.integrations.wandb",
     "adaptive_focal.integrations.lightning", "adaptive_focal.integrations.transformers",
     "adaptive_focal.integrations.wandb_report",

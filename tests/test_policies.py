@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import adaptive_focal as af
-from adaptive_focal import FocalLoss, GammaTable, create_policy, list_policies
+from adaptive_focal import FocalLoss, create_policy, list_policies
 
 C = 4
 
@@ -16,6 +16,27 @@ def _sequential(loss):
     warmup = create_policy("linear", loss, start=0.0, end=2.0, total=3)
     controller = create_policy("pi", loss, setpoint=0.5, ki=0.2)
     return create_policy("sequential", loss, policies=[warmup, controller], milestones=[3])
+
+
+def _learned(name, mode, **kwargs):
+    """A learned controller on a tiny model (C -> C) with deterministic validation / training batches (the
+    contract drives it with BatchStats only; its look-ahead draws its own training batches)."""
+    def batch(seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(16, C, generator=g)
+        if mode == "softmax":
+            return x, torch.randint(0, C, (16,), generator=g)
+        return x, (torch.rand(16, C, generator=g) < 0.3).float()
+
+    def factory(loss):
+        model = torch.nn.Linear(C, C).to(loss.gamma.device)
+        with torch.no_grad():
+            model.weight.copy_(torch.randn(C, C, generator=torch.Generator().manual_seed(7)))
+            model.bias.zero_()
+        val = [batch(5000 + i) for i in range(3)]
+        data = {} if name == "bandit" else {"train_source": [batch(6000 + i) for i in range(5)], "lr": 0.5}
+        return create_policy(name, loss, model=model, val_source=val, **data, **kwargs)
+    return mode, factory
 
 
 # name -> (loss mode, factory(loss) -> policy). Every registered policy must appear here.
@@ -33,6 +54,12 @@ FACTORIES = {
     "pi": ("softmax", lambda loss: create_policy("pi", loss, setpoint=0.6, ki=0.3)),
     "adafocal": ("softmax", lambda loss: create_policy("adafocal", loss)),
     "classwise_adafocal": ("softmax", lambda loss: create_policy("classwise_adafocal", loss, num_classes=C)),
+    "cyclical": ("softmax", lambda loss: create_policy("cyclical", loss, total=5, factor=2.0)),
+    "efl": ("sigmoid", lambda loss: create_policy("efl", loss)),
+    "asl_adaptive": ("sigmoid", lambda loss: create_policy("asl_adaptive", loss, rate=0.5)),
+    "hypergradient": _learned("hypergradient", "softmax", every=2, meta_lr=100.0),
+    "gammanet": _learned("gammanet", "softmax", every=2, num_classes=C, num_bins=4, meta_lr=0.1),
+    "bandit": _learned("bandit", "sigmoid", every=2, gammas=(0.0, 1.0, 2.0, 4.0)),
 }
 EXTRA = {
     "pi-per-class": ("softmax", lambda loss: create_policy("pi", loss, setpoint=0.6, per_class=True,
@@ -42,6 +69,12 @@ EXTRA = {
     "epoch-linear": ("softmax", lambda loss: create_policy("linear", loss, start=1.0, end=3.0, total=2,
                                                            unit="epoch")),
     "adafocal-fixed-bins": ("softmax", lambda loss: create_policy("adafocal", loss, num_bins=5, rebin=False)),
+    "cyclical-per-step-sigmoid": ("sigmoid", lambda loss: create_policy("cyclical", loss, total=10, unit="step")),
+    "efl-known-classes": ("sigmoid", lambda loss: create_policy("efl", loss, num_classes=C, scale=4.0)),
+    "hypergradient-per-class-sigmoid": _learned("hypergradient", "sigmoid", every=3, per_class=True, num_classes=C,
+                                                normalize=True, meta_lr=0.5, clip=3.0),
+    "gammanet-sigmoid": _learned("gammanet", "sigmoid", every=3, num_classes=C, num_bins=3),
+    "bandit-softmax": _learned("bandit", "softmax", every=1, gammas=(0.5, 3.0)),
 }
 CASES = {**{n: f for n, f in FACTORIES.items() if n in list_policies()}, **EXTRA}
 
@@ -63,8 +96,8 @@ def _batch(mode, step, device):
 
 def _gamma_snapshot(loss):
     g = loss.gamma
-    if isinstance(g, GammaTable):
-        return ("table", g.edges.detach().cpu().clone(), g.values.detach().cpu().clone())
+    if isinstance(g, torch.nn.Module):  # GammaTable, FocalMixture, AsymmetricGamma
+        return (type(g).__name__, *[b.detach().cpu().clone() for b in g.buffers()])
     return ("tensor", g.detach().cpu().clone())
 
 
@@ -102,7 +135,7 @@ class TestPolicyContract:
     def test_gamma_finite_and_bounded(self, name):
         mode, loss, policy = _build(name)
         for kind, *values in _run(mode, policy, loss, 12):
-            for v in values[-1:]:
+            for v in values:
                 assert torch.isfinite(v).all() and v.abs().max() <= 20.0
 
     def test_deterministic(self, name):

@@ -30,8 +30,10 @@ optuna = require("optuna", "optuna", "adaptive_focal.integrations.optuna")
 
 __all__ = ["PruningReporter", "default_candidates", "suggest_policy"]
 
-#: policies that cannot be built from hyperparameters alone (they need other policies or the number of classes)
-_NEEDS_ARGUMENTS = {"sequential": "policies", "classwise_adafocal": "num_classes"}
+#: policies that cannot be built from hyperparameters alone (they need other policies, the number of classes, or
+#: the model and data of the learned controllers)
+_NEEDS_ARGUMENTS = {"sequential": "policies", "classwise_adafocal": "num_classes", "hypergradient": "model",
+                    "gammanet": "model", "bandit": "model"}
 
 
 def default_candidates(fixed: dict | None = None) -> list[str]:

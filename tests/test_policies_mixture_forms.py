@@ -1,0 +1,140 @@
+"""Fidelity of the policies that write FocalMixture / AsymmetricGamma: cyclical, efl, asl_adaptive."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from adaptive_focal import FocalLoss, create_policy, sigmoid_focal_loss
+
+
+# -- cyclical (Smith, 2022) ---------------------------------------------------------------------------------
+def _paper_xi(e, total, fc):
+    """Smith (2022), Eq. for xi: 1 - fc e / total while fc e <= total, then (fc e / total - 1) / (fc - 1)."""
+    return 1 - fc * e / total if fc * e <= total else (fc * e / total - 1) / (fc - 1)
+
+
+@pytest.mark.parametrize("total, fc", [(200, 4.0), (30, 2.0), (10, 1.0), (7, 3.5)])
+def test_cyclical_xi_is_the_papers_schedule(total, fc):
+    policy = create_policy("cyclical", FocalLoss("softmax"), total=total, factor=fc)
+    got = [policy.xi_at(e) for e in range(total + 1)]
+    assert got == pytest.approx([_paper_xi(e, total, fc) for e in range(total + 1)], abs=1e-12)
+    assert got[0] == 1.0 and min(got) == pytest.approx(0.0, abs=1e-12)
+    assert policy.xi_at(total + 5) == policy.xi_at(total)  # constant after the end
+
+
+def test_cyclical_loss_is_the_xi_blend_of_the_two_losses(gen):
+    loss = FocalLoss("softmax")
+    policy = create_policy("cyclical", loss, total=6, gamma_hc=3.0, gamma_lc=2.0, factor=2.0)
+    x = torch.randn(20, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (20,), generator=gen)
+    q = torch.softmax(x, 1).gather(1, y[:, None]).squeeze(1)
+    l_hc = (-(1 + q) ** 3 * torch.log(q)).mean()  # high-confidence term
+    l_fl = (-(1 - q) ** 2 * torch.log(q)).mean()  # focal term
+    for epoch in range(7):
+        xi = _paper_xi(epoch, 6, 2.0)
+        torch.testing.assert_close(loss(x, y), xi * l_hc + (1 - xi) * l_fl)
+        policy.epoch_end()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"factor": 0.5}, r"factor must be in \[1.0, inf\], got 0.5"),
+    ({"total": 0}, r"total must be in \[1, inf\], got 0"),
+    ({"gamma_hc": -1.0}, r"gamma_hc must be in \[0.0, 20.0\], got -1.0"),
+])
+def test_cyclical_bad_hyperparameters(kwargs, match):
+    loss = FocalLoss("softmax", gamma=2.0)
+    with pytest.raises(ValueError, match=match):
+        create_policy("cyclical", loss, **kwargs)
+    assert float(loss.gamma) == 2.0
+
+
+# -- efl (Li et al., 2022) ------------------------------------------------------------------------------------
+def _unreduced(loss, x, t):
+    return sigmoid_focal_loss(x, t, gamma=loss.gamma, alpha=loss.alpha, reduction="none")
+
+
+def test_efl_accumulates_gradient_ratios_and_sets_gamma_and_weight(gen):
+    gamma_b, scale = 2.0, 8.0
+    loss = FocalLoss("sigmoid", alpha=0.25)
+    policy = create_policy("efl", loss, gamma_b=gamma_b, scale=scale)
+    pos_sum = torch.zeros(4, dtype=torch.float64)
+    neg_sum = torch.zeros(4, dtype=torch.float64)
+    for step in range(3):
+        x = torch.randn(32, 4, generator=gen, dtype=torch.float64) * 2
+        t = (torch.rand(32, 4, generator=gen) < torch.tensor([0.5, 0.2, 0.05, 0.0])).to(torch.float64)
+        # the expected per-element gradient, by autograd of the loss in force before this step
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(_unreduced(loss, xg, t).sum(), xg)
+        pos_sum += (g.abs() * t).sum(0)
+        neg_sum += (g.abs() * (1 - t)).sum(0)
+        _, stats = loss(x, t, return_stats=True)
+        policy.step(stats)
+        ratio = (pos_sum / (neg_sum + 1e-10)).clamp(0, 1)
+        want_gamma = gamma_b + scale * (1 - ratio)
+        torch.testing.assert_close(loss.gamma.gammas[0].double(), want_gamma, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loss.gamma.weights[0].double(), want_gamma / gamma_b, rtol=1e-5, atol=1e-5)
+    assert loss.gamma.gammas[0, 3] == gamma_b + scale  # a class with no positive gets the most focusing
+
+
+def test_efl_loss_is_the_papers_formula(gen):
+    loss = FocalLoss("sigmoid", alpha=0.25)
+    policy = create_policy("efl", loss, num_classes=3)
+    x = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    t = (torch.rand(16, 3, generator=gen) < 0.3).to(torch.float64)
+    _, stats = loss(x, t, return_stats=True)
+    policy.step(stats)
+    gamma = loss.gamma.gammas[0].double()
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = 0.25 * t + 0.75 * (1 - t)
+    want = (gamma / 2.0 * alpha_t * (1 - p_t) ** gamma * -torch.log(p_t)).mean()
+    torch.testing.assert_close(loss(x, t), want)
+
+
+def test_efl_bad_input_changes_nothing(gen):
+    with pytest.raises(ValueError, match="needs a FocalLoss with mode='sigmoid'"):
+        create_policy("efl", FocalLoss("softmax"))
+    with pytest.raises(ValueError, match=r"gamma_b must be in \(0.0, 20.0\]"):
+        create_policy("efl", FocalLoss("sigmoid"), gamma_b=0.0)
+    loss = FocalLoss("sigmoid")
+    policy = create_policy("efl", loss, num_classes=3)
+    _, stats = FocalLoss("sigmoid")(torch.randn(4, 5, generator=gen), torch.ones(4, 5), return_stats=True)
+    before = repr(policy.state_dict())
+    with pytest.raises(ValueError, match="stats have 5 classes but the 'efl' policy is tracking 3"):
+        policy.step(stats)
+    _, stats = loss(torch.randn(4, 3, generator=gen), torch.ones(4, 3), return_stats=True)
+    with pytest.raises(ValueError, match="needs stats with class_sum_grad_pos, class_sum_grad_neg"):
+        policy.step(dataclasses.replace(stats, class_sum_grad_pos=None, class_sum_grad_neg=None))
+    assert repr(policy.state_dict()) == before
+
+
+# -- asl_adaptive (Ridnik et al., 2021) -----------------------------------------------------------------------
+def test_asl_adaptive_moves_gamma_neg_to_hold_the_gap(gen):
+    loss = FocalLoss("sigmoid")
+    policy = create_policy("asl_adaptive", loss, gamma_pos=1.0, gamma_neg=4.0, target_gap=0.1, rate=2.0,
+                           gamma_max=6.0)
+    want = 4.0
+    for step in range(6):
+        x = torch.randn(16, 5, generator=gen) - 1.0
+        t = (torch.rand(16, 5, generator=gen) < 0.2).float()
+        if step == 3:
+            t.zero_()  # no positive: the gap is undefined and gamma_neg must stay
+        p = torch.sigmoid(x.double())
+        if t.sum() > 0:
+            gap = p[t == 1].mean() - (1 - p[t == 0]).mean()
+            want = min(max(want + 2.0 * (0.1 - float(gap)), 0.0), 6.0)
+        _, stats = loss(x, t, return_stats=True)
+        policy.step(stats)
+        assert float(loss.gamma.negative) == pytest.approx(want, abs=1e-5)
+        assert float(loss.gamma.positive) == 1.0
+    assert policy.get_last_gamma() is loss.gamma
+
+
+def test_asl_adaptive_bad_input():
+    with pytest.raises(ValueError, match="needs a FocalLoss with mode='sigmoid'"):
+        create_policy("asl_adaptive", FocalLoss("softmax"))
+    with pytest.raises(ValueError, match=r"gamma_neg must be in \[0.0, 3.0\], got 4.0"):
+        create_policy("asl_adaptive", FocalLoss("sigmoid"), gamma_max=3.0)
+    with pytest.raises(ValueError, match=r"rate must be in \(0.0, inf\]"):
+        create_policy("asl_adaptive", FocalLoss("sigmoid"), rate=0.0)
