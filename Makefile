@@ -1,6 +1,8 @@
 # adaptive_focal — developer entry points.
 #
-#   make run     train the long-tailed digits demo (focal loss vs cross-entropy)
+#   make run     the default sweep on digits-lt (fixed gammas, tuned gamma, every policy, imbalance
+#                baselines; 3 seeds, 2 workers, journal storage runs/sweeps/digits-lt.log) and its leaderboard
+#   make demo    train the long-tailed digits demo (focal loss vs cross-entropy)
 #   make test    run the test suite (pytest, 2 xdist workers, W&B disabled)
 #   make bench   run the CPU benchmark in research/benchmarks/bench_focal.py
 #   make docs    redraw docs/schedules.svg (gamma(t) of every schedule)
@@ -23,7 +25,8 @@
 #   TORCH_PIP_ARGS  extra pip arguments for that torch install, e.g. an --index-url of the
 #               CUDA or CPU wheel index you want.
 #   PYTEST_ARGS extra pytest arguments, e.g. PYTEST_ARGS="-m 'not slow'".
-#   RUN_ARGS    arguments for research.train_digits, e.g. RUN_ARGS="--gamma 1 --epochs 20".
+#   RUN_ARGS    extra arguments for `adaptive-focal sweep run digits-lt`, e.g. RUN_ARGS="--seeds 5 --trials 20".
+#   DEMO_ARGS   arguments for research.train_digits, e.g. DEMO_ARGS="--gamma 1 --epochs 20".
 #   BENCH_ARGS  arguments for the benchmark script.
 
 VENV ?= .venv
@@ -32,6 +35,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 RUN_ARGS ?=
+DEMO_ARGS ?=
 BENCH_ARGS ?=
 
 VENV_PY := $(VENV)/bin/python
@@ -51,10 +55,14 @@ else
 CHECK_PYTHON :=
 endif
 
-.PHONY: run test bench docs clean distclean venv
+.PHONY: run demo test bench docs clean distclean venv
 
+run: export WANDB_MODE = disabled
 run: venv
-	$(VENV_PY) -m research.train_digits $(RUN_ARGS)
+	$(VENV_PY) -m adaptive_focal.cli sweep run digits-lt --workers 2 $(RUN_ARGS)
+
+demo: venv
+	$(VENV_PY) -m research.train_digits $(DEMO_ARGS)
 
 test: export WANDB_MODE = disabled
 test: venv

@@ -249,10 +249,15 @@ def _steps_per_epoch(n: int, cfg: Config) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------------------------
-def main(cfg: Config | dict | None = None) -> dict:
+def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
     """Runs one configuration; returns ``{"config", "metrics", "val_metrics", "history", "gamma", "seconds"}``
     (test metrics, the same metrics on the validation set for model selection, per-epoch records, the gamma
-    trajectory)."""
+    trajectory).
+
+    ``epoch_callback(epoch, val_metrics, record)``, if given, is called after every epoch with the 1-based epoch,
+    the validation metrics of the model at that point (as ``val_metrics`` of the result) and the epoch's history
+    record; an exception it raises (e.g. ``optuna.TrialPruned``) stops the run. Sweeps prune trials with it.
+    """
     cfg = resolve_config(cfg) if not isinstance(cfg, Config) else resolve_config(base=cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -329,6 +334,10 @@ def main(cfg: Config | dict | None = None) -> dict:
         history.append(record)
         if cfg.out_dir:
             _save_checkpoint(cfg, epoch + 1, model, optimizer, criterion, callback, history)
+        if epoch_callback is not None:
+            epoch_val = evaluate(data.task, _predict(model, x_val, 4 * cfg.batch_size), y_val, data.class_counts,
+                                 temperature_scaling=False, many=cfg.recall_splits[0], few=cfg.recall_splits[1])
+            epoch_callback(epoch + 1, epoch_val, dict(record))
 
     # evaluation
     x_test, y_test = data.test
