@@ -790,11 +790,40 @@ def _class_grid(like: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_classes, dtype) -> BatchStats:
-    """Softmax statistics in few operations (they run every training step): one gather, one max, and a single
-    scatter-add of five per-sample quantities into (class, confidence bin) cells and p_t bins, from which every
-    count and sum follows by reduction."""
+    """Softmax statistics in few operations (they run every training step): for index targets on the CPU one C
+    pass (``_kernels.cpu.softmax_stats``); otherwise one gather, one max, and a single scatter-add of five
+    per-sample quantities into (class, confidence bin) cells and p_t bins. Every count and sum follows from those
+    cells by reduction."""
     f32 = torch.float32
+    bins = edges.numel() - 1
     with torch.no_grad():
+        if _softmax_stats_kernel_fits(logp, prob_target):
+            # one C pass instead of a few dozen small tensor operations (this runs every training step)
+            n, c = logp.shape[0], logp.shape[1]
+            kept = torch.where(valid, target, _IGNORED)  # ignored samples are marked for the kernel to skip
+            counts, sums = _kernels.cpu.softmax_stats(
+                logp.reshape(n, c, -1).contiguous(), kept.reshape(n, -1).contiguous(), _IGNORED,
+                edges.to(torch.float32))
+            b, cb = bins, c * bins
+            loss_sum = per_sample.sum().to(f32)
+            return BatchStats(  # views of the two buffers, in the kernel's layout
+                edges=edges,
+                count=counts[0],
+                n_pos=counts[1],
+                pt_hist=counts[2:2 + b],
+                class_count=counts[2 + b:2 + b + c],
+                conf_count=counts[2 + b + c:2 + 2 * b + c],
+                class_conf_count=counts[2 + 2 * b + c:].view(c, b),
+                sum_pt=sums[0],
+                sum_pt_pos=sums[1],
+                class_sum_pt=sums[2:2 + c],
+                conf_sum=sums[2 + c:2 + c + b],
+                correct_sum=sums[2 + c + b:2 + c + 2 * b],
+                class_conf_sum=sums[2 + c + 2 * b:2 + c + 2 * b + cb].view(c, b),
+                class_correct_sum=sums[2 + c + 2 * b + cb:].view(c, b),
+                sum_loss=loss_sum,
+                sum_grad_norm=(counts[0] - sums[0]).to(f32),  # sum of 1 - p_t
+            )
         if prob_target:
             t = target.detach().to(dtype)
             q = torch.exp(logp)
@@ -814,7 +843,6 @@ def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_clas
         conf_log = logp.amax(1)
         conf = torch.exp(conf_log)
         inner = edges[1:-1].to(conf.dtype)
-        bins = edges.numel() - 1
         cell = cls * bins + torch.bucketize(conf, inner, right=True)
         index = torch.stack([cell, cell, cell, cell, torch.bucketize(p_t, inner, right=True)]).reshape(5, -1)
         correct = (logp_y >= conf_log).to(p_t.dtype)
@@ -823,29 +851,48 @@ def _softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_clas
         cells = torch.zeros(5, num_classes * bins, device=logp.device, dtype=torch.float64)
         cells.scatter_add_(1, index, weights)
         per_class = cells[:4].view(4, num_classes, bins)
-        class_conf_count = per_class[0].to(torch.int64)
-        class_count = class_conf_count.sum(1)
-        class_sum_pt = per_class[3].sum(1)
-        per_bin = per_class[:3].sum(1)
-        count = class_count.sum()
-        sum_pt = class_sum_pt.sum()
-        if sum_grad_norm is None:
-            sum_grad_norm = count - sum_pt
-        return BatchStats(
-            edges=edges,
-            count=count,
-            n_pos=count.clone(),
-            sum_pt=sum_pt.to(f32),
-            sum_loss=per_sample.sum().to(f32),
-            sum_grad_norm=sum_grad_norm.to(f32),
-            pt_hist=cells[4, :bins].to(torch.int64),
-            class_count=class_count,
-            class_sum_pt=class_sum_pt.to(f32),
-            conf_count=per_bin[0].to(torch.int64),
-            conf_sum=per_bin[1].to(f32),
-            correct_sum=per_bin[2].to(f32),
-            class_conf_count=class_conf_count,
-            class_conf_sum=per_class[1].to(f32),
-            class_correct_sum=per_class[2].to(f32),
-            sum_pt_pos=sum_pt.to(f32),  # every sample is a positive (n_pos == count)
-        )
+        return _softmax_stats_from_cells(per_class, cells[4, :bins], sum_grad_norm, per_sample, edges)
+
+
+#: the target value the C statistics pass skips (class indices are never negative)
+_IGNORED = -1
+#: above this many logits the statistics use the (multi-threaded) PyTorch formulation
+_SOFTMAX_STATS_KERNEL_MAX = 1 << 18
+
+
+def _softmax_stats_kernel_fits(logp: torch.Tensor, prob_target: bool) -> bool:
+    return (not prob_target and logp.device.type == "cpu" and logp.dtype == torch.float32
+            and 0 < logp.numel() <= _SOFTMAX_STATS_KERNEL_MAX and not torch.compiler.is_compiling()
+            and _kernels.kernel_available("cpu"))
+
+
+def _softmax_stats_from_cells(per_class, pt_hist, sum_grad_norm, per_sample, edges) -> BatchStats:
+    """BatchStats from float64 sums per (quantity, target class, confidence bin): quantities are samples,
+    confidence sum, number correct and p_t sum; ``sum_grad_norm`` None means index targets (sum of 1 - p_t)."""
+    f32 = torch.float32
+    class_conf_count = per_class[0].to(torch.int64)
+    class_count = class_conf_count.sum(1)
+    class_sum_pt = per_class[3].sum(1)
+    per_bin = per_class[:3].sum(1)
+    count = class_count.sum()
+    sum_pt = class_sum_pt.sum()
+    if sum_grad_norm is None:
+        sum_grad_norm = count - sum_pt
+    return BatchStats(
+        edges=edges,
+        count=count,
+        n_pos=count.clone(),
+        sum_pt=sum_pt.to(f32),
+        sum_loss=per_sample.sum().to(f32),
+        sum_grad_norm=sum_grad_norm.to(f32),
+        pt_hist=pt_hist.to(torch.int64),
+        class_count=class_count,
+        class_sum_pt=class_sum_pt.to(f32),
+        conf_count=per_bin[0].to(torch.int64),
+        conf_sum=per_bin[1].to(f32),
+        correct_sum=per_bin[2].to(f32),
+        class_conf_count=class_conf_count,
+        class_conf_sum=per_class[1].to(f32),
+        class_correct_sum=per_class[2].to(f32),
+        sum_pt_pos=sum_pt.to(f32),  # every sample is a positive (n_pos == count)
+    )

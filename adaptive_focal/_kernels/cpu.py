@@ -144,6 +144,11 @@ def _load() -> ctypes.CDLL | None:
             ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64,
         ]
         lib.sigmoid_focal_cpu.restype = ctypes.c_int
+        lib.softmax_stats_cpu.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
+            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p,
+        ]
+        lib.softmax_stats_cpu.restype = ctypes.c_int
         compile_seconds = time.perf_counter() - start
         _lib = lib
         return _lib
@@ -201,3 +206,26 @@ def sigmoid_focal_forward(
     )
     lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[1])
     return elem, grad, acc.sum(0)
+
+
+def softmax_stats(logp: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                  edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax statistics of index targets in one pass (``softmax_stats_cpu`` in the C source documents the
+    layout): returns ``(counts, sums)``, int64 and float32, each one buffer that the BatchStats fields view.
+
+    ``logp``: float32 (N, C, S) contiguous; ``target``: int64 (N, S) contiguous; ``edges``: float32 (B + 1,).
+    """
+    lib = _load()
+    if lib is None:  # pragma: no cover - callers check available() first
+        raise RuntimeError("the CPU kernel is not available")
+    n, c, s = logp.shape
+    bins = edges.numel() - 1
+    inner = edges[1:-1].contiguous()
+    n_counts = 2 + 2 * bins + c + c * bins
+    out = torch.zeros(n_counts + 2 + c + 2 * bins + 2 * c * bins, dtype=torch.float64)
+    rc = lib.softmax_stats_cpu(logp.data_ptr(), target.data_ptr(), n, c, s, ignore_index is not None,
+                               0 if ignore_index is None else int(ignore_index), inner.data_ptr(), bins,
+                               out.data_ptr())
+    if rc != 0:
+        raise ValueError(f"target class indices must be in [0, {c})")
+    return out[:n_counts].to(torch.int64), out[n_counts:].to(torch.float32)

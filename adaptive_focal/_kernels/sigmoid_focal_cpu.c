@@ -650,3 +650,63 @@ int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, doubl
     }
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+   Softmax statistics for class-index targets (the per-step statistics of small and medium batches, where the
+   dozens of small tensor operations of the PyTorch formulation cost more than the arithmetic).
+
+   logp: log-probabilities (N, C, S) float32, contiguous; target: (N, S) int64; samples whose target equals
+   ignore_index (when has_ignore) are left out. inner: the B - 1 inner bin edges, ascending. A value v falls in
+   bin #{e in inner : e <= v} (torch.bucketize(..., right=True)). Confidence is max_c q_c; a sample is correct
+   when its target's log-probability attains the maximum. out (zeroed by the caller), float64, the counts first
+   and then the sums, so that the caller converts each group with one operation:
+     counts: count, count (n_pos), pt_hist[B], class_count[C], conf_count[B], class_conf_count[C][B]
+     sums:   sum_pt, sum_pt (sum_pt_pos), class_sum_pt[C], conf_sum[B], correct_sum[B], class_conf_sum[C][B],
+             class_correct_sum[C][B]
+   Returns 0, or -1 for a target outside [0, C) (out is then incomplete).
+   ------------------------------------------------------------------------------------------------------------ */
+static inline int32_t bucket_right(float v, const float *inner, int32_t m) {
+    int32_t k = 0;
+    for (int32_t i = 0; i < m; ++i) k += inner[i] <= v;
+    return k;
+}
+
+int softmax_stats_cpu(const float *logp, const int64_t *target, int64_t n, int64_t c, int64_t s,
+                      int32_t has_ignore, int64_t ignore_index, const float *inner, int32_t bins, double *out) {
+    const int64_t b = bins, cb = c * bins;
+    double *count = out, *hist = out + 2, *class_count = hist + b, *conf_count = class_count + c;
+    double *cell_count = conf_count + b;
+    double *sum_pt = cell_count + cb, *class_sum_pt = sum_pt + 2, *conf_sum = class_sum_pt + c;
+    double *correct_sum = conf_sum + b, *cell_conf = correct_sum + b, *cell_correct = cell_conf + cb;
+    for (int64_t i = 0; i < n; ++i) {
+        const float *row = logp + i * c * s;
+        for (int64_t j = 0; j < s; ++j) {
+            const int64_t y = target[i * s + j];
+            if (has_ignore && y == ignore_index) continue;
+            if (y < 0 || y >= c) return -1;
+            float best = row[j];
+            for (int64_t k = 1; k < c; ++k) {
+                const float v = row[k * s + j];
+                best = v > best ? v : best;
+            }
+            const float ly = row[y * s + j];
+            const float conf = expf(best), pt = expf(ly);
+            const double correct = ly >= best ? 1.0 : 0.0;
+            const int32_t bc = bucket_right(conf, inner, bins - 1);
+            const int64_t cell = y * b + bc;
+            cell_count[cell] += 1.0;
+            cell_conf[cell] += conf;
+            cell_correct[cell] += correct;
+            conf_count[bc] += 1.0;
+            conf_sum[bc] += conf;
+            correct_sum[bc] += correct;
+            class_count[y] += 1.0;
+            class_sum_pt[y] += pt;
+            hist[bucket_right(pt, inner, bins - 1)] += 1.0;
+        }
+    }
+    for (int64_t k = 0; k < c; ++k) { count[0] += class_count[k]; sum_pt[0] += class_sum_pt[k]; }
+    count[1] = count[0];
+    sum_pt[1] = sum_pt[0];
+    return 0;
+}
