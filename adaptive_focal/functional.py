@@ -863,7 +863,7 @@ _SOFTMAX_STATS_KERNEL_MAX = 1 << 18
 def _softmax_stats_kernel_fits(logp: torch.Tensor, prob_target: bool) -> bool:
     return (not prob_target and logp.device.type == "cpu" and logp.dtype == torch.float32
             and 0 < logp.numel() <= _SOFTMAX_STATS_KERNEL_MAX and not torch.compiler.is_compiling()
-            and _kernels.kernel_available("cpu"))
+            and _kernels.cpu.ready())  # only once built (by a large sigmoid input): small inputs never pay a build
 
 
 def _softmax_stats_from_cells(per_class, pt_hist, sum_grad_norm, per_sample, edges) -> BatchStats:

@@ -126,3 +126,22 @@ def test_broken_compiler_warns_once_and_falls_back(tmp_path):
     assert avail == "False" and n_warnings == "1"
     assert "pure-PyTorch" in out.stdout
     assert list(tmp_path.iterdir()) == []  # no half-written library left in the cache
+
+
+SMALL_CHILD = (
+    "import torch, adaptive_focal as af\n"
+    "from adaptive_focal._kernels import cpu\n"
+    "x = torch.randn(64, 10); y = torch.randint(0, 10, (64,)); t = (torch.rand(64, 10) < 0.2).float()\n"
+    "af.softmax_focal_loss(x, y, return_stats=True)\n"
+    "af.sigmoid_focal_loss(x, t, return_stats=True)\n"
+    "af.FocalLoss('softmax')(x, y, return_stats=True)\n"
+    "print(cpu.compile_seconds, cpu._lib is None)\n"
+)
+
+
+def test_small_inputs_never_build_the_kernel(tmp_path):
+    """Small inputs, with statistics too, use the compiled library only when it is already built."""
+    out = _run_child(SMALL_CHILD, ADAPTIVE_FOCAL_CACHE=str(tmp_path / "cache"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "True"]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

@@ -56,6 +56,8 @@ class _Args(ctypes.Structure):
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
+#: the cache held no build when last looked at without building (a later build clears this by setting _lib)
+_not_cached = False
 _load_failed = False
 #: Seconds spent compiling (0.0 when the cached library was loaded); None before the first load.
 compile_seconds: float | None = None
@@ -83,7 +85,9 @@ def _cpu_features() -> bytes:
     return b"\n".join(sorted(set(lines)))
 
 
-def _build(cc: str) -> Path:
+def _build(cc: str, compile: bool = True) -> Path | None:
+    """The shared library for this source, CPU and compiler: from the cache, else compiled (``compile``), else
+    None."""
     src = _SOURCE.read_bytes()
     # OpenMP and -march=native where the compiler supports them. Without OpenMP the build runs on one thread, and
     # -fopenmp-simd still enables the `omp simd` loops (their reductions vectorise only with it).
@@ -94,13 +98,18 @@ def _build(cc: str) -> Path:
                  ["-march=native"], [])]
     key_base = hashlib.sha256(src + platform.machine().encode() + platform.processor().encode() + cc.encode()
                               + _cpu_features())
-    last_error = ""
+    targets = []
     for flags in attempts:
         key = key_base.copy()
         key.update(" ".join(flags).encode())
-        target = _cache_dir() / f"sigmoid_focal_cpu-{key.hexdigest()[:16]}.so"
+        targets.append(_cache_dir() / f"sigmoid_focal_cpu-{key.hexdigest()[:16]}.so")
+    for target in targets:
         if target.exists():
             return target
+    if not compile:
+        return None
+    last_error = ""
+    for flags, target in zip(attempts, targets):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
@@ -113,12 +122,13 @@ def _build(cc: str) -> Path:
     raise RuntimeError(last_error or "the C compiler failed")
 
 
-def _load() -> ctypes.CDLL | None:
-    global _lib, _load_failed, compile_seconds
-    if _lib is not None or _load_failed:
+def _load(build: bool = True) -> ctypes.CDLL | None:
+    """The kernel library, compiling it on first use; with ``build=False`` only if it is already in the cache."""
+    global _lib, _load_failed, compile_seconds, _not_cached
+    if _lib is not None or _load_failed or (not build and _not_cached):
         return _lib
     with _lock:
-        if _lib is not None or _load_failed:
+        if _lib is not None or _load_failed or (not build and _not_cached):
             return _lib
         if os.environ.get("ADAPTIVE_FOCAL_CPU_KERNEL", "1") == "0" or sys.platform == "win32":
             _load_failed = True
@@ -129,7 +139,10 @@ def _load() -> ctypes.CDLL | None:
             return None
         start = time.perf_counter()
         try:
-            path = _build(cc)
+            path = _build(cc, compile=build)
+            if path is None:  # not built yet on this machine, and this caller may not pay for the build
+                _not_cached = True
+                return None
             lib = ctypes.CDLL(str(path))
         except (OSError, RuntimeError) as err:
             warnings.warn(
@@ -157,6 +170,12 @@ def _load() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the compiled CPU kernel can be used (compiles it on the first call)."""
     return _load() is not None
+
+
+def ready() -> bool:
+    """Whether the compiled library is loaded or in the cache (loads it then, never compiles): for the paths that
+    small inputs take, which must not pay for a build."""
+    return _load(build=False) is not None
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
