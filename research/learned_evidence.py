@@ -53,6 +53,7 @@ from .train import (
     _targets_for,
     main,
     resolve_config,
+    train_step,
 )
 
 DATASETS = ["mnist1d-lt", "dense-det"]
@@ -282,19 +283,7 @@ def _time_steps(cfg: Config, data, warmup: int, steps: int) -> float:
                 t0 = time.perf_counter()
             if done == warmup + steps:
                 break
-            if hasattr(policy, "observe"):
-                policy.observe(x_train[idx], y_fit[idx])
-            logits = model(x_train[idx])
-            if needs_stats:
-                loss, stats = criterion(logits, y_fit[idx], return_stats=True)
-            else:
-                loss, stats = criterion(logits, y_fit[idx]), None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if callback is not None:
-                callback.on_train_batch_end(stats)
-            float(loss.detach())
+            float(train_step(model, criterion, optimizer, policy, callback, x_train[idx], y_fit[idx], needs_stats))
             done += 1
         epoch += 1
     return (time.perf_counter() - t0) / steps

@@ -36,7 +36,7 @@ from .datasets import load_dataset
 from .evaluate import evaluate
 from .models import DEFAULT_MODEL, build_model
 
-__all__ = ["Config", "DATASET_DEFAULTS", "main", "parse_args", "resolve_config"]
+__all__ = ["Config", "DATASET_DEFAULTS", "main", "parse_args", "resolve_config", "train_step"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,6 +242,23 @@ def _batches(n: int, cfg: Config, epoch: int, labels: torch.Tensor, task: str):
     return [order[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
 
 
+def train_step(model, criterion, optimizer, policy, callback, x, y, needs_stats: bool) -> torch.Tensor:
+    """One optimizer step on the batch ``(x, y)`` with the policy's per-step call; returns the detached loss."""
+    if hasattr(policy, "observe"):  # learned controllers look ahead from the current training batch
+        policy.observe(x, y)
+    logits = model(x)
+    if needs_stats:
+        loss, stats = criterion(logits, y, return_stats=True)
+    else:
+        loss, stats = criterion(logits, y), None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if callback is not None:
+        callback.on_train_batch_end(stats)
+    return loss.detach()
+
+
 def _steps_per_epoch(n: int, cfg: Config) -> int:
     return math.ceil(n / cfg.batch_size)
 
@@ -310,19 +327,8 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
     for epoch in range(first_epoch, cfg.epochs):
         total, count = 0.0, 0
         for idx in _batches(x_train.shape[0], cfg, epoch, y_train, data.task):
-            if hasattr(policy, "observe"):  # learned controllers look ahead from the current training batch
-                policy.observe(x_train[idx], y_fit[idx])
-            logits = model(x_train[idx])
-            if needs_stats:
-                loss, stats = criterion(logits, y_fit[idx], return_stats=True)
-            else:
-                loss, stats = criterion(logits, y_fit[idx]), None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if callback is not None:
-                callback.on_train_batch_end(stats)
-            total += float(loss.detach()) * len(idx)
+            loss = train_step(model, criterion, optimizer, policy, callback, x_train[idx], y_fit[idx], needs_stats)
+            total += float(loss) * len(idx)
             count += len(idx)
         record = {"epoch": epoch + 1, "train_loss": total / max(1, count)}
         if callback is not None:
