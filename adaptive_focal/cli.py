@@ -1,7 +1,7 @@
 """The ``adaptive-focal`` command (also ``python -m adaptive_focal.cli``).
 
     adaptive-focal sweep run digits-lt [--trials N] [--seeds K] [--workers N] [--storage URL|PATH]
-    adaptive-focal sweep report digits-lt [--storage URL|PATH]
+    adaptive-focal sweep report digits-lt [--storage URL|PATH] [--out DIR] [--wandb disabled|offline|online]
     adaptive-focal sweep list
 
 Sweeps need the repository's ``sweeps`` and ``research`` packages (run from the repository root) and Optuna;
@@ -41,9 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     run.add_argument("--no-report", action="store_true", help="do not print the leaderboard at the end")
 
-    rep = ssub.add_parser("report", help="print a study's leaderboard (Markdown) from its storage")
+    rep = ssub.add_parser("report", help="print a study's leaderboard (Markdown) from its storage; with --out "
+                                         "or --wandb also the full analysis (python -m sweeps.report)")
     rep.add_argument("study")
     rep.add_argument("--storage", help="as for run")
+    rep.add_argument("--out", help="folder for the full report: report.md, CSV, JSON and PNG files")
+    rep.add_argument("--wandb", choices=("disabled", "offline", "online"),
+                     help="also log the report's tables and figures to W&B in this mode")
 
     ssub.add_parser("list", help="list the studies")
     return parser
@@ -79,7 +83,13 @@ def _sweep(args) -> int:
         if "://" not in storage and not Path(storage).is_file():
             raise ValueError(f"no storage file {storage!r}; run `adaptive-focal sweep run {args.study}` first or "
                              "pass --storage")
-        print(report_mod.report(study.name, storage))
+        if args.out is None and args.wandb is None:
+            print(report_mod.report(study.name, storage))
+            return 0
+        markdown, _, written = report_mod.run_report([study.name], storage, out=args.out, wandb_mode=args.wandb)
+        print(markdown)
+        if written:
+            print(f"\nwrote the report to {args.out}")
         return 0
     if args.arms:
         study = study.select_arms(args.arms)

@@ -250,3 +250,8 @@ def test_tiny_study_run_and_reported(tmp_path, capsys):
     assert {r["arm"] for r in a["paired"]} == {"gamma=0", "gamma=2", "gamma=tpe", "policy=pi"} - {a["reference"]}
     assert text.startswith(printed.strip())
     assert "Gamma trajectories: not stored" in text
+    # the CLI writes the same full report with --out
+    assert cli.main(["sweep", "report", "digits-lt", "--storage", str(log), "--out", str(tmp_path / "cli"),
+                     "--wandb", "disabled"]) == 0
+    assert "wrote the report to" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "report.md").is_file() and (tmp_path / "cli" / "leaderboard.csv").is_file()
