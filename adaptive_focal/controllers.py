@@ -10,7 +10,7 @@ import torch
 
 from .gamma_forms import AsymmetricGamma, FocalMixture
 from .loss import FocalLoss
-from .policy import GammaPolicy, _check_number, register_policy
+from .policy import GammaPolicy, _check_number, _class_shape, register_policy
 from .stats import BatchStats
 from .table import GammaTable
 
@@ -158,14 +158,7 @@ class PIGamma(GammaPolicy):
         self.gamma_init = _check_number("gamma_init", gamma_init, self.gamma_min, self.gamma_max)
         self.easy_threshold = _check_number("easy_threshold", easy_threshold, 0.0, 1.0, low_open=True)
         self.per_class = bool(per_class)
-        if self.per_class:
-            if num_classes is None:
-                raise ValueError("num_classes is required with per_class=True")
-            self.num_classes = _check_number("num_classes", num_classes, 1, integer=True)
-            shape = (self.num_classes,)
-        else:
-            self.num_classes = None
-            shape = ()
+        self.num_classes, shape = _class_shape(self.per_class, num_classes)
         device = self._device()
         self.integral = torch.zeros(shape, device=device)
         self._write(torch.full(shape, self.gamma_init, device=device))

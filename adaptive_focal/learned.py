@@ -75,7 +75,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .loss import FocalLoss
-from .policy import GammaPolicy, _check_number, register_policy
+from .policy import GammaPolicy, _check_number, _class_shape, register_policy
 from .stats import BatchStats
 from .table import GammaTable
 
@@ -609,17 +609,8 @@ class HypergradientGamma(_LearnedPolicy):
             raise ValueError(f"normalize must be True or False, got {normalize!r}")
         self.normalize = normalize
         self.gamma_min, self.gamma_max, self.gamma_init = _check_bounds(gamma_min, gamma_max, gamma_init)
-        if not isinstance(per_class, bool):
-            raise ValueError(f"per_class must be True or False, got {per_class!r}")
+        self.num_classes, shape = _class_shape(per_class, num_classes)
         self.per_class = per_class
-        if per_class:
-            if num_classes is None:
-                raise ValueError("num_classes is required with per_class=True (the length of the (C,) gamma)")
-            self.num_classes = _check_number("num_classes", num_classes, 1, integer=True)
-            shape = (self.num_classes,)
-        else:
-            self.num_classes = None
-            shape = ()
         device = self._device()
         self.gamma = torch.full(shape, self.gamma_init, device=device)
         self.last_hypergradient = torch.zeros(shape, device=device)

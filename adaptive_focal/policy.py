@@ -89,6 +89,18 @@ def _check_number(name: str, value, low=None, high=None, *, low_open=False, inte
     return int(value) if integer else v
 
 
+def _class_shape(per_class, num_classes) -> tuple[int | None, tuple[int, ...]]:
+    """``(num_classes, shape)`` of a gamma that is global (``()``) or per class (``(C,)``, num_classes required)."""
+    if not isinstance(per_class, bool):
+        raise ValueError(f"per_class must be True or False, got {per_class!r}")
+    if not per_class:
+        return None, ()
+    if num_classes is None:
+        raise ValueError("num_classes is required with per_class=True (the length of the (C,) gamma)")
+    c = _check_number("num_classes", num_classes, 1, integer=True)
+    return c, (c,)
+
+
 class GammaPolicy:
     """Base class of every gamma policy.
 

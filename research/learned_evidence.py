@@ -43,6 +43,7 @@ import torch
 from . import datasets as _datasets
 from .datasets import load_dataset, long_tail_counts
 from .models import build_model
+from .seed_table import fill_block
 from .train import (
     Config,
     _batches,
@@ -458,16 +459,11 @@ def markdown(results: dict, seeds: int) -> str:
 
 def fill_readme(path, table: str, command: str) -> None:
     """Replaces the block between the markers with ``table`` (appends a section holding the block if absent)."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else ""
-    block = f"{START}\n{table}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{block}{tail}")
-    else:
+    if not fill_block(path, START, END, table):
+        path = Path(path)
+        text = path.read_text() if path.exists() else ""
         sep = "" if text.endswith("\n\n") or not text else ("\n" if text.endswith("\n") else "\n\n")
-        path.write_text(f"{text}{sep}{HEADING}\n\n`{command}`\n\n{block}\n")
+        path.write_text(f"{text}{sep}{HEADING}\n\n`{command}`\n\n{START}\n{table}\n{END}\n")
 
 
 def run_study(datasets, seeds: int = 5, gammas=GAMMAS, threads: int | None = None, epochs: int | None = None,

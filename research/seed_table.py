@@ -82,14 +82,22 @@ def main_cli(argv=None) -> dict:
         Path(args.out).write_text(json.dumps({"seeds": args.seeds, "gammas": args.gammas, "results": results},
                                              indent=1))
     if args.readme:
-        path = Path(args.readme)
-        text = path.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{path} has no {START} ... {END} block to fill")
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+        if not fill_block(args.readme, START, END, table):
+            raise SystemExit(f"{args.readme} has no {START} ... {END} block to fill")
     return results
+
+
+def fill_block(path, start: str, end: str, body: str) -> bool:
+    """Replaces what stands between the markers ``start`` and ``end`` in the file with ``body``; False (and the
+    file untouched) when the markers are missing. Shared by the scripts that generate README tables."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    return True
 
 
 if __name__ == "__main__":
