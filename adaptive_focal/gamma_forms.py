@@ -30,13 +30,22 @@ def _as_buffer(value, name: str) -> torch.Tensor:
     return t
 
 
-def _copy_in(buffer: torch.Tensor, value, name: str) -> None:
-    """Copies ``value`` into ``buffer`` in place; the shape must stay the same (checked before any change)."""
+def _checked(owner: str, name: str, buffer: torch.Tensor, value) -> torch.Tensor:
+    """``value`` as a tensor like ``buffer``, checked for ``set``: the same shape and (on the CPU, where reading
+    values costs no device synchronisation) finite."""
     new = torch.as_tensor(value, dtype=buffer.dtype, device=buffer.device)
     if new.shape != buffer.shape:
-        raise ValueError(f"{name} must keep shape {tuple(buffer.shape)}, got {tuple(new.shape)}")
+        raise ValueError(f"{owner}.set: {name} must keep shape {tuple(buffer.shape)}, got {tuple(new.shape)}")
+    if new.device.type == "cpu" and not bool(torch.isfinite(new).all()):
+        raise ValueError(f"{owner}.set: {name} must be finite, got {new.tolist()}")
+    return new
+
+
+def _copy_all(pairs) -> None:
     with torch.no_grad():
-        buffer.copy_(new)
+        for buffer, new in pairs:
+            if new is not buffer:
+                buffer.copy_(new)
 
 
 class FocalMixture(nn.Module):
@@ -107,19 +116,11 @@ class FocalMixture(nn.Module):
 
     def set(self, gammas=None, weights=None) -> None:
         """Changes gammas and/or weights in place (same shapes); everything is checked before anything changes."""
-        g = self.gammas if gammas is None else torch.as_tensor(gammas, dtype=torch.float32, device=self.gammas.device)
-        w = self.weights if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=self.weights.device)
-        for name, new, old in (("gammas", g, self.gammas), ("weights", w, self.weights)):
-            if new.shape != old.shape:
-                raise ValueError(f"FocalMixture.set: {name} must keep shape {tuple(old.shape)}, got {tuple(new.shape)}")
-            if new.device.type == "cpu" and not bool(torch.isfinite(new).all()):
-                raise ValueError(f"FocalMixture.set: {name} must be finite, got {new.tolist()}")
+        g = self.gammas if gammas is None else _checked("FocalMixture", "gammas", self.gammas, gammas)
+        w = self.weights if weights is None else _checked("FocalMixture", "weights", self.weights, weights)
         if w.device.type == "cpu" and bool((w < 0).any()):
             raise ValueError(f"FocalMixture.set: weights must be >= 0, got {w.tolist()}")
-        if gammas is not None:
-            _copy_in(self.gammas, g, "gammas")
-        if weights is not None:
-            _copy_in(self.weights, w, "weights")
+        _copy_all([(self.gammas, g), (self.weights, w)])
 
     def modulator(self, p_t: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
         """The mixture's factor at ``p_t`` (for plots and tests); ``cls`` gives each element's class when per class."""
@@ -186,11 +187,10 @@ class AsymmetricGamma(nn.Module):
         return None
 
     def set(self, positive=None, negative=None) -> None:
-        """Changes gamma+ and/or gamma- in place (same shapes)."""
-        if positive is not None:
-            _copy_in(self.positive, positive, "positive")
-        if negative is not None:
-            _copy_in(self.negative, negative, "negative")
+        """Changes gamma+ and/or gamma- in place (same shapes); everything is checked before anything changes."""
+        pos = self.positive if positive is None else _checked("AsymmetricGamma", "positive", self.positive, positive)
+        neg = self.negative if negative is None else _checked("AsymmetricGamma", "negative", self.negative, negative)
+        _copy_all([(self.positive, pos), (self.negative, neg)])
 
     def expand(self, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-element gamma for ``target`` (values outside [0, 1], such as an ignore_index, are clamped)."""

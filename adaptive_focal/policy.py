@@ -248,7 +248,6 @@ class GammaPolicy:
             self._last_gamma = self.loss.gamma
             return
         if isinstance(gamma, GammaTable):
-            current = self.loss.gamma
             if (isinstance(current, GammaTable) and current.values.shape == gamma.values.shape
                     and torch.equal(current.edges, gamma.edges.to(current.edges.device))):
                 current.set_values(gamma.values)

@@ -129,6 +129,18 @@ def test_mixture_set_is_in_place_and_checked_first():
         mix.set(gammas=[1.0])
 
 
+def test_asymmetric_set_is_in_place_and_checked_first():
+    form = AsymmetricGamma(0.0, 4.0)
+    negative = form.negative
+    form.set(negative=3.0)
+    assert form.negative is negative and float(form.negative) == 3.0
+    with pytest.raises(ValueError, match=r"AsymmetricGamma.set: negative must be finite, got nan"):
+        form.set(positive=1.0, negative=float("nan"))
+    assert (float(form.positive), float(form.negative)) == (0.0, 3.0)  # nothing changed
+    with pytest.raises(ValueError, match=r"positive must keep shape \(\)"):
+        form.set(positive=[1.0, 2.0])
+
+
 def test_mixture_modulator_matches_the_formula():
     mix = FocalMixture([2.0, -3.0], [0.75, 0.25])
     p = torch.linspace(0, 1, 11)
