@@ -42,16 +42,11 @@ import torch
 
 from . import datasets as _datasets
 from .datasets import load_dataset, long_tail_counts
-from .models import build_model
 from .seed_table import fill_block
 from .train import (
     Config,
     _batches,
-    _build_loss,
-    _build_policy,
-    _loss_mode,
-    _steps_per_epoch,
-    _targets_for,
+    build_run,
     main,
     resolve_config,
     train_step,
@@ -252,25 +247,14 @@ def _contrasts(dataset: str, base: dict) -> list[dict]:
 # timing: the training-step loop of research/train.py, methods interleaved
 # ----------------------------------------------------------------------------------------------------------
 def _setup(cfg: Config, data):
-    """What research.train.main builds before its loop, for ``cfg`` (seed 0): model, loss, optimizer, policy."""
+    """What research.train.main builds before its loop, for ``cfg``: model, loss, optimizer, policy, callback."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data, seed=cfg.seed, **cfg.model_kwargs)
-    mode = _loss_mode(cfg, data.task)
-    x_train, y_train = data.train
-    y_fit = _targets_for(mode, data.task, y_train, data.num_classes)
-    criterion = _build_loss(cfg, data, mode)
-    focal = getattr(criterion, "focal", None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    x_val, y_val = data.val
-    y_val_fit = _targets_for(mode, data.task, y_val, data.num_classes)
-    val_batches = [(x_val[i:i + cfg.batch_size], y_val_fit[i:i + cfg.batch_size])
-                   for i in range(0, x_val.shape[0], cfg.batch_size)]
-    steps = _steps_per_epoch(x_train.shape[0], cfg)
-    policy = None if focal is None else _build_policy(cfg, focal, steps, data.num_classes, model=model,
-                                                      optimizer=optimizer, val_batches=val_batches)
+    run = build_run(cfg, data)
     from adaptive_focal.callbacks import GammaCallback, MemoryLogger
-    callback = None if policy is None else GammaCallback(policy, loggers=[MemoryLogger()], log_every=cfg.log_every)
-    return model, criterion, optimizer, policy, callback, x_train, y_train, y_fit
+    callback = None if run.policy is None else GammaCallback(run.policy, loggers=[MemoryLogger()],
+                                                             log_every=cfg.log_every)
+    x_train, y_train = data.train
+    return run.model, run.criterion, run.optimizer, run.policy, callback, x_train, y_train, run.y_fit
 
 
 def _time_steps(cfg: Config, data, warmup: int, steps: int) -> float:

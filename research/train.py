@@ -36,7 +36,9 @@ from .datasets import load_dataset
 from .evaluate import evaluate
 from .models import DEFAULT_MODEL, build_model
 
-__all__ = ["Config", "DATASET_DEFAULTS", "main", "parse_args", "resolve_config", "train_step"]
+__all__ = [
+    "Config", "DATASET_DEFAULTS", "Run", "build_run", "main", "parse_args", "resolve_config", "train_step",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,6 +268,45 @@ def _steps_per_epoch(n: int, cfg: Config) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------------------------
+class Run(typing.NamedTuple):
+    """What a run trains with, built from its config and data set by :func:`build_run`."""
+
+    model: torch.nn.Module
+    mode: str                      # the loss mode: "softmax" or "sigmoid"
+    y_fit: torch.Tensor            # training targets in the loss's form (one-hot for sigmoid on class indices)
+    criterion: torch.nn.Module
+    focal: af.FocalLoss | None     # the focal term a policy drives (None for losses without one)
+    optimizer: torch.optim.Optimizer
+    y_val_fit: torch.Tensor        # validation targets in the loss's form
+    policy: af.GammaPolicy | None
+
+
+def build_run(cfg: Config, data) -> Run:
+    """Model, loss, optimizer and gamma policy for ``cfg`` on ``data`` (what :func:`main` trains with)."""
+    model = build_model(cfg.model, data, seed=cfg.seed, **cfg.model_kwargs)
+    mode = _loss_mode(cfg, data.task)
+    x_train, y_train = data.train
+    y_fit = _targets_for(mode, data.task, y_train, data.num_classes)
+    criterion = _build_loss(cfg, data, mode)
+    focal = getattr(criterion, "focal", None)
+    if cfg.policy != "none" and focal is None:
+        raise ValueError(f"loss {cfg.loss!r} has no focal term for a gamma policy to drive; use focal, cb_focal, "
+                         "ce or logit_adjusted with policy")
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
+    opt_kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "sgd":
+        opt_kwargs["momentum"] = 0.9
+    optimizer = opt_cls(model.parameters(), **opt_kwargs)
+    x_val, y_val = data.val
+    y_val_fit = _targets_for(mode, data.task, y_val, data.num_classes)
+    val_batches = [(x_val[i:i + cfg.batch_size], y_val_fit[i:i + cfg.batch_size])
+                   for i in range(0, x_val.shape[0], cfg.batch_size)]
+    policy = None if focal is None else _build_policy(
+        cfg, focal, _steps_per_epoch(x_train.shape[0], cfg), data.num_classes, model=model, optimizer=optimizer,
+        val_batches=val_batches)
+    return Run(model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy)
+
+
 def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
     """Runs one configuration; returns ``{"config", "metrics", "val_metrics", "history", "gamma", "seconds"}``
     (test metrics, the same metrics on the validation set for model selection, per-epoch records, the gamma
@@ -281,31 +322,11 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
 
-    # data and model
+    # data, model, loss, optimizer and gamma policy
     data = load_dataset(cfg.dataset, **{"seed": cfg.seed, **cfg.dataset_kwargs})
-    model = build_model(cfg.model, data, seed=cfg.seed, **cfg.model_kwargs)
-    mode = _loss_mode(cfg, data.task)
+    model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy = build_run(cfg, data)
     x_train, y_train = data.train
-    y_fit = _targets_for(mode, data.task, y_train, data.num_classes)
-
-    # loss and gamma policy
-    criterion = _build_loss(cfg, data, mode)
-    focal = getattr(criterion, "focal", None)
-    steps = _steps_per_epoch(x_train.shape[0], cfg)
-    if cfg.policy != "none" and focal is None:
-        raise ValueError(f"loss {cfg.loss!r} has no focal term for a gamma policy to drive; use focal, cb_focal, "
-                         "ce or logit_adjusted with policy")
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
-    opt_kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "sgd":
-        opt_kwargs["momentum"] = 0.9
-    optimizer = opt_cls(model.parameters(), **opt_kwargs)
     x_val, y_val = data.val
-    y_val_fit = _targets_for(mode, data.task, y_val, data.num_classes)
-    val_batches = [(x_val[i:i + cfg.batch_size], y_val_fit[i:i + cfg.batch_size])
-                   for i in range(0, x_val.shape[0], cfg.batch_size)]
-    policy = None if focal is None else _build_policy(cfg, focal, steps, data.num_classes, model=model,
-                                                      optimizer=optimizer, val_batches=val_batches)
     memory = MemoryLogger()
     loggers = [memory]
     wandb_logger = None
