@@ -405,6 +405,14 @@ def _plots(a: dict, out: Path) -> dict:
     import matplotlib.pyplot as plt
 
     figures, stem, m = {}, a["study"].replace("/", "_"), a["metric"]
+
+    def save(fig, suffix: str, caption: str) -> None:
+        fig.tight_layout()
+        name = f"{stem}_{suffix}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures[caption] = name
+
     tc = a["tuning_cost"]
     if tc["curves"] or tc["defaults"] or tc["grid"]:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -420,11 +428,7 @@ def _plots(a: dict, out: Path) -> dict:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set(xlabel="trials (runs)", ylabel=f"validation {m}", title=f"{a['study']}: tuning cost")
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        name = f"{stem}_tuning_cost.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        figures["Tuning cost"] = name
+        save(fig, "tuning_cost", "Tuning cost")
     if a["pareto"]:
         fig, ax = plt.subplots(figsize=(6, 4))
         front = sorted((r for r in a["pareto"] if r["front"]), key=lambda r: r["ece"])
@@ -435,11 +439,7 @@ def _plots(a: dict, out: Path) -> dict:
             ax.plot([r["ece"] for r in front], [r["balanced_accuracy"] for r in front], color="C3", lw=1)
         ax.set(xlabel="test ECE (lower is better)", ylabel="test balanced accuracy",
                title=f"{a['study']}: Pareto front")
-        fig.tight_layout()
-        name = f"{stem}_pareto.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        figures["Pareto front"] = name
+        save(fig, "pareto", "Pareto front")
     if a["gamma_trajectories"]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, (arm, series) in enumerate(a["gamma_trajectories"].items()):
@@ -448,11 +448,7 @@ def _plots(a: dict, out: Path) -> dict:
                         label=arm if j == 0 else None)
         ax.set(xlabel="epoch", ylabel="gamma (mean over classes)", title=f"{a['study']}: gamma trajectories")
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        name = f"{stem}_gamma.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        figures["Gamma trajectories"] = name
+        save(fig, "gamma", "Gamma trajectories")
     return figures
 
 
