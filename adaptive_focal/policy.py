@@ -17,10 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .gamma_forms import AsymmetricGamma, FocalMixture
 from .loss import GAMMA_MODULES, FocalLoss
 from .stats import BatchStats
-from .table import GammaTable
 
 __all__ = ["GammaPolicy", "create_policy", "list_policies", "policy_class", "register_policy"]
 
@@ -237,20 +235,12 @@ class GammaPolicy:
         if gamma is current:  # the policy updated the loss's gamma module in place
             self._last_gamma = current
             return
-        if isinstance(gamma, (FocalMixture, AsymmetricGamma)):
+        if isinstance(gamma, GAMMA_MODULES):  # GammaTable, FocalMixture, AsymmetricGamma (validated when built)
             if type(current) is type(gamma) and all(
                     a.shape == b.shape for a, b in zip(current.buffers(), gamma.buffers())):
-                with torch.no_grad():
+                with torch.no_grad():  # in place: the loss keeps its module, compiled graphs their buffers
                     for a, b in zip(current.buffers(), gamma.buffers()):
                         a.copy_(b)
-            else:
-                self.loss.gamma = gamma.to(self._device())
-            self._last_gamma = self.loss.gamma
-            return
-        if isinstance(gamma, GammaTable):
-            if (isinstance(current, GammaTable) and current.values.shape == gamma.values.shape
-                    and torch.equal(current.edges, gamma.edges.to(current.edges.device))):
-                current.set_values(gamma.values)
             else:
                 self.loss.gamma = gamma.to(self._device())
             self._last_gamma = self.loss.gamma
