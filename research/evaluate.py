@@ -53,16 +53,14 @@ def mean_iou(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tor
         >>> mean_iou(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), 2)
         tensor([0.6667, 0.5000])
     """
-    idx = labels.reshape(-1) * num_classes + preds.reshape(-1)
-    cm = torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).double()
+    cm = M._confusion(preds.reshape(-1), labels.reshape(-1), num_classes).double()  # rows true, columns predicted
     tp = cm.diag()
     union = cm.sum(0) + cm.sum(1) - tp
     return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan"))).to(torch.float32)
 
 
 def _nanmean(t: torch.Tensor) -> float:
-    t = t[~torch.isnan(t)]
-    return float(t.mean()) if t.numel() else float("nan")
+    return float(torch.nanmean(t))  # NaN when every entry is NaN
 
 
 def _classification(logits, labels, class_counts, many, few, suffix="") -> dict:
