@@ -199,14 +199,8 @@ def _asymmetric(gamma: AsymmetricGamma, input: torch.Tensor, target, num_classes
 _LOSS_FIELDS = ("sum_loss", "class_sum_grad_pos", "class_sum_grad_neg")
 
 
-def _mixture(fn, mode: str, input, target, mix: FocalMixture, alpha, weight, kwargs: dict):
-    """The loss with a FocalMixture gamma: the weighted sum of the losses with each term's gamma.
-
-    A scalar weight scales a term's loss; a per-class weight (sigmoid only) multiplies the element weight, which
-    leaves the reduction's denominator alone. Statistics are those of the first term with the loss-dependent sums added
-    over the terms (the gradient sums add magnitudes, exact whenever the terms' gradients share a sign, as they
-    do for hard targets).
-    """
+def _check_mixture(mix: FocalMixture, mode: str, input: torch.Tensor) -> int | None:
+    """Checks that a FocalMixture fits the input; returns its number of classes (None when not per class)."""
     c = mix.num_classes
     if c is not None:
         has_class_dim = input.dim() >= 2 or mode == "softmax"
@@ -220,6 +214,18 @@ def _mixture(fn, mode: str, input, target, mix: FocalMixture, alpha, weight, kwa
             "class's elements); for softmax_focal_loss give scalar weights of shape (K,) and per-class factors "
             f"through alpha, got weights of shape {tuple(mix.weights.shape)}"
         )
+    return c
+
+
+def _mixture(fn, mode: str, input, target, mix: FocalMixture, alpha, weight, kwargs: dict):
+    """The loss with a FocalMixture gamma: the weighted sum of the losses with each term's gamma.
+
+    A scalar weight scales a term's loss; a per-class weight (sigmoid only) multiplies the element weight, which
+    leaves the reduction's denominator alone. Statistics are those of the first term with the loss-dependent sums added
+    over the terms (the gradient sums add magnitudes, exact whenever the terms' gradients share a sign, as they
+    do for hard targets).
+    """
+    c = _check_mixture(mix, mode, input)
     return_stats = kwargs["return_stats"]
     total, stats = None, None
     for k in range(mix.num_terms):
@@ -404,11 +410,24 @@ def sigmoid_focal_loss(
         per_item = elem.view(input.shape) if need_elem else None
         stats = _stats_from_acc(acc.detach(), edges, num_classes) if return_stats else None
     else:
+        stats_pass = return_stats and _sigmoid_stats_kernel_fits(input, dtype, differentiable_args)
         elem, stats = _sigmoid_reference(
             input.reshape(shape3).to(dtype), t.reshape(shape3), g, gval, a, wval,
-            ignore_index, ls, bool(detach_modulator), edges, bool(return_stats),
+            ignore_index, ls, bool(detach_modulator), edges, bool(return_stats) and not stats_pass,
         )
         total, per_item = elem.sum(), elem.view(input.shape)
+        if stats_pass:  # the statistics in one C pass instead of about sixty small tensor operations
+            with torch.no_grad():
+                _, _, acc = _kernels.cpu.sigmoid_focal_forward(
+                    input.detach().reshape(shape3).to(torch.float32).contiguous(), t.reshape(shape3).contiguous(),
+                    gval.contiguous(), g.kind,
+                    None if g.table is None else g.table.edges.to(torch.float32),
+                    None if a is None else a.contiguous(), None if wval is None else wval.contiguous(),
+                    None if ignore_index is None else float(ignore_index),
+                    ls, bool(detach_modulator), edges.contiguous(), False, True,
+                )
+            # the loss itself stays the PyTorch formulation's (return_stats never changes it), and so does its sum
+            stats = _stats_from_acc(acc, edges, num_classes, sum_loss=total.detach().to(torch.float32))
         positive = t >= 0.5
         if ignore_index is None:
             count = elem.numel()
@@ -423,7 +442,15 @@ def sigmoid_focal_loss(
     return (loss, stats) if return_stats else loss
 
 
-def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int) -> BatchStats:
+def _sigmoid_stats_kernel_fits(input: torch.Tensor, dtype, differentiable_args: bool) -> bool:
+    """Whether the statistics of an input below the kernel's size take the C pass: float32 on the CPU, and only
+    once the library is built on the machine (small inputs never pay a build)."""
+    return (input.device.type == "cpu" and dtype == torch.float32 and input.numel() > 0
+            and not differentiable_args and not torch.compiler.is_compiling() and _kernels.cpu.ready())
+
+
+def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
+                    sum_loss: torch.Tensor | None = None) -> BatchStats:
     # layout: _kernels/__init__.py; the int64 and float32 fields are converted in one operation each
     b, c = edges.numel() - 1, num_classes
     f32 = torch.float32
@@ -434,7 +461,7 @@ def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int) ->
         count=ints[1],
         n_pos=ints[2],
         sum_pt=floats[3],
-        sum_loss=floats[0],
+        sum_loss=floats[0] if sum_loss is None else sum_loss,
         sum_grad_norm=floats[4],
         pt_hist=ints[5:5 + b],
         class_count=ints[5 + b:5 + b + c],
@@ -504,19 +531,26 @@ def _sigmoid_reference(x, t, g: _Gamma, gval, alpha, weight, ignore_index, ls, d
             # |dl/dx| per element (0 where ignored), split by the raw target
             grad = _sigmoid_elem_grad(p, p_t, ts, ce, log_p, log_pm, log_q, m, gam, g.nonneg, detach, alpha_t,
                                       weight).abs() * v
+            # seven per-element quantities summed per class in one reduction (this runs every training step);
+            # float64 sums keep the counts exact however many elements a batch has
+            per_class = torch.stack([v, pos, p_t * v, p_t * pos, (p - ts).abs() * v, grad * t, grad * (1.0 - t)]
+                                    ).sum((1, 3), dtype=torch.float64)  # (7, C)
+            total = per_class.sum(1)
+            ints = torch.cat([total[:2], per_class[0]]).to(torch.int64)  # count, n_pos, then per class
+            total, per_class = total.to(f32), per_class.to(f32)
             stats = BatchStats(
                 edges=edges,
-                count=v.sum().to(torch.int64),
-                n_pos=pos.sum().to(torch.int64),
-                sum_pt=(p_t * v).sum().to(f32),
+                count=ints[0],
+                n_pos=ints[1],
+                sum_pt=total[2],
                 sum_loss=loss.detach().sum().to(f32),
-                sum_grad_norm=((p - ts).abs() * v).sum().to(f32),
+                sum_grad_norm=total[4],
                 pt_hist=_histogram(p_t, edges, v.to(torch.int64)),
-                class_count=v.sum((0, 2)).to(torch.int64),
-                class_sum_pt=(p_t * v).sum((0, 2)).to(f32),
-                sum_pt_pos=(p_t * pos).sum().to(f32),
-                class_sum_grad_pos=(grad * t).sum((0, 2)).to(f32),
-                class_sum_grad_neg=(grad * (1.0 - t)).sum((0, 2)).to(f32),
+                class_count=ints[2:],
+                class_sum_pt=per_class[2],
+                sum_pt_pos=total[3],
+                class_sum_grad_pos=per_class[5],
+                class_sum_grad_neg=per_class[6],
             )
     return loss, stats
 
@@ -654,10 +688,15 @@ def softmax_focal_loss(
         0.483824
     """
     _check_input(input)
+    mix = None
     if isinstance(gamma, FocalMixture):
-        return _mixture(softmax_focal_loss, "softmax", input, target, gamma, alpha, weight, dict(
-            reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
-            return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
+        _check_mixture(gamma, "softmax", input)
+        if isinstance(target, torch.Tensor) and target.is_floating_point() or label_smoothing:
+            return _mixture(softmax_focal_loss, "softmax", input, target, gamma, alpha, weight, dict(
+                reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
+        # index targets without smoothing: one pass with the weighted sum of the terms' factors (below)
+        mix, gamma = gamma, gamma.gammas[0]
     if isinstance(gamma, AsymmetricGamma):
         raise ValueError(
             "gamma: AsymmetricGamma (one gamma for positive and one for negative targets) is for "
@@ -739,15 +778,25 @@ def softmax_focal_loss(
         w_y = None if w is None else w[cls]
         if ls == 0.0:
             ell = -logp.gather(1, cls.unsqueeze(1)).squeeze(1)
-            if g.kind == _SCALAR:
-                gam = g.value.expand_as(ell)
-            elif g.kind == _PER_CLASS:
-                gam = g.value[cls]
-            elif g.kind == _FULL:
-                gam = g.value.gather(1, cls.unsqueeze(1)).squeeze(1)
-            else:
-                gam = g.table.lookup(torch.exp(-ell.detach()), cls).to(dtype)
-            per_sample = _FocalTerm.apply(ell, gam, bool(detach_modulator), not g.nonneg)
+
+            def target_gamma(g: _Gamma) -> torch.Tensor:
+                if g.kind == _SCALAR:
+                    return g.value.expand_as(ell)
+                if g.kind == _PER_CLASS:
+                    return g.value[cls]
+                if g.kind == _FULL:
+                    return g.value.gather(1, cls.unsqueeze(1)).squeeze(1)
+                return g.table.lookup(torch.exp(-ell.detach()), cls).to(dtype)
+
+            if mix is None:
+                per_sample = _FocalTerm.apply(ell, target_gamma(g), bool(detach_modulator), not g.nonneg)
+            else:  # sum_k w_k (focal term with gamma_k): log_softmax, gather and checks once for all terms
+                per_sample = None
+                for k in range(mix.num_terms):
+                    g_k = g if k == 0 else _resolve_gamma(mix.gammas[k], input, "softmax", dtype)
+                    term = _FocalTerm.apply(ell, target_gamma(g_k), bool(detach_modulator), not g_k.nonneg)
+                    term = term * mix.weights[k].to(dtype)
+                    per_sample = term if per_sample is None else per_sample + term
             if a is not None:
                 per_sample = per_sample * a[cls]
             if w_y is not None:

@@ -40,6 +40,30 @@ def test_softmax_mixture_is_the_weighted_sum_of_focal_terms(reduction, gen):
     torch.testing.assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_softmax_mixture_one_pass_equals_the_sum_of_separate_losses(reduction, gen):
+    # index targets take one pass for all terms; it must equal the terms' losses computed one by one (with
+    # per-class gammas, alpha, a weighted mean and ignored samples), and their gradients
+    x = torch.randn(20, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 4, (20,), generator=gen)
+    y[[3, 11]] = -100
+    gammas = torch.tensor([[0.5, 1.0, 2.0, 4.0], [-1.0, -2.0, -0.5, -3.0], [0.0, 0.0, 0.0, 0.0]])
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    kwargs = dict(alpha=torch.tensor([0.9, 0.2, 0.5, 0.6]), weight=torch.tensor([0.2, 1.0, 3.0, 1.0]),
+                  reduction=reduction)
+    got = softmax_focal_loss(x, y, gamma=FocalMixture(gammas, weights), **kwargs)
+    want = sum(w * softmax_focal_loss(x, y, gamma=g, **kwargs) for g, w in zip(gammas, weights.double()))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+
+
+def test_softmax_mixture_one_pass_gradcheck():
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 2, 1, 1, 0, 2])
+    mix = FocalMixture([2.0, -3.0], [0.25, 0.75])
+    assert torch.autograd.gradcheck(lambda v: softmax_focal_loss(v, y, gamma=mix), (x,))
+
+
 def test_sigmoid_mixture_with_per_class_gammas_and_weights(gen):
     x = torch.randn(10, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     t = (torch.rand(10, 4, generator=gen) < 0.3).to(torch.float64)

@@ -132,12 +132,33 @@ def sig_case(shape, opt, gen, edges, dtype=torch.float32):
     return x, t, kw
 
 
-@pytest.mark.parametrize("shape", [(50,), (40, 3), (4, 3, 5, 6), (2048, 64), (8, 4, 64, 64)],
-                         ids=["N", "NC", "NCHW", "large", "largeNCHW"])
+SMALL_SHAPES = {"N": (50,), "NC": (40, 3), "NCHW": (4, 3, 5, 6)}
+LARGE_SHAPES = {"large": (2048, 64), "largeNCHW": (8, 4, 64, 64)}
+
+
+@pytest.mark.parametrize("shape", list({**SMALL_SHAPES, **LARGE_SHAPES}.values()),
+                         ids=list({**SMALL_SHAPES, **LARGE_SHAPES}))
 @pytest.mark.parametrize("opt", list(SIG_OPTS))
 @pytest.mark.parametrize("gform", ["float", "table"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_sigmoid_stats(shape, opt, gform, reduction, gen):
+    # with a C compiler: large inputs take the fused kernel, small ones its statistics pass (the library is built
+    # here, so that it is ready for them); without one, the PyTorch formulation
+    af._kernels.kernel_available("cpu")
+    _check_sigmoid_stats(shape, opt, gform, reduction, gen)
+
+
+@pytest.mark.parametrize("shape", list(SMALL_SHAPES.values()), ids=list(SMALL_SHAPES))
+@pytest.mark.parametrize("opt", list(SIG_OPTS))
+@pytest.mark.parametrize("gform", ["float", "table"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_sigmoid_stats_pytorch_formulation(shape, opt, gform, reduction, gen, monkeypatch):
+    # the statistics of small inputs before the C library is built (or without a compiler)
+    monkeypatch.setattr(af.functional, "_sigmoid_stats_kernel_fits", lambda *args: False)
+    _check_sigmoid_stats(shape, opt, gform, reduction, gen)
+
+
+def _check_sigmoid_stats(shape, opt, gform, reduction, gen):
     edges = TABLE_EDGES.double().numpy() if gform == "table" else DEFAULT_EDGES
     x, t, kw = sig_case(shape, opt, gen, edges)
     table_values = torch.tensor([3.0, 2.0, 1.0, 0.5, -1.0])
