@@ -1,10 +1,15 @@
 """Difficulty-feedback gamma controllers: gamma follows what the batch statistics say about difficulty.
 
 Everything a controller computes stays on the statistics' device (its state is tensors, updated with tensor ops
-and ``torch.where`` instead of Python branches on values), so ``step`` never waits for an accelerator.
+and ``torch.where`` instead of Python branches on values), so ``step`` never waits for an accelerator. On CPU
+statistics, where reading a value costs nothing, the global controllers (``automated``, ``pi``, ``asl_adaptive``)
+take the same rule in Python numbers instead: a dozen small tensor operations per step were most of their cost.
+Both paths are tested against the same hand-computed examples.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -87,6 +92,27 @@ class AutomatedGamma(GammaPolicy):
         self._write(torch.tensor(self.gamma_init, device=self._device()))
 
     def _compute(self, stats: BatchStats):
+        if stats.count.device.type == "cpu":
+            return self._compute_host(stats)
+        return self._compute_tensor(stats)
+
+    def _compute_host(self, stats: BatchStats) -> float:
+        """The rule on CPU statistics in Python numbers (reading a CPU tensor never synchronises), instead of the
+        tensor path's small operations every step; p_hat is stored in float32 as there."""
+        count = int(stats.count)
+        p_hat = None if self.p_hat is None else float(self.p_hat)
+        if count:
+            mean = float(stats.sum_pt) / count
+            p_hat = mean if not p_hat else p_hat + (1.0 - self.momentum) * (mean - p_hat)
+            self.p_hat = torch.tensor(p_hat, dtype=torch.float32)
+        elif self.p_hat is None:
+            self.p_hat = torch.zeros((), dtype=torch.float32)
+        p = float(self.p_hat)
+        gamma = -math.log(max(p, 1e-12)) if p > 0 else self.gamma_init
+        return min(max(gamma, 0.0), self.gamma_max)
+
+    def _compute_tensor(self, stats: BatchStats) -> torch.Tensor:
+        """The rule in tensor operations on the statistics' device (no synchronisation on a GPU)."""
         count = stats.count.to(torch.float32)
         mean = stats.sum_pt.to(torch.float32) / count.clamp_min(1.0)
         if self.p_hat is None:  # the first batch with elements sets p_hat (weight 1), later ones blend
@@ -163,6 +189,16 @@ class PIGamma(GammaPolicy):
         self.integral = torch.zeros(shape, device=device)
         self._write(torch.full(shape, self.gamma_init, device=device))
 
+    def _easy_bin(self, stats: BatchStats) -> int:
+        """The first p_t bin at or above ``easy_threshold`` (reads only the small edges tensor)."""
+        edges = stats.edges.to(torch.float32)
+        at = torch.isclose(edges, torch.tensor(self.easy_threshold, device=edges.device)).nonzero()
+        if at.numel() != 1:
+            raise ValueError(
+                f"easy_threshold={self.easy_threshold} must be one of the statistics' bin edges {edges.tolist()}"
+            )
+        return int(at[0, 0])
+
     def _measure(self, stats: BatchStats) -> tuple[torch.Tensor, torch.Tensor]:
         """The measured signal and whether it is defined (the batch had elements of that class)."""
         if self.per_class:
@@ -173,14 +209,7 @@ class PIGamma(GammaPolicy):
             return stats.class_mean_pt.to(torch.float32), stats.class_count > 0
         if self.signal == "mean_pt":
             return stats.mean_pt.to(torch.float32), stats.count > 0
-        edges = stats.edges.to(torch.float32)
-        at = torch.isclose(edges, torch.tensor(self.easy_threshold, device=edges.device)).nonzero()
-        if at.numel() != 1:  # only reads the (tiny) edges tensor
-            raise ValueError(
-                f"easy_threshold={self.easy_threshold} must be one of the statistics' bin edges {edges.tolist()}"
-            )
-        k = int(at[0, 0])
-        easy = stats.pt_hist[k:].sum().to(torch.float32)
+        easy = stats.pt_hist[self._easy_bin(stats):].sum().to(torch.float32)
         total = stats.count.to(torch.float32)
         return easy / total.clamp_min(1.0), stats.count > 0
 
@@ -192,6 +221,12 @@ class PIGamma(GammaPolicy):
             )
 
     def _compute(self, stats: BatchStats):
+        if not self.per_class and stats.count.device.type == "cpu":
+            return self._compute_host(stats)
+        return self._compute_tensor(stats)
+
+    def _compute_tensor(self, stats: BatchStats) -> torch.Tensor:
+        """The rule in tensor operations on the statistics' device (no synchronisation on a GPU)."""
         measured, defined = self._measure(stats)
         device = measured.device
         integral = self.integral.to(device)
@@ -205,6 +240,24 @@ class PIGamma(GammaPolicy):
         current = self.loss.gamma.detach().to(device)
         return torch.where(defined, gamma, current)
 
+    def _compute_host(self, stats: BatchStats) -> float | None:
+        """The global controller on CPU statistics, in Python numbers: the rule of ``_compute`` without its dozen
+        small tensor operations per step (reading a CPU tensor never synchronises)."""
+        count = int(stats.count)
+        if count == 0:  # nothing measured: gamma and integral stay
+            return None
+        if self.signal == "mean_pt":
+            measured = float(stats.sum_pt) / count
+        else:
+            measured = int(stats.pt_hist[self._easy_bin(stats):].sum()) / count
+        error = measured - self.setpoint
+        candidate = float(self.integral) + error
+        raw = self.gamma_init + self.kp * error + self.ki * candidate
+        saturated = (raw > self.gamma_max and error > 0) or (raw < self.gamma_min and error < 0)
+        if not saturated:
+            self.integral.fill_(candidate)
+        return min(max(raw, self.gamma_min), self.gamma_max)
+
     def _state(self) -> dict:
         return {"integral": self.integral.detach().cpu().clone()}
 
@@ -214,7 +267,7 @@ class PIGamma(GammaPolicy):
             raise ValueError(
                 f"state['integral'] has shape {tuple(integral.shape)}, expected {tuple(self.integral.shape)}"
             )
-        self.integral = integral.to(self._device())
+        self.integral = integral.to(self._device()).clone()  # never the caller's tensor: steps update it in place
 
 
 def _require_fields(name: str, policy: str, stats: BatchStats, fields: tuple[str, ...]) -> None:
@@ -290,20 +343,22 @@ class EqualizedFocal(GammaPolicy):
             raise ValueError(f"{name} have {stats.num_classes} classes but the 'efl' policy is tracking {expected}")
 
     def _compute(self, stats: BatchStats):
-        pos = stats.class_sum_grad_pos.to(torch.float64)
-        neg = stats.class_sum_grad_neg.to(torch.float64)
+        pos, neg = stats.class_sum_grad_pos, stats.class_sum_grad_neg
         if self.pos_grad is None:
-            self.pos_grad, self.neg_grad = pos.clone(), neg.clone()
-        else:
-            self.pos_grad = self.pos_grad.to(pos.device) + pos
-            self.neg_grad = self.neg_grad.to(neg.device) + neg
-        ratio = (self.pos_grad / (self.neg_grad + 1e-10)).clamp(0.0, 1.0)
-        gamma = (self.gamma_b + self.scale * (1.0 - ratio)).to(torch.float32)
+            self.pos_grad = pos.to(torch.float64, copy=True)
+            self.neg_grad = neg.to(torch.float64, copy=True)
+        else:  # accumulated in place, in float64 so that a long run's sums keep their small increments
+            if self.pos_grad.device != pos.device:
+                self.pos_grad, self.neg_grad = self.pos_grad.to(pos.device), self.neg_grad.to(pos.device)
+            self.pos_grad.add_(pos)
+            self.neg_grad.add_(neg)
+        ratio = torch.div(self.pos_grad, self.neg_grad + 1e-10).clamp_(0.0, 1.0)
+        gamma = ratio.mul_(-self.scale).add_(self.gamma_b + self.scale).to(torch.float32)  # gamma_b + s (1 - g)
         current = self.loss.gamma
         if isinstance(current, FocalMixture) and current.gammas.shape == (1, gamma.numel()):
             with torch.no_grad():  # in place, on the device: no new module and no synchronisation per step
-                current.gammas.copy_(gamma.unsqueeze(0))
-                current.weights.copy_((gamma / self.gamma_b).unsqueeze(0))
+                current.gammas[0].copy_(gamma)
+                current.weights[0].copy_(gamma).div_(self.gamma_b)
             return current
         return self._mixture(gamma)
 
@@ -317,8 +372,9 @@ class EqualizedFocal(GammaPolicy):
         if (pos is None) != (neg is None) or (pos is not None and torch.as_tensor(pos).shape != torch.as_tensor(neg).shape):
             raise ValueError("state['pos_grad'] and state['neg_grad'] must both be None or tensors of one shape (C,)")
         device = self._device()
-        self.pos_grad = None if pos is None else torch.as_tensor(pos, dtype=torch.float64).to(device)
-        self.neg_grad = None if neg is None else torch.as_tensor(neg, dtype=torch.float64).to(device)
+        # copies: the steps accumulate into these in place, never into the caller's tensors
+        self.pos_grad = None if pos is None else torch.as_tensor(pos, dtype=torch.float64).to(device).clone()
+        self.neg_grad = None if neg is None else torch.as_tensor(neg, dtype=torch.float64).to(device).clone()
 
 
 @register_policy("asl_adaptive")
@@ -377,6 +433,25 @@ class AdaptiveAsymmetry(GammaPolicy):
             form = AsymmetricGamma(self.gamma_pos, self.gamma_neg)
             self.loss.gamma = form.to(self._device())
             form = self.loss.gamma
+        neg = form.negative
+        if neg.dim() == 0 and neg.device.type == "cpu" and stats.count.device.type == "cpu":
+            return self._compute_host(stats, form)
+        return self._compute_tensor(stats, form)
+
+    def _compute_host(self, stats: BatchStats, form: AsymmetricGamma) -> AsymmetricGamma:
+        """The update on CPU statistics in Python numbers (reading a CPU tensor never synchronises), instead of
+        the tensor path's small operations every step."""
+        n_pos = int(stats.n_pos)
+        n_neg = int(stats.count) - n_pos
+        if n_pos and n_neg:  # otherwise the gap is undefined and gamma_neg stays
+            sum_pos = float(stats.sum_pt_pos)
+            gap = sum_pos / n_pos - (float(stats.sum_pt) - sum_pos) / n_neg
+            moved = float(form.negative) + self.rate * (self.target_gap - gap)
+            form.negative.fill_(min(max(moved, self.gamma_min), self.gamma_max))
+        return form
+
+    def _compute_tensor(self, stats: BatchStats, form: AsymmetricGamma) -> AsymmetricGamma:
+        """The update in tensor operations on the statistics' device (no synchronisation on a GPU)."""
         gap = stats.mean_pt_pos.to(torch.float32) - stats.mean_pt_neg.to(torch.float32)
         neg = form.negative
         moved = (neg + self.rate * (self.target_gap - gap.to(neg.device))).clamp(self.gamma_min, self.gamma_max)

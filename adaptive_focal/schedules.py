@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import torch
+
 from .gamma_forms import FocalMixture
 from .loss import FocalLoss
 from .policy import GammaPolicy, _check_number, register_policy
@@ -264,12 +266,33 @@ class CyclicalFocal(Schedule):
     def xi_at(self, t: int) -> float:
         """The weight of the high-confidence term after ``t`` epochs (or steps); constant after ``total``."""
         r = self.factor * min(max(t, 0), self.total) / self.total
-        return 1.0 - r if r <= 1.0 else (r - 1.0) / (self.factor - 1.0)
+        xi = 1.0 - r if r <= 1.0 else (r - 1.0) / (self.factor - 1.0)
+        return min(max(xi, 0.0), 1.0)  # rounding can leave (r - 1) / (f_c - 1) a hair above 1
 
     def gamma_at(self, t: int) -> FocalMixture:
         """The mixture in force after ``t`` epochs (or steps); writing it copies into the loss's mixture in place."""
         xi = self.xi_at(t)
         return FocalMixture([self.gamma_lc, -self.gamma_hc], [1.0 - xi, xi])
+
+    def _compute(self, stats):
+        return self._blend(self.step_count + 1) if self.unit == "step" else None
+
+    def _compute_epoch(self, val_stats):
+        return self._blend(self.epoch) if self.unit == "epoch" else None
+
+    def _blend(self, t: int):
+        """Sets the loss's own two-term mixture to ``gamma_at(t)`` in place, without building a module (this runs
+        every step with ``unit="step"``); a new mixture when the loss holds another form."""
+        current = self.loss.gamma
+        if not (isinstance(current, FocalMixture) and current.gammas.shape == (2,) and current.weights.shape == (2,)):
+            return self.gamma_at(t)
+        xi = self.xi_at(t)
+        with torch.no_grad():  # fills with Python numbers: no host-device copy, no synchronisation
+            current.gammas[0].fill_(self.gamma_lc)
+            current.gammas[1].fill_(-self.gamma_hc)
+            current.weights[0].fill_(1.0 - xi)
+            current.weights[1].fill_(xi)
+        return current
 
 
 @register_policy("sequential")

@@ -280,9 +280,18 @@ def test_flsd53_table_matches_the_paper():
                                torch.tensor([5.0, 5.0, 3.0, 3.0, 3.0, 3.0]))
 
 
-def test_automated_is_minus_log_of_the_ema_of_mean_pt():
+def _on_path(policy, path: str):
+    """The global controllers run in Python numbers on CPU statistics ("host") and in tensor operations on a GPU
+    ("tensor"); this forces the tensor path on the CPU so both are checked against the same examples."""
+    if path == "tensor":
+        policy._compute_host = policy._compute_tensor
+    return policy
+
+
+@pytest.mark.parametrize("path", ["host", "tensor"])
+def test_automated_is_minus_log_of_the_ema_of_mean_pt(path):
     loss = FocalLoss("sigmoid")
-    policy = create_policy("automated", loss, momentum=0.5)
+    policy = _on_path(create_policy("automated", loss, momentum=0.5), path)
     means = []
     p_hat = None
     for step in range(4):
@@ -296,19 +305,27 @@ def test_automated_is_minus_log_of_the_ema_of_mean_pt():
         assert got == pytest.approx(want, rel=1e-5)
 
 
-def test_automated_keeps_gamma_on_an_empty_batch():
+@pytest.mark.parametrize("path", ["host", "tensor"])
+def test_automated_keeps_gamma_on_an_empty_batch(path):
     loss = FocalLoss("sigmoid", ignore_index=-1)
-    policy = create_policy("automated", loss, gamma_init=1.25)
+    policy = _on_path(create_policy("automated", loss, gamma_init=1.25), path)
     assert float(loss.gamma) == 1.25
-    _, stats = loss(torch.randn(3, 2), torch.full((3, 2), -1.0), return_stats=True)
-    policy.step(stats)
+    empty = loss(torch.randn(3, 2), torch.full((3, 2), -1.0), return_stats=True)[1]
+    policy.step(empty)
     assert float(loss.gamma) == 1.25
+    _, stats = loss(torch.tensor([[2.0, -2.0]]), torch.tensor([[1.0, 0.0]]), return_stats=True)
+    policy.step(stats)  # the first batch with elements sets p_hat; an empty one after it changes nothing
+    want = -math.log(float(torch.sigmoid(torch.tensor(2.0))))
+    assert float(loss.gamma) == pytest.approx(want, rel=1e-5)
+    policy.step(empty)
+    assert float(loss.gamma) == pytest.approx(want, rel=1e-5)
 
 
-def test_pi_proportional_integral_and_anti_windup():
+@pytest.mark.parametrize("path", ["host", "tensor"])
+def test_pi_proportional_integral_and_anti_windup(path):
     loss = FocalLoss("softmax")
-    policy = create_policy("pi", loss, setpoint=0.5, kp=1.0, ki=1.0, gamma_init=2.0, gamma_min=0.0,
-                           gamma_max=3.0)
+    policy = _on_path(create_policy("pi", loss, setpoint=0.5, kp=1.0, ki=1.0, gamma_init=2.0, gamma_min=0.0,
+                                    gamma_max=3.0), path)
     easy = (torch.tensor([[4.0, 0.0]]), torch.tensor([0]))  # p_t = sigmoid(4) = 0.98201
     e = torch.sigmoid(torch.tensor(4.0)).item() - 0.5
     _, stats = loss(*easy, return_stats=True)
@@ -332,9 +349,46 @@ def test_pi_per_class_leaves_absent_classes_alone():
     torch.testing.assert_close(loss.gamma, torch.tensor([2.0 + q0 - 0.5, 2.0, 2.0]))
 
 
-def test_pi_easy_fraction_reads_the_histogram():
+@pytest.mark.parametrize("path", ["host", "tensor"])
+def test_pi_empty_batch_changes_nothing(path):
+    loss = FocalLoss("sigmoid", ignore_index=-1)
+    policy = _on_path(create_policy("pi", loss, setpoint=0.5, kp=1.0, ki=1.0, gamma_init=1.5), path)
+    _, stats = loss(torch.randn(3, 2), torch.full((3, 2), -1.0), return_stats=True)
+    policy.step(stats)
+    assert float(loss.gamma) == 1.5 and float(policy.integral) == 0.0
+
+
+@pytest.mark.parametrize("signal", ["mean_pt", "easy_fraction"])
+def test_pi_host_and_tensor_paths_give_the_same_trajectory(signal, gen):
+    losses = [FocalLoss("softmax") for _ in range(2)]
+    policies = [_on_path(create_policy("pi", lo, signal=signal, setpoint=0.6, kp=3.0, ki=0.3, gamma_max=4.0), path)
+                for lo, path in zip(losses, ["host", "tensor"])]
+    for _ in range(40):
+        x, y = torch.randn(32, 4, generator=gen) * 2, torch.randint(0, 4, (32,), generator=gen)
+        gammas = []
+        for loss, policy in zip(losses, policies):
+            _, stats = loss(x, y, return_stats=True)
+            policy.step(stats)
+            gammas.append(float(loss.gamma))
+        assert gammas[0] == pytest.approx(gammas[1], rel=1e-6, abs=1e-6)  # float64 vs float32 arithmetic
+    assert float(policies[0].integral) == pytest.approx(float(policies[1].integral), rel=1e-5, abs=1e-6)
+
+
+def test_pi_load_state_dict_does_not_alias_the_callers_tensors():
+    loss = FocalLoss("softmax")
+    policy = create_policy("pi", loss)
+    state = policy.state_dict()
+    policy.load_state_dict(state)
+    _, stats = loss(torch.tensor([[4.0, 0.0]]), torch.tensor([0]), return_stats=True)
+    policy.step(stats)
+    assert float(state["integral"]) == 0.0 and float(policy.integral) != 0.0
+
+
+@pytest.mark.parametrize("path", ["host", "tensor"])
+def test_pi_easy_fraction_reads_the_histogram(path):
     loss = FocalLoss("sigmoid")
-    policy = create_policy("pi", loss, signal="easy_fraction", easy_threshold=0.8, setpoint=0.5, kp=1.0, ki=0.0)
+    policy = _on_path(create_policy("pi", loss, signal="easy_fraction", easy_threshold=0.8, setpoint=0.5, kp=1.0,
+                                    ki=0.0), path)
     x = torch.tensor([[5.0, -5.0, 0.0, 0.1]])  # p_t for targets [1, 0, 1, 0]: 0.993, 0.993, 0.5, 0.475
     _, stats = loss(x, torch.tensor([[1.0, 0.0, 1.0, 0.0]]), return_stats=True)
     policy.step(stats)  # easy fraction 2/4: error 0, gamma stays at gamma_init

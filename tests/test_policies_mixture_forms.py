@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from adaptive_focal import FocalLoss, create_policy, sigmoid_focal_loss
+from adaptive_focal import FocalLoss, FocalMixture, create_policy, sigmoid_focal_loss
 
 
 # -- cyclical (Smith, 2022) ---------------------------------------------------------------------------------
@@ -23,9 +23,23 @@ def test_cyclical_xi_is_the_papers_schedule(total, fc):
     assert policy.xi_at(total + 5) == policy.xi_at(total)  # constant after the end
 
 
-def test_cyclical_loss_is_the_xi_blend_of_the_two_losses(gen):
+@pytest.mark.parametrize("total, fc", [(3, 1.6), (3, 2.7), (3, 3.2)])
+def test_cyclical_xi_stays_in_unit_interval_despite_rounding(total, fc):
+    # (fc e / total - 1) / (fc - 1) at e = total is 1 + 2e-16 in floating point for these settings, which made a
+    # weight 1 - xi of -2e-16 (a sweep trial failed on it)
     loss = FocalLoss("softmax")
-    policy = create_policy("cyclical", loss, total=6, gamma_hc=3.0, gamma_lc=2.0, factor=2.0)
+    policy = create_policy("cyclical", loss, total=total, factor=fc, unit="step")
+    assert policy.xi_at(total) == 1.0
+    for _ in range(total + 1):
+        policy.step()
+        assert bool((loss.gamma.weights >= 0).all()) and float(loss.gamma.weights.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_cyclical_loss_is_the_xi_blend_of_the_two_losses(unit, gen):
+    loss = FocalLoss("softmax")
+    policy = create_policy("cyclical", loss, total=6, gamma_hc=3.0, gamma_lc=2.0, factor=2.0, unit=unit)
+    mixture = loss.gamma
     x = torch.randn(20, 5, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 5, (20,), generator=gen)
     q = torch.softmax(x, 1).gather(1, y[:, None]).squeeze(1)
@@ -34,7 +48,17 @@ def test_cyclical_loss_is_the_xi_blend_of_the_two_losses(gen):
     for epoch in range(7):
         xi = _paper_xi(epoch, 6, 2.0)
         torch.testing.assert_close(loss(x, y), xi * l_hc + (1 - xi) * l_fl)
-        policy.epoch_end()
+        policy.step() if unit == "step" else policy.epoch_end()
+    assert loss.gamma is mixture  # updated in place, never rebuilt
+
+
+def test_cyclical_restores_its_mixture_when_gamma_was_replaced():
+    loss = FocalLoss("softmax")
+    policy = create_policy("cyclical", loss, total=4, factor=1.0, unit="step")
+    loss.gamma = 1.0  # by hand
+    policy.step()
+    assert isinstance(loss.gamma, FocalMixture)
+    assert loss.gamma.gammas.tolist() == [2.0, -3.0] and loss.gamma.weights.tolist() == [0.25, 0.75]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -110,10 +134,13 @@ def test_efl_bad_input_changes_nothing(gen):
 
 
 # -- asl_adaptive (Ridnik et al., 2021) -----------------------------------------------------------------------
-def test_asl_adaptive_moves_gamma_neg_to_hold_the_gap(gen):
+@pytest.mark.parametrize("path", ["host", "tensor"])
+def test_asl_adaptive_moves_gamma_neg_to_hold_the_gap(path, gen):
     loss = FocalLoss("sigmoid")
     policy = create_policy("asl_adaptive", loss, gamma_pos=1.0, gamma_neg=4.0, target_gap=0.1, rate=2.0,
                            gamma_max=6.0)
+    if path == "tensor":  # the GPU's path, forced on the CPU (CPU statistics take Python numbers)
+        policy._compute_host = policy._compute_tensor
     want = 4.0
     for step in range(6):
         x = torch.randn(16, 5, generator=gen) - 1.0
@@ -138,3 +165,17 @@ def test_asl_adaptive_bad_input():
         create_policy("asl_adaptive", FocalLoss("sigmoid"), gamma_max=3.0)
     with pytest.raises(ValueError, match=r"rate must be in \(0.0, inf\]"):
         create_policy("asl_adaptive", FocalLoss("sigmoid"), rate=0.0)
+
+
+def test_efl_load_state_dict_does_not_alias_the_callers_tensors(gen):
+    # the policy accumulates the gradient sums in place: a loaded state must be copied, not shared
+    loss = FocalLoss("sigmoid")
+    policy = create_policy("efl", loss, num_classes=3)
+    x, t = torch.randn(8, 3, generator=gen), (torch.rand(8, 3, generator=gen) < 0.3).float()
+    policy.step(loss(x, t, return_stats=True)[1])
+    state = policy.state_dict()
+    saved = state["pos_grad"].clone(), state["neg_grad"].clone()
+    policy.load_state_dict(state)
+    policy.step(loss(x, t, return_stats=True)[1])
+    assert torch.equal(state["pos_grad"], saved[0]) and torch.equal(state["neg_grad"], saved[1])
+    assert not torch.equal(policy.pos_grad, saved[0])
