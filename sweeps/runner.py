@@ -10,7 +10,8 @@ than ``grace_period`` (its worker was killed) is marked FAIL and re-enqueued wit
 ``RetryHeartbeatStaleTrialCallback``. A second run of the same study tops units up to their budget and continues.
 
 Each trial stores user attributes ``arm``, ``seed``, ``config`` (the research.train overrides), ``test_metrics``,
-``val_metrics`` and ``seconds``, so :mod:`sweeps.report` works from the storage alone. Single-objective studies
+``val_metrics``, ``seconds``, ``gamma_trajectory`` (``[[epoch, gamma], ...]``, empty without a policy) and
+``versions`` (adaptive_focal, torch, Python), so :mod:`sweeps.report` works from the storage alone. Single-objective studies
 maximise the validation headline metric and prune with ``MedianPruner`` on its per-epoch value; with
 ``multi_objective=True`` they maximise it and minimise the validation ECE (no pruning: Optuna cannot prune
 multi-objective trials).
@@ -287,6 +288,33 @@ def _finite(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
 
 
+def _rounded(value):
+    """A gamma value (number, nested list, or a GammaTable's ``{"edges", "values"}``) rounded to 5 significant
+    digits; a table keeps its values only."""
+    if isinstance(value, dict):
+        value = value.get("values")
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return float(f"{value:.5g}") if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _gamma_trajectory(epochs: list) -> list:
+    """``[[epoch, gamma], ...]`` from research.train's per-epoch records (empty without a policy)."""
+    return [[int(r["epoch"]), _rounded(r["gamma"])] for r in epochs if "epoch" in r and "gamma" in r]
+
+
+def _versions() -> dict:
+    """The versions a trial ran with: adaptive_focal, torch, Python."""
+    import platform
+
+    import torch
+
+    import adaptive_focal
+
+    return {"adaptive_focal": adaptive_focal.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
 def _run_trial(unit, trial_id: int, study: Study, arm: Arm, seed: int, opts: RunOptions) -> str:
     from research.train import main as train
 
@@ -324,6 +352,8 @@ def _run_trial(unit, trial_id: int, study: Study, arm: Arm, seed: int, opts: Run
     trial.set_user_attr("test_metrics", _finite(result["metrics"]))
     trial.set_user_attr("val_metrics", _finite(result["val_metrics"]))
     trial.set_user_attr("seconds", result["seconds"])
+    trial.set_user_attr("gamma_trajectory", _gamma_trajectory(result["gamma"]["epochs"]))
+    trial.set_user_attr("versions", _versions())
     value = result["val_metrics"][metric]
     value = float(value) if value == value else float("-inf")
     values = [value, float(result["val_metrics"]["ece"])] if opts.multi_objective else value

@@ -19,7 +19,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from adaptive_focal import cli  # noqa: E402
 from sweeps import report, runner  # noqa: E402
-from sweeps.spec import Arm, Study, default_arms  # noqa: E402
+from sweeps.spec import GAMMA_GRID, Arm, Study, default_arms  # noqa: E402
 from sweeps.studies import list_studies, load_study  # noqa: E402
 
 TINY = {"n_max": 30, "n_val_per_class": 4, "n_test_per_class": 6}
@@ -58,8 +58,14 @@ def assert_done(storage, study, trials, seeds=None):
 
 # -- studies and the train hook ---------------------------------------------------------------------------------
 def test_every_study_definition_loads_with_the_issue_arms():
-    assert list_studies() == ["digits-lt", "mnist1d-lt", "gauss-lt", "dense-det", "seg-toy"]
-    for name in list_studies():
+    main = ["digits-lt", "mnist1d-lt", "gauss-lt", "dense-det", "seg-toy"]
+    rho = [f"{d}-rho{r}" for d in ("digits-lt", "gauss-lt") for r in (1, 10, 100)]
+    assert list_studies() == main + rho
+    for name in rho:  # the fixed-gamma grid only, at the study's imbalance ratio
+        study = load_study(name)
+        assert [a.name for a in study.arms] == [f"gamma={g:g}" for g in GAMMA_GRID] and study.seeds == 5
+        assert study.dataset_kwargs == {"imbalance_ratio": float(name.rpartition("-rho")[2])}
+    for name in main:
         arms = {a.name for a in load_study(name).arms}
         assert {"gamma=0", "gamma=0.5", "gamma=1", "gamma=2", "gamma=3", "gamma=5", "gamma=tpe",
                 "policy=pi", "policy=pi+tpe", "baseline=ghm"} <= arms

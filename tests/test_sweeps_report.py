@@ -249,7 +249,9 @@ def test_tiny_study_run_and_reported(tmp_path, capsys):
     assert [r["trials"] for r in a["tuning_cost"]["curves"]["gamma=tpe"]] == [1, 2, 3]
     assert {r["arm"] for r in a["paired"]} == {"gamma=0", "gamma=2", "gamma=tpe", "policy=pi"} - {a["reference"]}
     assert text.startswith(printed.strip())
-    assert "Gamma trajectories: not stored" in text
+    # the runner stores each trial's gamma trajectory: the policy arm has one per seed, the fixed gammas none
+    assert "Gamma trajectories: not stored" not in text
+    assert set(a["gamma_trajectories"]) == {"policy=pi"} and set(a["gamma_trajectories"]["policy=pi"]) == {"0", "1"}
     # the CLI writes the same full report with --out
     assert cli.main(["sweep", "report", "digits-lt", "--storage", str(log), "--out", str(tmp_path / "cli"),
                      "--wandb", "disabled"]) == 0

@@ -14,12 +14,23 @@ STUDIES = {
 }
 
 
+#: the fixed-gamma grid at several imbalance ratios (``sweeps/studies/rho.py``): ``<dataset>-rho<rho>``
+_RHO_MODULE = "rho"
+
+
+def _rho_studies() -> dict:
+    return importlib.import_module(f"{__name__}.{_RHO_MODULE}").STUDIES
+
+
 def list_studies() -> list[str]:
-    return list(STUDIES)
+    return list(STUDIES) + list(_rho_studies())
 
 
 def load_study(name: str):
     """The :class:`~sweeps.spec.Study` called ``name``; an unknown name is an error naming the studies."""
-    if name not in STUDIES:
-        raise ValueError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
-    return importlib.import_module(f"{__name__}.{STUDIES[name]}").STUDY
+    if name in STUDIES:
+        return importlib.import_module(f"{__name__}.{STUDIES[name]}").STUDY
+    rho = _rho_studies()
+    if name in rho:
+        return rho[name]
+    raise ValueError(f"unknown study {name!r}; studies: {', '.join(list_studies())}")

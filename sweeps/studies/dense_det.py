@@ -1,6 +1,6 @@
 """The default comparison on dense-det: gamma grid, TPE-tuned gamma, every applicable policy (defaults and TPE-tuned over
-its search space) and the imbalance baselines, 3 seeds, 8 TPE trials per tuned arm and seed."""
+its search space) and the imbalance baselines, 5 seeds, 4 TPE trials per tuned arm and seed."""
 
 from ..spec import Study
 
-STUDY = Study(name="dense-det", dataset="dense-det", seeds=3, trials=8)
+STUDY = Study(name="dense-det", dataset="dense-det", seeds=5, trials=4)
