@@ -13,6 +13,9 @@ trajectories when trials store them (user attribute ``gamma_trajectory``, or ``g
 it). :func:`write_outputs` writes ``report.md``, CSV and JSON files and PNG figures into a folder.
 
     python -m sweeps.report digits-lt [more studies] [--storage PATH|URL] [--out DIR] [--wandb disabled|offline|online]
+
+``--storage`` may also be a :mod:`sweeps.export` file (``sweeps/results/trials/digits-lt.json.gz``) or a folder of
+them (``sweeps/results/trials``): the committed results, read without the journals.
 """
 
 from __future__ import annotations
@@ -74,7 +77,13 @@ def _flatten(v) -> list:
 def load_units(storage, study_name: str) -> dict:
     """``{"study", "dataset", "metric", "arms": {arm: {"config", "space"}}, "units": {arm: {seed: [trial, ...]}}}``
     where a trial is ``{"number", "state", "val", "test", "seconds", "gamma"}`` (COMPLETE and PRUNED trials, by
-    number; ``gamma``: a trajectory ``[(epoch, gamma)]`` or None)."""
+    number; ``gamma``: a trajectory ``[(epoch, gamma)]`` or None). ``storage`` may also be the path of a
+    :mod:`sweeps.export` file (``<study>.json.gz``), which gives the same structure without the journal."""
+    from .export import is_export
+    from .export import load_units as load_export
+
+    if is_export(storage):
+        return load_export(storage, study_name)
     names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if study_name not in names:
         studies = sorted(n for n in names if "/" not in n)
@@ -155,9 +164,29 @@ def markdown(data: dict, study_name: str) -> str:
     return "\n".join(lines)
 
 
-def report(study_name: str, storage_spec: str, *, connect_timeout: int = 5) -> str:
+def _storage_for(study_name: str, spec: str | None, connect_timeout: int = 5):
+    """What :func:`load_units` reads for ``study_name``: an export file as its path (``spec`` ending in
+    ``.json.gz``, or a folder holding ``<study>.json.gz``), else the opened Optuna storage (``spec`` or the
+    study's default journal file)."""
+    from .export import export_path, is_export
+    from .runner import default_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_spec, connect_timeout=connect_timeout)
+    spec = str(spec or default_storage(study_name))
+    if "://" not in spec and Path(spec).is_dir():
+        spec = str(export_path(spec, study_name))
+    if is_export(spec):
+        if not Path(spec).is_file():
+            raise ValueError(f"no export file {spec!r}; write it with `python -m sweeps.export {study_name}`")
+        return spec
+    if "://" not in spec and not Path(spec).is_file():
+        raise ValueError(f"no storage file {spec!r}; run `adaptive-focal sweep run {study_name}` first or pass "
+                         "--storage")
+    return open_storage(spec, connect_timeout=connect_timeout)
+
+
+def report(study_name: str, storage_spec: str, *, connect_timeout: int = 5) -> str:
+    storage = _storage_for(study_name, storage_spec, connect_timeout)
     return markdown(collect(storage, study_name), study_name)
 
 
@@ -561,16 +590,9 @@ def run_report(studies, storage: str | None = None, *, out=None, wandb_mode: str
                n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED, connect_timeout: int = 5) -> tuple:
     """Analyses ``studies`` (names in ``storage``, or each in its default journal file); writes ``out`` when
     given, logs to W&B when ``wandb_mode`` is given; returns ``(markdown, analyses, written or None)``."""
-    from .runner import default_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     analyses = []
     for name in studies:
-        spec = storage or default_storage(name)
-        if "://" not in spec and not Path(spec).is_file():
-            raise ValueError(f"no storage file {spec!r}; run `adaptive-focal sweep run {name}` first or pass "
-                             "--storage")
-        st = open_storage(spec, connect_timeout=connect_timeout)
+        st = _storage_for(name, storage, connect_timeout)
         analyses.append(analyse(load_units(st, name), n_boot=n_boot, boot_seed=boot_seed))
     written = write_outputs(analyses, out) if out is not None else None
     if wandb_mode is not None:
@@ -586,8 +608,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+", help="study names (one data set each)")
-    parser.add_argument("--storage", help="journal file or database URL holding the studies (default: each "
-                                          "study's runs/sweeps/<study>.log)")
+    parser.add_argument("--storage", help="journal file or database URL holding the studies, a sweeps.export "
+                                          "file (<study>.json.gz) or a folder of them (default: each study's "
+                                          "runs/sweeps/<study>.log)")
     parser.add_argument("--out", help="folder for report.md, CSV, JSON and PNG files")
     parser.add_argument("--wandb", choices=("disabled", "offline", "online"),
                         help="also log the tables and figures to W&B in this mode")

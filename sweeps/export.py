@@ -1,0 +1,189 @@
+"""Exports a study from its Optuna storage into one compact, reproducible file: the committed raw result.
+
+``sweeps/results/trials/<study>.json.gz`` holds the study's manifest (data set, its arguments, the config
+overrides, the objective directions, the headline metric, the arms with their config and search space) and every
+finished trial (COMPLETE or PRUNED): arm, seed, trial number, state, sampled parameters, the research.train config
+it ran, validation and test metrics, seconds, gamma trajectory and package versions (``None`` where a trial
+predates these attributes). Trials in other states (WAITING, RUNNING, FAIL) are only counted, under
+``"other_trials"``; a study exported while it still has waiting or running trials is exported with a warning.
+
+The file is gzip-compressed JSON with sorted keys (``arm_order`` keeps the manifest's order of the arms), no
+timestamps (gzip ``mtime=0``, no file name in the header)
+and trials in a fixed order (arm as in the manifest, then seed, then trial number), so exporting the same storage
+twice gives the same bytes. :mod:`sweeps.report` and :mod:`paper.make_assets` read these files as a storage
+(:func:`load_units` returns what :func:`sweeps.report.load_units` returns from the journal).
+
+    python -m sweeps.export digits-lt gauss-lt [--storage PATH|URL] [--out sweeps/results/trials]
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["EXPORT_FORMAT", "SUFFIX", "export_path", "export_study", "is_export", "load_units", "read_export",
+           "study_to_dict", "write_export"]
+
+#: version of the export layout (bump when a key changes meaning)
+EXPORT_FORMAT = 1
+SUFFIX = ".json.gz"
+#: manifest user attributes copied into the export (the runner writes all of them)
+_MANIFEST_KEYS = ("dataset", "dataset_kwargs", "overrides", "directions", "metric", "arms")
+#: without these a study cannot be analysed; the others are None when missing
+_REQUIRED_KEYS = ("dataset", "metric", "arms")
+#: trial user attributes copied into the export; missing ones are None
+_TRIAL_KEYS = ("config", "val_metrics", "test_metrics", "seconds", "gamma_trajectory", "versions")
+
+
+def is_export(spec) -> bool:
+    """Whether the storage argument ``spec`` names an export file (by its ``.json.gz`` suffix)."""
+    return isinstance(spec, (str, Path)) and str(spec).endswith(SUFFIX)
+
+
+def export_path(folder, study_name: str) -> Path:
+    return Path(folder) / f"{study_name}{SUFFIX}"
+
+
+def study_to_dict(storage, study_name: str) -> dict:
+    """The export of ``study_name`` from an Optuna ``storage`` (see the module docstring)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study_name not in names:
+        studies = sorted(n for n in names if "/" not in n)
+        raise ValueError(f"no study {study_name!r} in this storage; studies there: "
+                         f"{', '.join(studies) if studies else '(none)'}")
+    attrs = names[study_name].user_attrs
+    missing = [k for k in _REQUIRED_KEYS if k not in attrs]
+    if missing:
+        raise ValueError(f"study {study_name!r} has no {', '.join(missing)} in its manifest; was it made by "
+                         "sweeps.runner?")
+    manifest = {k: attrs.get(k) for k in _MANIFEST_KEYS}
+    arm_order = {arm: i for i, arm in enumerate(attrs["arms"])}
+    prefix = f"{study_name}/"
+    units: dict = {arm: [] for arm in attrs["arms"]}
+    trials, other = [], {}
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        arm, _, seed = name[len(prefix):].rpartition("/seed")
+        if arm not in units or not seed.isdigit():
+            continue
+        seed = int(seed)
+        units[arm].append(seed)
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+                other[t.state.name] = other.get(t.state.name, 0) + 1
+                continue
+            trials.append({"arm": arm, "seed": seed, "number": t.number, "state": t.state.name,
+                           "params": dict(t.params), **{k: t.user_attrs.get(k) for k in _TRIAL_KEYS}})
+    trials.sort(key=lambda r: (arm_order[r["arm"]], r["seed"], r["number"]))
+    if other.get("WAITING") or other.get("RUNNING"):
+        warnings.warn(f"study {study_name!r} is not finished ({other.get('WAITING', 0)} waiting, "
+                      f"{other.get('RUNNING', 0)} running trials); exporting what has finished", RuntimeWarning,
+                      stacklevel=2)
+    return {"format": EXPORT_FORMAT, "study": study_name, "manifest": manifest, "arm_order": list(attrs["arms"]),
+            "units": {arm: sorted(seeds) for arm, seeds in units.items()},
+            "other_trials": dict(sorted(other.items())), "trials": trials}
+
+
+def _dumps(data: dict) -> bytes:
+    # allow_nan=False: the runner stores NaN metrics as None; a NaN here is a bug worth stopping for
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def write_export(data: dict, path) -> Path:
+    """Writes ``data`` as gzip-compressed JSON with a fixed header (no time stamp, no file name)."""
+    path = Path(path)
+    if not is_export(path):
+        raise ValueError(f"export path must end in {SUFFIX!r}, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as fh:
+        fh.write(_dumps(data))
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def export_study(storage_spec: str, study_name: str, out_dir) -> Path:
+    """Exports ``study_name`` from ``storage_spec`` (journal file path or database URL) into
+    ``out_dir/<study>.json.gz``; returns the path."""
+    import optuna
+
+    from .runner import open_storage
+
+    if "://" not in storage_spec and not Path(storage_spec).is_file():
+        raise ValueError(f"no storage file {storage_spec!r}; run `adaptive-focal sweep run {study_name}` first or "
+                         "pass --storage")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_spec)
+    return write_export(study_to_dict(storage, study_name), export_path(out_dir, study_name))
+
+
+def read_export(path) -> dict:
+    """The dict written by :func:`write_export` (an error names the file when it is not an export)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no export file {str(path)!r}; write it with `python -m sweeps.export <study> --out "
+                         f"{path.parent}`")
+    try:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} is not a gzip-compressed JSON export: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{str(path)!r}: export format must be {EXPORT_FORMAT}, got {found!r}")
+    return data
+
+
+def load_units(path, study_name: str | None = None) -> dict:
+    """What :func:`sweeps.report.load_units` returns for the journal, from an export file. ``study_name``, when
+    given, must be the exported study's name."""
+    from .report import _trajectory
+
+    data = read_export(path)
+    if study_name is not None and data["study"] != study_name:
+        raise ValueError(f"{str(path)!r} holds study {data['study']!r}, not {study_name!r}")
+    m = data["manifest"]
+    arms = {arm: m["arms"][arm] for arm in data["arm_order"]}  # JSON keys are sorted in the file
+    units: dict = {arm: {seed: [] for seed in data["units"].get(arm, [])} for arm in arms}
+    for t in data["trials"]:
+        units[t["arm"]].setdefault(t["seed"], []).append(
+            {"number": t["number"], "state": t["state"], "val": t["val_metrics"], "test": t["test_metrics"],
+             "seconds": t["seconds"], "gamma": _trajectory({"gamma_trajectory": t["gamma_trajectory"]})})
+    return {"study": data["study"], "dataset": m["dataset"], "metric": m["metric"], "arms": arms,
+            "units": {arm: {s: sorted(ts, key=lambda t: t["number"]) for s, ts in sorted(u.items())}
+                      for arm, u in units.items()}}
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from .runner import default_storage
+
+    parser = argparse.ArgumentParser(prog="python -m sweeps.export", description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+", help="study names")
+    parser.add_argument("--storage", help="journal file or database URL holding the studies (default: each "
+                                          "study's runs/sweeps/<study>.log)")
+    parser.add_argument("--out", default="sweeps/results/trials", help="folder for <study>.json.gz "
+                                                                       "(default: %(default)s)")
+    args = parser.parse_args(argv)
+    for name in args.studies:
+        try:
+            path = export_study(args.storage or default_storage(name), name, args.out)
+        except (ValueError, RuntimeError) as err:
+            print(f"sweeps.export: error: {err}", file=sys.stderr)
+            return 2
+        data = read_export(path)
+        print(f"{name}: {len(data['trials'])} trials -> {path}"
+              + (f" (not exported: {data['other_trials']})" if data["other_trials"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
