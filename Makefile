@@ -6,6 +6,12 @@
 #   make test    run the test suite (pytest, 2 xdist workers, W&B disabled)
 #   make bench   run the CPU benchmark in research/benchmarks/bench_focal.py
 #   make docs    redraw docs/schedules.svg (gamma(t) of every schedule)
+#   make export  write sweeps/results/trials/<study>.json.gz (the committed results) for every study with a
+#                journal in runs/sweeps/ (python -m sweeps.export; STUDIES= to choose)
+#   make paper-assets  regenerate paper/generated/*.tex and paper/figures/*.pdf from sweeps/results/trials
+#   make paper   paper-assets, then build paper/main.pdf with latexmk (installs Debian's TeX Live packages
+#                when run as root with apt-get; otherwise prints what to install and stops)
+#   make paper-expected  rerun the quick-config experiment and rewrite paper/expected/quick.json
 #   make clean   remove build artefacts and caches (keeps the virtual env)
 #   make distclean   clean, and remove the virtual env if this Makefile created it
 #
@@ -37,6 +43,9 @@ PYTEST_ARGS ?=
 RUN_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+STUDIES ?= $(basename $(notdir $(wildcard runs/sweeps/*.log)))
+# Debian packages that hold pdflatex, latexmk and every LaTeX package paper/main.tex uses
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended latexmk
 
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adaptive_focal-installed
@@ -55,7 +64,7 @@ else
 CHECK_PYTHON :=
 endif
 
-.PHONY: run demo test bench docs clean distclean venv
+.PHONY: run demo test bench docs export paper-assets paper paper-expected clean distclean venv
 
 run: export WANDB_MODE = disabled
 run: venv
@@ -73,6 +82,34 @@ bench: venv
 
 docs: venv
 	$(VENV_PY) -m research.plot_schedules --out docs/schedules.svg
+
+export: export WANDB_MODE = disabled
+export: venv
+	@if [ -z "$(strip $(STUDIES))" ]; then echo "no journal in runs/sweeps/; run a sweep first or give STUDIES=" >&2; exit 1; fi
+	$(VENV_PY) -m sweeps.export $(STUDIES) --out sweeps/results/trials
+
+paper-assets: venv
+	$(VENV_PY) -m paper.make_assets --results sweeps/results/trials --out paper
+
+paper-expected: export WANDB_MODE = disabled
+paper-expected: venv
+	$(VENV_PY) -m paper.quick --write paper/expected/quick.json
+
+paper: paper-assets
+	@if ! command -v pdflatex >/dev/null || ! command -v latexmk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing LaTeX: apt-get install -y --no-install-recommends $(TEX_PACKAGES)"; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEX_PACKAGES) \
+	      || exit 1; \
+	  else \
+	    echo "error: pdflatex and latexmk are needed to build paper/main.pdf. On Debian/Ubuntu run:" >&2; \
+	    echo "  sudo apt-get install --no-install-recommends $(TEX_PACKAGES)" >&2; \
+	    echo "(elsewhere: a TeX Live with amsmath, booktabs, graphicx, geometry, natbib, hyperref, and latexmk)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error main.tex
+	@echo "built paper/main.pdf"
 
 # Internal: the env exists and holds torch plus the package with its test extra.
 venv: $(STAMP)
@@ -93,6 +130,7 @@ $(STAMP): pyproject.toml $(wildcard adaptive_focal/__init__.py) | $(VENV_PY)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	cd paper && rm -f main.pdf main.aux main.bbl main.blg main.log main.out main.fls main.fdb_latexmk
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

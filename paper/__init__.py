@@ -1,0 +1,1 @@
+"""The paper: make_assets writes generated/ and figures/ from the committed sweep exports."""
