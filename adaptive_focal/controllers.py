@@ -270,6 +270,11 @@ class PIGamma(GammaPolicy):
         self.integral = integral.to(self._device()).clone()  # never the caller's tensor: steps update it in place
 
 
+#: EFL: up to this many classes, CPU statistics are turned into gamma in Python numbers (a dozen small tensor
+#: operations per step cost more there than the arithmetic); results equal the tensor path's bit for bit
+_HOST_CLASSES = 256
+
+
 def _require_fields(name: str, policy: str, stats: BatchStats, fields: tuple[str, ...]) -> None:
     missing = [f for f in fields if getattr(stats, f, None) is None]
     if missing:
@@ -352,15 +357,24 @@ class EqualizedFocal(GammaPolicy):
                 self.pos_grad, self.neg_grad = self.pos_grad.to(pos.device), self.neg_grad.to(pos.device)
             self.pos_grad.add_(pos)
             self.neg_grad.add_(neg)
-        ratio = torch.div(self.pos_grad, self.neg_grad + 1e-10).clamp_(0.0, 1.0)
-        gamma = ratio.mul_(-self.scale).add_(self.gamma_b + self.scale).to(torch.float32)  # gamma_b + s (1 - g)
         current = self.loss.gamma
-        if isinstance(current, FocalMixture) and current.gammas.shape == (1, gamma.numel()):
+        in_place = isinstance(current, FocalMixture) and current.gammas.shape == (1, self.pos_grad.numel())
+        if in_place and self.pos_grad.device.type == "cpu" and self.pos_grad.numel() <= _HOST_CLASSES:
+            # few classes on the CPU: the per-class arithmetic in Python numbers, one tensor written
+            top, bottom = self.gamma_b + self.scale, self.gamma_b
+            gamma = [top - self.scale * min(max(p / (n + 1e-10), 0.0), 1.0)
+                     for p, n in zip(self.pos_grad.tolist(), self.neg_grad.tolist())]
+            both = torch.tensor([gamma, [g / bottom for g in gamma]], dtype=torch.float64)
+        else:
+            ratio = torch.div(self.pos_grad, self.neg_grad + 1e-10).clamp_(0.0, 1.0)
+            gamma = ratio.mul_(-self.scale).add_(self.gamma_b + self.scale)  # gamma_b + s (1 - g), float64
+            both = torch.stack((gamma, gamma / self.gamma_b))
+        if in_place:
             with torch.no_grad():  # in place, on the device: no new module and no synchronisation per step
-                current.gammas[0].copy_(gamma)
-                current.weights[0].copy_(gamma).div_(self.gamma_b)
+                current.gammas.copy_(both[:1])
+                current.weights.copy_(both[1:])
             return current
-        return self._mixture(gamma)
+        return FocalMixture(both[:1].to(torch.float32), both[1:].to(torch.float32))
 
     def _state(self) -> dict:
         def cpu(t):

@@ -148,9 +148,12 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
         )
     if not gamma.is_floating_point():
         gamma = gamma.to(dtype)
-    if _on_host(gamma) and bool(torch.isnan(gamma).any()):
-        raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
-    nonneg = _nonneg(gamma)
+    nonneg = False  # unknown without reading the values
+    if _on_host(gamma) and gamma.numel():
+        low = float(gamma.detach().min())  # one reduction for both checks: min propagates NaN
+        if low != low:
+            raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
+        nonneg = low >= 0 and not gamma.requires_grad
     g = gamma.to(device=device, dtype=dtype)
     if g.dim() == 0:
         return _Gamma(_SCALAR, g, nonneg=nonneg)
@@ -241,7 +244,9 @@ def _mixture(fn, mode: str, input, target, mix: FocalMixture, alpha, weight, kwa
         if scale is not None:
             loss_k = loss_k * scale.to(loss_k.dtype)
         total = loss_k if total is None else total + loss_k
-        if stats_k is not None:
+        if stats_k is not None and stats is None and scale is None:
+            stats = stats_k  # a first term with per-class weights has nothing to rescale (EFL's one-term form)
+        elif stats_k is not None:
             parts = {}
             for name in _LOSS_FIELDS:
                 value = getattr(stats_k, name, None)
@@ -326,9 +331,15 @@ def sigmoid_focal_loss(
     """
     _check_input(input)
     if isinstance(gamma, FocalMixture):
-        return _mixture(sigmoid_focal_loss, "sigmoid", input, target, gamma, alpha, weight, dict(
-            reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
-            return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
+        c = _check_mixture(gamma, "sigmoid", input)
+        if gamma.num_terms > 1 or gamma.weights.dim() == 1:
+            return _mixture(sigmoid_focal_loss, "sigmoid", input, target, gamma, alpha, weight, dict(
+                reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
+        # one term with per-class weights (EFL's form): its gamma, and its weights folded into the element weight
+        class_w = gamma.weights[0].view((1, c) + (1,) * (input.dim() - 2))
+        weight = class_w if weight is None else torch.as_tensor(weight, device=input.device) * class_w
+        gamma = gamma.gammas[0]
     _check_reduction(reduction, _SIGMOID_REDUCTIONS, "sigmoid_focal_loss")
     ls = _check_label_smoothing(label_smoothing)
     if not isinstance(target, torch.Tensor):
@@ -425,6 +436,7 @@ def sigmoid_focal_loss(
                     None if a is None else a.contiguous(), None if wval is None else wval.contiguous(),
                     None if ignore_index is None else float(ignore_index),
                     ls, bool(detach_modulator), edges.contiguous(), False, True,
+                    False if g.nonneg else None,  # known non-negative: no need to read gamma again
                 )
             # the loss itself stays the PyTorch formulation's (return_stats never changes it), and so does its sum
             stats = _stats_from_acc(acc, edges, num_classes, sum_loss=total.detach().to(torch.float32))

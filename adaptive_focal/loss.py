@@ -106,9 +106,8 @@ class FocalLoss(nn.Module):
             if check and math.isnan(value):
                 raise ValueError(f"gamma must not be NaN, got {value!r}")
             if old is not None and old.dim() == 0:
-                with torch.no_grad():
-                    old.fill_(float(value))  # the per-step path of schedules: in place, no new tensor
-                return
+                old.fill_(float(value))  # the per-step path of schedules: in place, no new tensor (buffers never
+                return                    # require grad, so no autograd context is needed)
             new = torch.tensor(float(value), dtype=torch.float32)
         elif isinstance(value, torch.Tensor):
             new = value.detach().to(torch.float32)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from .loss import GAMMA_MODULES, FocalLoss
-from .stats import BatchStats
+from .stats import BatchStats, _distributed
 
 __all__ = ["GammaPolicy", "create_policy", "list_policies", "policy_class", "register_policy"]
 
@@ -163,7 +163,9 @@ class GammaPolicy:
     def _synced(self, stats: BatchStats | None) -> BatchStats | None:
         if stats is None or not self.sync_stats or not (self.needs_stats or self.needs_validation):
             return stats
-        return stats.all_reduce()  # a no-op outside torch.distributed
+        if not _distributed():
+            return stats
+        return stats.all_reduce()
 
     def hparams(self) -> dict:
         """The policy's hyperparameters as plain values (numbers, strings, tuples), for experiment configs."""

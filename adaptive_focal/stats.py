@@ -26,6 +26,14 @@ def default_edges(bins: int = 15, device: torch.device | str | None = None) -> t
     return torch.linspace(0.0, 1.0, bins + 1, device=device)
 
 
+def _distributed() -> bool:
+    """Whether a torch.distributed process group is initialised (checked every training step, so kept cheap)."""
+    return _DIST_AVAILABLE and torch.distributed.is_initialized()
+
+
+_DIST_AVAILABLE = torch.distributed.is_available()
+
+
 @dataclass
 class BatchStats:
     """Sums over the non-ignored elements (sigmoid) or samples (softmax) of one or more batches.
@@ -176,10 +184,10 @@ class BatchStats:
         One collective: the fields are packed into a float64 buffer (exact for counts below 2**53) and unpacked
         into their own dtypes. Outside an initialised process group it returns ``self``.
         """
+        if not _distributed():
+            return self
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
         parts = [(name, getattr(self, name)) for name in self._SUMMED if getattr(self, name) is not None]
         flat = torch.cat([value.reshape(-1).to(torch.float64) for _, value in parts])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)

@@ -179,3 +179,22 @@ def test_efl_load_state_dict_does_not_alias_the_callers_tensors(gen):
     policy.step(loss(x, t, return_stats=True)[1])
     assert torch.equal(state["pos_grad"], saved[0]) and torch.equal(state["neg_grad"], saved[1])
     assert not torch.equal(policy.pos_grad, saved[0])
+
+
+def test_efl_python_and_tensor_arithmetic_agree_bit_for_bit(gen, monkeypatch):
+    # few classes on the CPU take Python numbers, many (or a GPU) tensor operations: the same float64 formula
+    import adaptive_focal.controllers as controllers
+
+    losses = [FocalLoss("sigmoid", alpha=0.25) for _ in range(2)]
+    policies = [create_policy("efl", lo, num_classes=6) for lo in losses]
+    for _ in range(5):
+        x = torch.randn(40, 6, generator=gen) * 2
+        t = (torch.rand(40, 6, generator=gen) < torch.linspace(0.6, 0.02, 6)).float()
+        for k, (loss, policy) in enumerate(zip(losses, policies)):
+            with monkeypatch.context() as m:
+                if k == 1:
+                    m.setattr(controllers, "_HOST_CLASSES", 0)
+                policy.step(loss(x, t, return_stats=True)[1])
+        assert torch.equal(losses[0].gamma.gammas, losses[1].gamma.gammas)
+        assert torch.equal(losses[0].gamma.weights, losses[1].gamma.weights)
+    assert losses[0].gamma.gammas.max() > 2.0  # the rare classes moved

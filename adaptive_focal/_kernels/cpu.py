@@ -196,8 +196,12 @@ def sigmoid_focal_forward(
     stat_edges: torch.Tensor,
     need_elementwise: bool,
     need_stats: bool,
+    gamma_negative: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The kernel contract of :mod:`adaptive_focal._kernels` on CPU float32 tensors of shape (N, C, S)."""
+    """The kernel contract of :mod:`adaptive_focal._kernels` on CPU float32 tensors of shape (N, C, S).
+
+    ``gamma_negative``: whether some gamma is negative, when the caller knows it (else it is read from ``gamma``).
+    """
     lib = _load()
     if lib is None:  # pragma: no cover - callers check available() first
         raise RuntimeError("the CPU focal-loss kernel is not available")
@@ -205,7 +209,8 @@ def sigmoid_focal_forward(
     grad = torch.empty_like(x)
     elem = torch.empty_like(x) if need_elementwise else x.new_empty(0)
     bins = stat_edges.numel() - 1
-    gamma_negative = bool((gamma < 0).any())
+    if gamma_negative is None:
+        gamma_negative = bool((gamma < 0).any())
     units = n if s == 1 else n * c
     # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
     threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
@@ -224,7 +229,7 @@ def sigmoid_focal_forward(
         need_stats=bool(need_stats), stat_bins=bins, stat_edges=stat_edges.data_ptr(),
     )
     lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[1])
-    return elem, grad, acc.sum(0)
+    return elem, grad, acc[0] if threads == 1 else acc.sum(0)
 
 
 def softmax_stats(logp: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
