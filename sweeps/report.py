@@ -211,7 +211,7 @@ def _mean_std(values: list) -> tuple:
 def _is_fixed_gamma(record: dict) -> bool:
     config = record.get("config", {})
     return (not record.get("space") and config.get("loss") == "focal" and "gamma" in config
-            and config.get("policy", "none") in (None, "none"))
+            and config.get("policy", "none") in (None, "none") and config.get("sampler", "none") in (None, "none"))
 
 
 def _is_default_policy(record: dict) -> bool:
@@ -603,6 +603,35 @@ def run_report(studies, storage: str | None = None, *, out=None, wandb_mode: str
     return full_markdown(analyses), analyses, written
 
 
+README_START, README_END = "<!-- leaderboards:start -->", "<!-- leaderboards:end -->"
+
+
+def readme_block(analyses: list[dict], top: int = 12) -> str:
+    """Per study: the ``top`` arms of the leaderboard with their paired difference from the best fixed gamma (the
+    block ``--readme`` writes into a README)."""
+    parts = []
+    for a in analyses:
+        paired = {r["arm"]: r for r in a["paired"]}
+        seeds = max((r["seeds"] for r in a["leaderboard"]), default=0)
+        parts.append(f"**{a['study']}** (test {a['metric']}, mean ± std over {seeds} seeds; best fixed gamma by "
+                     f"validation: `{a['reference']}`; difference: paired by seed, 95% bootstrap CI)\n")
+        parts.append(f"| rank | arm | test {a['metric']} | vs best fixed gamma | W/T/L | completed trials |")
+        parts.append("|---:|---|---:|---:|---:|---:|")
+        for rank, row in enumerate(a["leaderboard"][:top], 1):
+            p = paired.get(row["arm"])
+            if row["arm"] == a["reference"]:
+                diff, wtl = "(reference)", ""
+            elif p is None or not p["n"]:
+                diff, wtl = "—", ""
+            else:
+                ci = "" if p["ci_low"] is None else f" [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+                diff, wtl = f"{p['mean_diff']:+.3f}{ci}", f"{p['wins']}/{p['ties']}/{p['losses']}"
+            parts.append(f"| {rank} | {row['arm']} | {_f(row['mean'])} ± {_f(row['std'])} | {diff} | {wtl} "
+                         f"| {row['trials']} |")
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -616,13 +645,26 @@ def main(argv=None) -> int:
                         help="also log the tables and figures to W&B in this mode")
     parser.add_argument("--n-boot", type=int, default=N_BOOT)
     parser.add_argument("--boot-seed", type=int, default=BOOT_SEED)
+    parser.add_argument("--readme", help=f"also write each study's top arms between {README_START} and "
+                                         f"{README_END} in this file (e.g. sweeps/README.md)")
+    parser.add_argument("--top", type=int, default=12, help="arms per study in the --readme block (default 12)")
     args = parser.parse_args(argv)
+    if args.readme is not None:
+        text = Path(args.readme).read_text() if Path(args.readme).is_file() else ""
+        if README_START not in text or README_END not in text:
+            print(f"sweeps.report: error: --readme {args.readme!r} has no {README_START} ... {README_END} block",
+                  file=sys.stderr)
+            return 2
     try:
-        text, _, written = run_report(args.studies, args.storage, out=args.out, wandb_mode=args.wandb,
-                                      n_boot=args.n_boot, boot_seed=args.boot_seed)
+        text, analyses, written = run_report(args.studies, args.storage, out=args.out, wandb_mode=args.wandb,
+                                             n_boot=args.n_boot, boot_seed=args.boot_seed)
     except (ValueError, RuntimeError) as err:
         print(f"sweeps.report: error: {err}", file=sys.stderr)
         return 2
+    if args.readme is not None:
+        from research.seed_table import fill_block
+
+        fill_block(args.readme, README_START, README_END, readme_block(analyses, args.top))
     print(text)
     if written:
         print(f"\nwrote {', '.join(written['files'])} to {written['dir']}", file=sys.stderr)

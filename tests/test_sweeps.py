@@ -60,11 +60,17 @@ def assert_done(storage, study, trials, seeds=None):
 def test_every_study_definition_loads_with_the_issue_arms():
     main = ["digits-lt", "mnist1d-lt", "gauss-lt", "dense-det", "seg-toy"]
     rho = [f"{d}-rho{r}" for d in ("digits-lt", "gauss-lt") for r in (1, 10, 100)]
-    assert list_studies() == main + rho
+    combos = [f"{d}-combos" for d in ("digits-lt", "gauss-lt", "mnist1d-lt")]
+    assert list_studies() == main + rho + combos
     for name in rho:  # the fixed-gamma grid only, at the study's imbalance ratio
         study = load_study(name)
         assert [a.name for a in study.arms] == [f"gamma={g:g}" for g in GAMMA_GRID] and study.seeds == 5
         assert study.dataset_kwargs == {"imbalance_ratio": float(name.rpartition("-rho")[2])}
+    for name in combos:  # cross-entropy and focal loss, each with every sampler
+        configs = {a.name: a.config for a in load_study(name).arms}
+        assert configs["gamma=0"] == {"loss": "focal", "gamma": 0.0, "sampler": "none"}
+        assert configs["gamma=2+class_balanced"] == {"loss": "focal", "gamma": 2.0, "sampler": "class_balanced"}
+        assert len(configs) == 9 and load_study(name).seeds == 5
     for name in main:
         arms = {a.name for a in load_study(name).arms}
         assert {"gamma=0", "gamma=0.5", "gamma=1", "gamma=2", "gamma=3", "gamma=5", "gamma=tpe",

@@ -257,3 +257,32 @@ def test_tiny_study_run_and_reported(tmp_path, capsys):
                      "--wandb", "disabled"]) == 0
     assert "wrote the report to" in capsys.readouterr().out
     assert (tmp_path / "cli" / "report.md").is_file() and (tmp_path / "cli" / "leaderboard.csv").is_file()
+
+
+def test_resampled_arms_are_not_fixed_gamma_arms():
+    # the best fixed gamma (the paired tests' reference) is chosen among focal losses without resampling
+    plain = {"config": {"loss": "focal", "gamma": 1.0}}
+    assert report._is_fixed_gamma(plain)
+    assert report._is_fixed_gamma({"config": {**plain["config"], "sampler": "none"}})
+    assert not report._is_fixed_gamma({"config": {**plain["config"], "sampler": "sqrt"}})
+    assert not report._is_fixed_gamma({"config": {**plain["config"], "policy": "pi"}})
+
+
+def test_readme_block_written_between_the_markers(handmade, analysis, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n")
+    assert report.main(["hm", "--storage", handmade, "--n-boot", "200", "--readme", str(readme), "--top", "3"]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    board = analysis["leaderboard"]
+    assert len(rows) == 3 and [r.split(" | ")[1] for r in rows] == [b["arm"] for b in board[:3]]
+    ref = analysis["reference"]
+    paired = {p["arm"]: p for p in analysis["paired"]}
+    for row, b in zip(rows, board[:3]):  # the paired difference from the best fixed gamma, as the report has it
+        cell = row.split(" | ")[3]
+        assert cell == "(reference)" if b["arm"] == ref else cell.startswith(f"{paired[b['arm']]['mean_diff']:+.3f}")
+    missing = tmp_path / "NOMARK.md"
+    missing.write_text("no block\n")
+    assert report.main(["hm", "--storage", handmade, "--readme", str(missing)]) == 2
+    assert "has no <!-- leaderboards:start -->" in capsys.readouterr().err and missing.read_text() == "no block\n"

@@ -14,23 +14,28 @@ STUDIES = {
 }
 
 
-#: the fixed-gamma grid at several imbalance ratios (``sweeps/studies/rho.py``): ``<dataset>-rho<rho>``
-_RHO_MODULE = "rho"
+#: modules that define families of studies as ``STUDIES`` (name -> Study): the fixed-gamma grid at several
+#: imbalance ratios (``rho.py``: ``<dataset>-rho<rho>``) and focal loss with resampling (``combos.py``:
+#: ``<dataset>-combos``)
+_FAMILIES = ("rho", "combos")
 
 
-def _rho_studies() -> dict:
-    return importlib.import_module(f"{__name__}.{_RHO_MODULE}").STUDIES
+def _family_studies() -> dict:
+    out = {}
+    for module in _FAMILIES:
+        out.update(importlib.import_module(f"{__name__}.{module}").STUDIES)
+    return out
 
 
 def list_studies() -> list[str]:
-    return list(STUDIES) + list(_rho_studies())
+    return list(STUDIES) + list(_family_studies())
 
 
 def load_study(name: str):
     """The :class:`~sweeps.spec.Study` called ``name``; an unknown name is an error naming the studies."""
     if name in STUDIES:
         return importlib.import_module(f"{__name__}.{STUDIES[name]}").STUDY
-    rho = _rho_studies()
-    if name in rho:
-        return rho[name]
+    family = _family_studies()
+    if name in family:
+        return family[name]
     raise ValueError(f"unknown study {name!r}; studies: {', '.join(list_studies())}")
