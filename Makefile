@@ -1,7 +1,7 @@
 # adaptive_focal — developer entry points.
 #
 #   make run     the default sweep on digits-lt (fixed gammas, tuned gamma, every policy, imbalance
-#                baselines; 3 seeds, 2 workers, journal storage runs/sweeps/digits-lt.log) and its leaderboard
+#                baselines; 5 seeds, 2 workers, journal storage runs/sweeps/digits-lt.log) and its leaderboard
 #   make demo    train the long-tailed digits demo (focal loss vs cross-entropy)
 #   make test    run the test suite (pytest, 2 xdist workers, W&B disabled)
 #   make bench   run the CPU benchmark in research/benchmarks/bench_focal.py
@@ -31,7 +31,7 @@
 #   TORCH_PIP_ARGS  extra pip arguments for that torch install, e.g. an --index-url of the
 #               CUDA or CPU wheel index you want.
 #   PYTEST_ARGS extra pytest arguments, e.g. PYTEST_ARGS="-m 'not slow'".
-#   RUN_ARGS    extra arguments for `adaptive-focal sweep run digits-lt`, e.g. RUN_ARGS="--seeds 5 --trials 20".
+#   RUN_ARGS    extra arguments for `adaptive-focal sweep run digits-lt`, e.g. RUN_ARGS="--seeds 3 --trials 20".
 #   DEMO_ARGS   arguments for research.train_digits, e.g. DEMO_ARGS="--gamma 1 --epochs 20".
 #   BENCH_ARGS  arguments for the benchmark script.
 
