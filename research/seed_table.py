@@ -3,9 +3,13 @@
 For each data set: cross-entropy for every seed; the focal loss's gamma chosen from a grid by the validation
 headline metric of seed 0 (so the test set plays no part in the choice); then that gamma for every seed. The
 table reports mean and standard deviation of the test headline metric (balanced accuracy, mAP for dense-det,
-mean IoU for seg-toy), the difference, and whether it exceeds twice its standard error (seed noise).
+mean IoU for seg-toy) and the difference. Both losses run with the same seeds, so seed k of each shares its data
+split, initialisation and batch order: the difference is taken per seed, and "separated" means that its mean
+exceeds twice its standard error over seeds (the paired seed noise; the unpaired standard error of the two means,
+which ignores the pairing, is stored as well).
 
     python -m research.seed_table [--datasets digits-lt ...] [--seeds 5] [--out FILE] [--readme research/README.md]
+    python -m research.seed_table --from-json research/results/seed_table.json --readme research/README.md
 
 ``--readme`` rewrites the block between ``<!-- seed-table:start -->`` and ``<!-- seed-table:end -->`` of that
 file with the table, so the README's numbers are generated, never typed.
@@ -40,25 +44,36 @@ def run_dataset(dataset: str, seeds: int, gammas, threads: int | None) -> dict:
     tuning = {g: main({**base, "loss": "focal", "gamma": g, "seed": 0})["val_metrics"][metric] for g in gammas}
     best = max(tuning, key=lambda g: (tuning[g], -g))
     focal = [main({**base, "loss": "focal", "gamma": best, "seed": s})["metrics"][metric] for s in range(seeds)]
-    diff = statistics.fmean(focal) - statistics.fmean(ce)
-    se = math.sqrt(statistics.variance(ce) / seeds + statistics.variance(focal) / seeds) if seeds > 1 else float("nan")
-    return {
-        "metric": metric, "ce": ce, "focal": focal, "gamma": best, "tuning_val": tuning,
-        "difference": diff, "standard_error": se, "separated": abs(diff) > 2 * se,
-        "seconds": time.perf_counter() - t0,
-    }
+    return {"metric": metric, "ce": ce, "focal": focal, "gamma": best, "tuning_val": tuning,
+            **compare(ce, focal), "seconds": time.perf_counter() - t0}
+
+
+def compare(ce: list[float], focal: list[float]) -> dict:
+    """Focal minus cross-entropy, paired by seed: mean difference, its standard error over seeds, wins / losses
+    of focal, whether the mean exceeds twice the standard error, and the unpaired standard error for reference."""
+    if len(ce) != len(focal) or len(ce) < 2:
+        raise ValueError(f"ce and focal need the same number (>= 2) of seeds, got {len(ce)} and {len(focal)}")
+    diffs = [f - c for c, f in zip(ce, focal)]
+    n = len(diffs)
+    diff = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    return {"difference": diff, "standard_error": se, "separated": abs(diff) > 2 * se,
+            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs),
+            "unpaired_standard_error": math.sqrt(statistics.variance(ce) / n + statistics.variance(focal) / n)}
 
 
 def markdown(results: dict, seeds: int) -> str:
     lines = [
-        f"| data set | test metric | cross-entropy | focal (tuned gamma) | difference | > 2 SE ({seeds} seeds) |",
-        "|---|---|---:|---:|---:|:---:|",
+        f"| data set | test metric | cross-entropy | focal (tuned gamma) | focal - CE, paired (SE) | focal better / "
+        f"worse | > 2 SE ({seeds} seeds) |",
+        "|---|---|---:|---:|---:|:---:|:---:|",
     ]
     for dataset, r in results.items():
         def ms(v):
             return f"{statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
+        verdict = "no" if not r["separated"] else ("yes, focal better" if r["difference"] > 0 else "yes, CE better")
         lines.append(f"| {dataset} | {r['metric']} | {ms(r['ce'])} | {ms(r['focal'])} (gamma {r['gamma']:g}) | "
-                     f"{r['difference']:+.3f} (SE {r['standard_error']:.3f}) | {'yes' if r['separated'] else 'no'} |")
+                     f"{r['difference']:+.3f} ({r['standard_error']:.3f}) | {r['wins']} / {r['losses']} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -70,11 +85,17 @@ def main_cli(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--readme", default=None)
+    parser.add_argument("--from-json", default=None, help="rebuild the table from a stored --out file (no runs)")
     args = parser.parse_args(argv)
-    results = {}
-    for dataset in args.datasets:
-        results[dataset] = run_dataset(dataset, args.seeds, args.gammas, args.threads)
-        print(f"{dataset}: {results[dataset]['seconds']:.0f} s", flush=True)
+    if args.from_json:
+        stored = json.loads(Path(args.from_json).read_text())
+        args.seeds, args.gammas = stored["seeds"], stored["gammas"]
+        results = {d: {**r, **compare(r["ce"], r["focal"])} for d, r in stored["results"].items()}
+    else:
+        results = {}
+        for dataset in args.datasets:
+            results[dataset] = run_dataset(dataset, args.seeds, args.gammas, args.threads)
+            print(f"{dataset}: {results[dataset]['seconds']:.0f} s", flush=True)
     table = markdown(results, args.seeds)
     print(table)
     if args.out:

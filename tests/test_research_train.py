@@ -136,3 +136,17 @@ def test_training_learns_something():
     """A default-length run beats chance by far (guards against a silently broken loop)."""
     metrics = main({"dataset": "digits-lt"})["metrics"]
     assert metrics["balanced_accuracy"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_seed_table_compares_paired_by_seed():
+    from research.seed_table import compare
+
+    ce, focal = [0.80, 0.90, 0.70], [0.82, 0.93, 0.71]  # diffs +0.02, +0.03, +0.01: mean 0.02, sd 0.01
+    got = compare(ce, focal)
+    assert got["difference"] == pytest.approx(0.02) and got["standard_error"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert got["separated"] and (got["wins"], got["losses"]) == (3, 0)
+    # the unpaired standard error sees the seeds' spread (0.1) and cannot separate the two
+    assert got["unpaired_standard_error"] > 0.05
+    assert not compare([0.8, 0.9], [0.81, 0.88])["separated"]
+    with pytest.raises(ValueError, match="same number"):
+        compare([0.8, 0.9], [0.8])
