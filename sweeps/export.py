@@ -103,7 +103,8 @@ def study_to_dict(storage, study_name: str) -> dict:
         warnings.warn(f"study {study_name!r} is not finished ({other.get('WAITING', 0)} waiting, "
                       f"{other.get('RUNNING', 0)} running trials); exporting what has finished", RuntimeWarning,
                       stacklevel=2)
-    return {"format": EXPORT_FORMAT if across else 1, "study": study_name, "manifest": manifest, "arm_order": list(attrs["arms"]),
+    return {"format": EXPORT_FORMAT if across else 1, "study": study_name, "manifest": manifest,
+            "arm_order": list(attrs["arms"]),
             "units": {arm: sorted(seeds) for arm, seeds in units.items()},
             "other_trials": dict(sorted(other.items())), "trials": trials}
 
