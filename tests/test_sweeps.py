@@ -490,3 +490,28 @@ def test_cli_runs_and_reports_the_across_seeds_study(tmp_path, capsys):
     assert "| gamma=tpe@seeds |" in capsys.readouterr().out
     assert cli.main(["sweep", "list"]) == 0
     assert "digits-lt-across-seeds: digits-lt, 10 arms (3 tuned across seeds), 8 seeds" in capsys.readouterr().out
+
+
+def _assert_across_done(storage, study, trials):
+    """Every per-seed unit has its one trial, the across-seeds unit ``trials`` complete trials on every seed."""
+    st = runner.open_storage(str(storage))
+    for arm, seed, name in runner.units_of(study, study.seeds):
+        unit = optuna.load_study(study_name=name, storage=st)
+        assert [t.state for t in unit.trials] == [TrialState.COMPLETE] * (trials if seed is None else 1), name
+        if seed is None:
+            assert all(sorted(t.user_attrs["seeds_evaluated"]) == list(range(study.seeds)) for t in unit.trials)
+
+
+def test_two_workers_share_an_across_seeds_unit(tmp_path):
+    study, log = across_study(arms=("gamma=0",), seeds=2, trials=3), tmp_path / "w2-across.log"
+    summary = runner.run(study, opts(log, workers=2))
+    assert summary["errors"] == []
+    _assert_across_done(log, study, trials=3)
+
+
+def test_postgres_across_seeds(postgres_url):
+    study = across_study(arms=("gamma=0",), seeds=2, trials=2)
+    summary = runner.run(study, opts(postgres_url, workers=2))
+    assert summary["errors"] == []
+    _assert_across_done(postgres_url, study, trials=2)
+    assert "| gamma=tpe@seeds |" in report.report("tiny-across", postgres_url)
