@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = ssub.add_parser("run", help="run (or resume) a study's arms x seeds")
     run.add_argument("study", help="a study name (see `adaptive-focal sweep list`)")
-    run.add_argument("--trials", type=int, help="TPE trials per tuned arm and seed (default: the study's)")
+    run.add_argument("--trials", type=int, help="TPE trials per tuned arm and seed, or per arm for arms tuned "
+                                                "across seeds (default: the study's)")
     run.add_argument("--seeds", type=int, help="seeds per arm (default: the study's)")
     run.add_argument("--workers", type=int, default=1, help="parallel worker processes on this machine")
     run.add_argument("--storage", help="a journal file path (default runs/sweeps/<study>.log) or a database URL "
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     run.add_argument("--multi-objective", action="store_true",
                      help="maximise the validation headline metric and minimise validation ECE (no pruning)")
-    run.add_argument("--no-prune", action="store_true", help="no MedianPruner on the per-epoch validation metric")
+    run.add_argument("--no-prune", action="store_true", help="no pruning: neither MedianPruner on the per-epoch "
+                                                             "validation metric nor, for arms tuned across seeds, "
+                                                             "WilcoxonPruner over the seeds")
     run.add_argument("--heartbeat-interval", type=float, default=10.0)
     run.add_argument("--grace-period", type=float, default=30.0)
     run.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
@@ -72,7 +75,9 @@ def _sweep(args) -> int:
     if args.action == "list":
         for name in list_studies():
             s = load_study(name)
-            print(f"{name}: {s.dataset}, {len(s.arms)} arms, {s.seeds} seeds, {s.trials} trials per tuned arm")
+            across = f" ({len(s.across_seeds_arms)} tuned across seeds)" if s.across_seeds_arms else ""
+            print(f"{name}: {s.dataset}, {len(s.arms)} arms{across}, {s.seeds} seeds, {s.trials} trials per tuned "
+                  "arm")
         return 0
     from sweeps import report as report_mod
     from sweeps import runner

@@ -44,8 +44,8 @@ def _study(seeds: int, epochs: int):
 
 def _noop(config, epoch_callback=None):
     metrics = {"balanced_accuracy": 0.5, "ece": 0.1, "accuracy": 0.5}
-    return {"config": config, "metrics": metrics, "val_metrics": dict(metrics), "history": [], "gamma": {},
-            "seconds": 0.0}
+    return {"config": config, "metrics": metrics, "val_metrics": dict(metrics), "history": [],
+            "gamma": {"steps": [], "epochs": []}, "seconds": 0.0}
 
 
 def _worker(study, opts, worker_id, units, noop, ready, go, results):

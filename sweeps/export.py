@@ -7,6 +7,12 @@ it ran, validation and test metrics, seconds, gamma trajectory and package versi
 predates these attributes). Trials in other states (WAITING, RUNNING, FAIL) are only counted, under
 ``"other_trials"``; a study exported while it still has waiting or running trials is exported with a warning.
 
+An arm tuned across seeds (format 2) has one unit and its trials are exported whole: ``seed`` is None, and
+``config`` (without a seed), ``seconds`` (all seeds), ``versions``, ``seeds`` (the order evaluated),
+``seeds_evaluated``, ``pruned`` and ``per_seed`` (``{"<seed>": {"config", "val_metrics", "test_metrics", "seconds",
+"gamma_trajectory"}}``) are the runner's user attributes; ``units[arm]`` lists the unit's seeds. A study without
+such arms is written in format 1, byte for byte as before; both formats are read.
+
 The file is gzip-compressed JSON with sorted keys (``arm_order`` keeps the manifest's order of the arms), no
 timestamps (gzip ``mtime=0``, no file name in the header)
 and trials in a fixed order (arm as in the manifest, then seed, then trial number), so exporting the same storage
@@ -28,8 +34,11 @@ from pathlib import Path
 __all__ = ["EXPORT_FORMAT", "SUFFIX", "export_path", "export_study", "is_export", "load_units", "read_export",
            "study_to_dict", "write_export"]
 
-#: version of the export layout (bump when a key changes meaning)
-EXPORT_FORMAT = 1
+#: version of the export layout (bump when a key changes meaning); 2 added arms tuned across seeds, and a study
+#: without them is still written as format 1
+EXPORT_FORMAT = 2
+#: formats :func:`read_export` reads
+READ_FORMATS = (1, 2)
 SUFFIX = ".json.gz"
 #: manifest user attributes copied into the export (the runner writes all of them)
 _MANIFEST_KEYS = ("dataset", "dataset_kwargs", "overrides", "directions", "metric", "arms")
@@ -37,6 +46,8 @@ _MANIFEST_KEYS = ("dataset", "dataset_kwargs", "overrides", "directions", "metri
 _REQUIRED_KEYS = ("dataset", "metric", "arms")
 #: trial user attributes copied into the export; missing ones are None
 _TRIAL_KEYS = ("config", "val_metrics", "test_metrics", "seconds", "gamma_trajectory", "versions")
+#: user attributes of a trial of an arm tuned across seeds copied into the export; missing ones are None
+_ACROSS_KEYS = ("config", "seconds", "versions", "seeds", "seeds_evaluated", "pruned", "per_seed")
 
 
 def is_export(spec) -> bool:
@@ -53,6 +64,8 @@ def study_to_dict(storage, study_name: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
+    from .runner import parse_unit_name
+
     names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if study_name not in names:
         studies = sorted(n for n in names if "/" not in n)
@@ -65,29 +78,33 @@ def study_to_dict(storage, study_name: str) -> dict:
                          "sweeps.runner?")
     manifest = {k: attrs.get(k) for k in _MANIFEST_KEYS}
     arm_order = {arm: i for i, arm in enumerate(attrs["arms"])}
-    prefix = f"{study_name}/"
+    across = {arm for arm, rec in attrs["arms"].items() if rec.get("across_seeds")}
     units: dict = {arm: [] for arm in attrs["arms"]}
     trials, other = [], {}
     for name in names:
-        if not name.startswith(prefix):
+        parsed = parse_unit_name(study_name, name)
+        if parsed is None or parsed[0] not in units or (parsed[1] is None) != (parsed[0] in across):
             continue
-        arm, _, seed = name[len(prefix):].rpartition("/seed")
-        if arm not in units or not seed.isdigit():
-            continue
-        seed = int(seed)
-        units[arm].append(seed)
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+        arm, seed = parsed
+        unit = optuna.load_study(study_name=name, storage=storage)
+        if seed is None:
+            units[arm] = list(unit.user_attrs.get("seeds") or [])
+        else:
+            units[arm].append(seed)
+        keys = _TRIAL_KEYS if seed is not None else _ACROSS_KEYS
+        for t in unit.get_trials(deepcopy=False):
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 other[t.state.name] = other.get(t.state.name, 0) + 1
                 continue
             trials.append({"arm": arm, "seed": seed, "number": t.number, "state": t.state.name,
-                           "params": dict(t.params), **{k: t.user_attrs.get(k) for k in _TRIAL_KEYS}})
-    trials.sort(key=lambda r: (arm_order[r["arm"]], r["seed"], r["number"]))
+                           "params": dict(t.params), **{k: t.user_attrs.get(k) for k in keys}})
+    trials.sort(key=lambda r: (arm_order[r["arm"]], -1 if r["seed"] is None else r["seed"], r["number"]))
     if other.get("WAITING") or other.get("RUNNING"):
         warnings.warn(f"study {study_name!r} is not finished ({other.get('WAITING', 0)} waiting, "
                       f"{other.get('RUNNING', 0)} running trials); exporting what has finished", RuntimeWarning,
                       stacklevel=2)
-    return {"format": EXPORT_FORMAT, "study": study_name, "manifest": manifest, "arm_order": list(attrs["arms"]),
+    return {"format": EXPORT_FORMAT if across else 1, "study": study_name, "manifest": manifest,
+            "arm_order": list(attrs["arms"]),
             "units": {arm: sorted(seeds) for arm, seeds in units.items()},
             "other_trials": dict(sorted(other.items())), "trials": trials}
 
@@ -135,16 +152,17 @@ def read_export(path) -> dict:
         data = json.loads(gzip.decompress(path.read_bytes()))
     except (OSError, ValueError) as err:
         raise ValueError(f"{str(path)!r} is not a gzip-compressed JSON export: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in READ_FORMATS:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{str(path)!r}: export format must be {EXPORT_FORMAT}, got {found!r}")
+        raise ValueError(f"{str(path)!r}: export format must be one of {', '.join(map(str, READ_FORMATS))}, "
+                         f"got {found!r}")
     return data
 
 
 def load_units(path, study_name: str | None = None) -> dict:
     """What :func:`sweeps.report.load_units` returns for the journal, from an export file. ``study_name``, when
     given, must be the exported study's name."""
-    from .report import _trajectory
+    from .report import _across_record, _seed_record, _trajectory
 
     data = read_export(path)
     if study_name is not None and data["study"] != study_name:
@@ -152,13 +170,22 @@ def load_units(path, study_name: str | None = None) -> dict:
     m = data["manifest"]
     arms = {arm: m["arms"][arm] for arm in data["arm_order"]}  # JSON keys are sorted in the file
     units: dict = {arm: {seed: [] for seed in data["units"].get(arm, [])} for arm in arms}
+    across = {arm: {"seeds": list(data["units"].get(arm, [])), "trials": []} for arm, rec in arms.items()
+              if rec.get("across_seeds")}
     for t in data["trials"]:
+        if t["arm"] in across:
+            across[t["arm"]]["trials"].append(_across_record(t["number"], t["state"], t))
+            for s, run in (t.get("per_seed") or {}).items():
+                units[t["arm"]].setdefault(int(s), []).append(_seed_record(t["number"], t["state"], run))
+            continue
         units[t["arm"]].setdefault(t["seed"], []).append(
             {"number": t["number"], "state": t["state"], "val": t["val_metrics"], "test": t["test_metrics"],
              "seconds": t["seconds"], "gamma": _trajectory({"gamma_trajectory": t["gamma_trajectory"]})})
     return {"study": data["study"], "dataset": m["dataset"], "metric": m["metric"], "arms": arms,
             "units": {arm: {s: sorted(ts, key=lambda t: t["number"]) for s, ts in sorted(u.items())}
-                      for arm, u in units.items()}}
+                      for arm, u in units.items()},
+            "across_seeds": {arm: {"seeds": a["seeds"], "trials": sorted(a["trials"], key=lambda t: t["number"])}
+                             for arm, a in across.items()}}
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,9 @@
 
 The first table (``markdown``) is the minimal leaderboard: per arm, mean ± std over seeds of the test headline
 metric. A fixed arm's value for a seed is its completed trial's test metric; a tuned arm's is the test metric of
-the completed trial with the best validation headline metric (the test set plays no part in the choice).
+the completed trial with the best validation headline metric (the test set plays no part in the choice). An arm
+tuned across seeds selects one configuration for all seeds: the trial with the best mean validation headline
+metric among its trials that evaluated every seed; its per-seed test metrics are the arm's values.
 
 :func:`analyse` adds, per study (one data set each): paired comparisons of every arm with the best fixed gamma
 (the fixed-gamma arm with the highest mean *validation* metric; pairs are seeds), with the Wilcoxon signed-rank
@@ -32,7 +34,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .runner import StorageError, open_storage
+from .runner import StorageError, open_storage, parse_unit_name
 
 __all__ = ["WandbReportLogger", "analyse", "collect", "leaderboard", "load_units", "markdown", "paired_test",
            "pareto_front", "run_report", "selected", "wilcoxon_min_p", "write_outputs"]
@@ -75,10 +77,14 @@ def _flatten(v) -> list:
 
 
 def load_units(storage, study_name: str) -> dict:
-    """``{"study", "dataset", "metric", "arms": {arm: {"config", "space"}}, "units": {arm: {seed: [trial, ...]}}}``
-    where a trial is ``{"number", "state", "val", "test", "seconds", "gamma"}`` (COMPLETE and PRUNED trials, by
-    number; ``gamma``: a trajectory ``[(epoch, gamma)]`` or None). ``storage`` may also be the path of a
-    :mod:`sweeps.export` file (``<study>.json.gz``), which gives the same structure without the journal."""
+    """``{"study", "dataset", "metric", "arms": {arm: {"config", "space"}}, "units": {arm: {seed: [trial, ...]}},
+    "across_seeds": {arm: {"seeds", "trials"}}}`` where a trial is ``{"number", "state", "val", "test", "seconds",
+    "gamma"}`` (COMPLETE and PRUNED trials, by number; ``gamma``: a trajectory ``[(epoch, gamma)]`` or None).
+
+    For an arm tuned across seeds, ``units[arm][seed]`` holds one such record per trial that trained on that seed
+    (``number`` is the trial's), and ``across_seeds[arm]`` the unit's ``seeds`` and its trials as ``{"number",
+    "state", "seeds_evaluated", "pruned"}``. ``storage`` may also be the path of a :mod:`sweeps.export` file
+    (``<study>.json.gz``), which gives the same structure without the journal."""
     from .export import is_export
     from .export import load_units as load_export
 
@@ -91,31 +97,77 @@ def load_units(storage, study_name: str) -> dict:
                          f"{', '.join(studies) if studies else '(none)'}")
     attrs = names[study_name].user_attrs
     units: dict = {arm: {} for arm in attrs["arms"]}
-    prefix = f"{study_name}/"
+    across = {arm: {"seeds": [], "trials": []} for arm, rec in attrs["arms"].items() if rec.get("across_seeds")}
     for name in names:
-        if not name.startswith(prefix):
+        parsed = parse_unit_name(study_name, name)
+        if parsed is None or parsed[0] not in units or (parsed[1] is None) != (parsed[0] in across):
             continue
-        arm, _, seed = name[len(prefix):].rpartition("/seed")
-        if arm not in units:
+        arm, seed = parsed
+        unit = optuna.load_study(study_name=name, storage=storage)
+        trials = sorted(unit.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                        key=lambda t: t.number)
+        if seed is not None:
+            units[arm][seed] = [_record(t) for t in trials]
             continue
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        units[arm][int(seed)] = [_record(t) for t in sorted(trials, key=lambda t: t.number)]
+        seeds = list(unit.user_attrs.get("seeds") or [])
+        across[arm] = {"seeds": seeds, "trials": [_across_record(t.number, t.state.name, t.user_attrs)
+                                                  for t in trials]}
+        units[arm] = {s: [] for s in seeds}
+        for t in trials:
+            for s, run in (t.user_attrs.get("per_seed") or {}).items():
+                units[arm].setdefault(int(s), []).append(_seed_record(t.number, t.state.name, run))
     return {"study": study_name, "dataset": attrs["dataset"], "metric": attrs["metric"], "arms": attrs["arms"],
-            "units": {arm: dict(sorted(u.items())) for arm, u in units.items()}}
+            "units": {arm: dict(sorted(u.items())) for arm, u in units.items()}, "across_seeds": across}
+
+
+def _across_record(number: int, state: str, attrs: dict) -> dict:
+    """A trial of an arm tuned across seeds, as :func:`load_units` lists it (``attrs``: its user attributes)."""
+    return {"number": number, "state": state, "seeds_evaluated": list(attrs.get("seeds_evaluated") or []),
+            "pruned": bool(attrs.get("pruned"))}
+
+
+def _seed_record(number: int, state: str, run: dict) -> dict:
+    """One seed's run inside a trial of an arm tuned across seeds, shaped like a per-seed trial record."""
+    return {"number": number, "state": state, "val": run.get("val_metrics"), "test": run.get("test_metrics"),
+            "seconds": run.get("seconds"), "gamma": _trajectory(run)}
 
 
 def _completed(trials: list) -> list:
     return [t for t in trials if t["state"] == "COMPLETE" and t["test"] is not None]
 
 
+def _full_trials(units: dict, arm: str) -> list[tuple]:
+    """``[(mean validation metric, trial number), ...]`` of the completed trials of an arm tuned across seeds that
+    evaluated every seed of its unit (by number); a NaN / missing validation value counts as -inf."""
+    metric, info = units["metric"], units["across_seeds"][arm]
+    seeds = set(info["seeds"])
+    out = []
+    for t in info["trials"]:
+        if t["state"] != "COMPLETE" or not seeds or set(t["seeds_evaluated"]) != seeds:
+            continue
+        runs = {s: r for s in seeds for r in units["units"][arm].get(s, []) if r["number"] == t["number"]}
+        if set(runs) != seeds or any(r["test"] is None for r in runs.values()):
+            continue
+        vals = [_num((runs[s]["val"] or {}).get(metric), float("-inf")) for s in sorted(seeds)]
+        out.append((statistics.fmean(vals), t["number"]))
+    return out
+
+
 def selected(units: dict) -> dict:
     """``{arm: {seed: trial}}``: per seed the completed trial with the best validation headline metric (first
-    by number on ties)."""
+    by number on ties). For an arm tuned across seeds: every seed's run of the one trial with the best mean
+    validation metric among those that evaluated every seed (first by number on ties)."""
     metric = units["metric"]
     out: dict = {}
+    across = units.get("across_seeds") or {}
     for arm, per_seed in units["units"].items():
         out[arm] = {}
+        if arm in across:
+            full = _full_trials(units, arm)
+            if full:
+                best = max(full, key=lambda x: (x[0], -x[1]))[1]
+                out[arm] = {s: r for s, rs in per_seed.items() for r in rs if r["number"] == best}
+            continue
         for seed, trials in per_seed.items():
             done = _completed(trials)
             if done:
@@ -287,6 +339,25 @@ def _tuning_curve(per_seed: dict, metric: str) -> list[dict]:
     return rows
 
 
+def _tuning_curve_across(units: dict, arm: str) -> list[dict]:
+    """Best-so-far mean validation metric (over every seed, of the trials that evaluated every seed) against the
+    training runs spent, by trial number; ``trials`` is runs per seed (a pruned configuration costs the seeds it
+    ran), ``runs`` the total, ``best_val_std`` the std over seeds of the best trial's validation metric."""
+    metric, info = units["metric"], units["across_seeds"][arm]
+    n = len(info["seeds"])
+    full = {number: mean for mean, number in _full_trials(units, arm)}
+    rows, runs, best = [], 0, None
+    for t in info["trials"]:
+        runs += len(t["seeds_evaluated"])
+        if t["number"] in full and (best is None or full[t["number"]] > best[0]):
+            vals = [_num((r["val"] or {}).get(metric), float("-inf")) for rs in units["units"][arm].values()
+                    for r in rs if r["number"] == t["number"]]
+            best = (full[t["number"]], statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        rows.append({"trials": runs / n if n else None, "runs": runs, "best_val_mean": best[0] if best else None,
+                     "best_val_std": best[1] if best else None, "seeds": n if best else 0})
+    return rows
+
+
 def analyse(units: dict, *, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED, level: float = CI_LEVEL) -> dict:
     """Everything the report shows for one study (see the module docstring); JSON-serialisable."""
     metric, arms, best = units["metric"], units["arms"], selected(units)
@@ -298,7 +369,9 @@ def analyse(units: dict, *, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED, le
         ece_mean, ece_std = _mean_std([_num(t["test"].get("ece")) for t in per.values()])
         secs = [_num(t["seconds"]) for ts in units["units"][arm].values() for t in _completed(ts)]
         secs = [x for x in secs if x is not None]
-        board.append({**row, "kind": "tuned" if arms[arm].get("space") else "fixed", "val_mean": val_mean,
+        kind = ("tuned across seeds" if arms[arm].get("across_seeds") else "tuned") if arms[arm].get("space") \
+            else "fixed"
+        board.append({**row, "kind": kind, "val_mean": val_mean,
                       "val_std": val_std, "ece_mean": ece_mean, "ece_std": ece_std,
                       "seconds_per_trial": statistics.fmean(secs) if secs else None,
                       "seconds_total": sum(secs) if secs else None})
@@ -324,7 +397,9 @@ def analyse(units: dict, *, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED, le
                            **paired_test(diffs, n_boot=n_boot, seed=seed, level=level)})
 
     # tuning cost: tuned-gamma curve(s), default policies at one run's cost, the gamma grid at its cost
-    tuning = {arm: _tuning_curve(units["units"][arm], metric) for arm in arms if _is_tuned_gamma(arms[arm])}
+    tuning = {arm: (_tuning_curve_across(units, arm) if arms[arm].get("across_seeds")
+                    else _tuning_curve(units["units"][arm], metric))
+              for arm in arms if _is_tuned_gamma(arms[arm])}
     defaults = []
     for arm in arms:
         if _is_default_policy(arms[arm]):
@@ -408,9 +483,14 @@ def analysis_markdown(a: dict, figures: dict | None = None) -> str:
     if tc["curves"]:
         lines += [f"#### Tuning cost: best-so-far validation {m} against trials (mean over seeds)", ""]
         for arm, rows in tc["curves"].items():
-            lines.append(f"- {arm}: " + ", ".join(f"{r['trials']}: {_f(r['best_val_mean'])}" for r in rows))
+            lines.append(f"- {arm}: " + ", ".join(f"{round(r['trials'], 2):g}: {_f(r['best_val_mean'])}"
+                                                  for r in rows if r["trials"] is not None))
         for d in tc["defaults"] + ([tc["grid"]] if tc["grid"] else []):
             lines.append(f"- {d['arm']} at {d['trials']} run(s): {_f(d['val_mean'])} ± {_f(d['val_std'])}")
+        if any(r["kind"] == "tuned across seeds" and r["arm"] in tc["curves"] for r in a["leaderboard"]):
+            lines.append("- Arms tuned across seeds: x is training runs per seed (a pruned configuration costs "
+                         "the seeds it ran), y the mean validation metric over every seed of the best configuration "
+                         "so far that evaluated every seed.")
         lines.append("")
     if a["pareto"]:
         lines += ["#### Pareto front: test balanced accuracy (higher) vs test ECE (lower), arm means", "",

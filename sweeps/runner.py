@@ -9,6 +9,18 @@ Running trials write a heartbeat every ``heartbeat_interval`` seconds; a running
 than ``grace_period`` (its worker was killed) is marked FAIL and re-enqueued with Optuna's
 ``RetryHeartbeatStaleTrialCallback``. A second run of the same study tops units up to their budget and continues.
 
+An arm tuned across seeds (``Arm.across_seeds``) has one unit, ``<study>/<arm>/seeds``, instead of one per seed:
+each of its trials samples a configuration and trains it on the seeds one after another (in an order shuffled per
+trial), reporting each seed's validation headline metric with ``trial.report(value, step=seed)``; Optuna's
+``WilcoxonPruner`` (``p_threshold=arm.wilcoxon_p``) stops the configuration after a seed when it is significantly
+worse than the best trial so far. As the pruner's documentation advises, such a trial is not raised as pruned but
+completed with the mean over the seeds it evaluated (user attribute ``pruned`` True), so TPE learns from it. The
+per-epoch ``MedianPruner`` does not apply inside these trials. Their user attributes are ``arm``, ``config`` (the
+configuration without its seed), ``seeds`` (the order), ``seeds_evaluated``, ``pruned``, ``per_seed``
+(``{"<seed>": {"config", "val_metrics", "test_metrics", "seconds", "gamma_trajectory"}}``, written after each
+seed), ``seconds`` (all seeds) and ``versions``. The unit's user attribute ``seeds`` records its seeds; running it
+again with another number of seeds is refused (its trials' means would be over other seeds).
+
 Each trial stores user attributes ``arm``, ``seed``, ``config`` (the research.train overrides), ``test_metrics``,
 ``val_metrics``, ``seconds``, ``gamma_trajectory`` (``[[epoch, gamma], ...]``, empty without a policy) and
 ``versions`` (adaptive_focal, torch, Python), so :mod:`sweeps.report` works from the storage alone. Single-objective studies
@@ -22,8 +34,10 @@ multi-objective trials).
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
+import random
 import threading
 import time
 import warnings
@@ -38,12 +52,14 @@ from optuna.trial import TrialState
 
 from .spec import Arm, Study
 
-__all__ = ["RunOptions", "StorageError", "StudyMismatchError", "default_storage", "open_storage", "run",
-           "setup", "unit_name", "work"]
+__all__ = ["RunOptions", "StorageError", "StudyMismatchError", "default_storage", "open_storage", "parse_unit_name",
+           "run", "setup", "unit_name", "units_of", "work"]
 
 FORMAT = 1
 _HEARTBEAT = "af_heartbeat"
 _LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+#: last part of the name of an across-seeds unit, ``<study>/<arm>/seeds``
+SEEDS_UNIT = "seeds"
 
 
 class StorageError(RuntimeError):
@@ -136,12 +152,69 @@ def open_storage(storage: str, *, connect_timeout: int = 5, workers: int = 1):
 # ----------------------------------------------------------------------------------------------------------
 # set-up: manifest and units
 # ----------------------------------------------------------------------------------------------------------
-def unit_name(study: Study, arm: Arm, seed: int) -> str:
-    return f"{study.name}/{arm.name}/seed{seed}"
+def unit_name(study: Study, arm: Arm, seed: int | None) -> str:
+    """``<study>/<arm>/seed<k>``; ``seed=None``: the across-seeds unit ``<study>/<arm>/seeds``."""
+    return f"{study.name}/{arm.name}/{SEEDS_UNIT}" if seed is None else f"{study.name}/{arm.name}/seed{seed}"
+
+
+def parse_unit_name(study_name: str, name: str):
+    """``(arm, seed)`` of a unit study's name (``seed`` None for an across-seeds unit), or None when ``name`` is
+    not a unit of ``study_name``."""
+    prefix = f"{study_name}/"
+    if not name.startswith(prefix):
+        return None
+    arm, _, tail = name[len(prefix):].rpartition("/")
+    if not arm:
+        return None
+    if tail == SEEDS_UNIT:
+        return arm, None
+    if tail.startswith("seed") and tail[4:].isdigit():
+        return arm, int(tail[4:])
+    return None
+
+
+def units_of(study: Study, seeds: int) -> list[tuple]:
+    """``[(arm, seed, unit name), ...]``: one unit per seed for an arm, one (``seed`` None) for an arm tuned
+    across seeds."""
+    out = []
+    for arm in study.arms:
+        if arm.across_seeds:
+            out.append((arm, None, unit_name(study, arm, None)))
+        else:
+            out += [(arm, seed, unit_name(study, arm, seed)) for seed in range(seeds)]
+    return out
 
 
 def _arm_record(arm: Arm) -> dict:
-    return json.loads(json.dumps({"config": arm.config, "space": arm.space}))
+    return arm.record()
+
+
+def _check_across_seeds(study: Study, seeds: int, multi_objective: bool) -> None:
+    """Arms tuned across seeds need 2 or more seeds and a single objective (ValueError naming the arms)."""
+    arms = study.across_seeds_arms
+    if not arms:
+        return
+    if seeds < 2:
+        raise ValueError(f"seeds must be >= 2 for arms tuned across seeds ({', '.join(arms)}) of study "
+                         f"{study.name!r}, got seeds={seeds}")
+    if multi_objective:
+        raise ValueError(f"multi-objective runs cannot include arms tuned across seeds ({', '.join(arms)}): the "
+                         "Wilcoxon pruner and the selection by mean validation metric need one objective; leave "
+                         "out --multi-objective or choose other arms with --arms")
+
+
+def _check_seed_units(storage, study: Study, seeds: int, names: set) -> None:
+    """Raises StudyMismatchError when a stored across-seeds unit was made with other seeds (reads only)."""
+    for arm in study.arms:
+        name = unit_name(study, arm, None)
+        if not arm.across_seeds or name not in names:
+            continue
+        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("seeds")
+        if stored is not None and stored != list(range(seeds)):
+            raise StudyMismatchError(
+                f"arm {arm.name!r} of study {study.name!r} is tuned across seeds {stored} in this storage; this "
+                f"run asks for seeds {list(range(seeds))} (--seeds {seeds}). Its trials' means are over the stored "
+                f"seeds: run with --seeds {len(stored)}, or use another storage or study name.")
 
 
 def _directions(multi: bool) -> list[str]:
@@ -178,7 +251,9 @@ def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bo
     if multi_objective and study.metric != "balanced_accuracy":
         raise ValueError(f"multi-objective (headline vs ECE) needs a multiclass data set; {study.dataset!r} has "
                          f"no ECE (its headline metric is {study.metric!r})")
-    exists = study.name in optuna.get_all_study_names(storage)
+    _check_across_seeds(study, seeds, multi_objective)
+    names = set(optuna.get_all_study_names(storage))
+    exists = study.name in names
     manifest = (optuna.load_study(study_name=study.name, storage=storage) if exists else  # loading writes nothing
                 optuna.create_study(storage=storage, study_name=study.name, load_if_exists=True))
     attrs = manifest.user_attrs
@@ -191,17 +266,20 @@ def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bo
         manifest.set_user_attr("format", FORMAT)
     else:
         _check_manifest(study, attrs, directions)
-    units = []
-    for arm in study.arms:
-        for seed in range(seeds):
-            name = unit_name(study, arm, seed)
-            unit = optuna.create_study(storage=storage, study_name=name, directions=directions,
-                                       load_if_exists=True)
-            target = trials if arm.tuned else 1
-            have = len(unit.get_trials(deepcopy=False, states=_LIVE))
-            for _ in range(target - have):
-                unit.enqueue_trial({}, user_attrs={"arm": arm.name, "seed": seed})
-            units.append((arm, seed, name))
+        _check_seed_units(storage, study, seeds, names)
+    units = units_of(study, seeds)
+    for arm, seed, name in units:
+        unit = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+        target = trials if arm.tuned else 1
+        have = len(unit.get_trials(deepcopy=False, states=_LIVE))
+        if seed is None:
+            if unit.user_attrs.get("seeds") is None:
+                unit.set_user_attr("seeds", list(range(seeds)))
+            attrs = {"arm": arm.name, "seeds": list(range(seeds))}
+        else:
+            attrs = {"arm": arm.name, "seed": seed}
+        for _ in range(target - have):
+            unit.enqueue_trial({}, user_attrs=attrs)
     return units
 
 
@@ -352,7 +430,7 @@ def _run_trial(unit, trial_id: int, study: Study, arm: Arm, seed: int, opts: Run
     trial.set_user_attr("test_metrics", _finite(result["metrics"]))
     trial.set_user_attr("val_metrics", _finite(result["val_metrics"]))
     trial.set_user_attr("seconds", result["seconds"])
-    trial.set_user_attr("gamma_trajectory", _gamma_trajectory(result["gamma"]["epochs"]))
+    trial.set_user_attr("gamma_trajectory", _gamma_trajectory((result.get("gamma") or {}).get("epochs", [])))
     trial.set_user_attr("versions", _versions())
     value = result["val_metrics"][metric]
     value = float(value) if value == value else float("-inf")
@@ -362,6 +440,78 @@ def _run_trial(unit, trial_id: int, study: Study, arm: Arm, seed: int, opts: Run
     except UpdateFinishedTrialError:
         return "taken-over"  # judged stale (no heartbeat within grace_period) and retried elsewhere
     return "complete"
+
+
+def _seed_order(name: str, number: int, seeds: list) -> list:
+    """The order in which trial ``number`` of unit ``name`` evaluates ``seeds``: shuffled per trial (as Optuna's
+    WilcoxonPruner advises, so no seed always decides early), reproducibly."""
+    return random.Random(zlib.crc32(f"{name}#{number}".encode())).sample(list(seeds), len(seeds))
+
+
+def _run_across_seeds_trial(unit, trial_id: int, study: Study, arm: Arm, opts: RunOptions) -> str:
+    """One configuration of an arm tuned across seeds, trained on the unit's seeds one after another; the
+    unit's WilcoxonPruner may stop it after any seed but the last (see the module docstring)."""
+    from research.train import main as train
+
+    trial = optuna.trial.Trial(unit, trial_id)
+    seeds = unit.user_attrs["seeds"]
+    base = {"dataset": study.dataset, "dataset_kwargs": dict(study.dataset_kwargs), "threads": opts.threads,
+            **json.loads(json.dumps(study.overrides)), **json.loads(json.dumps(arm.config))}
+    for pname, (key, spec) in arm.space.items():
+        _set_path(base, key, _suggest(trial, pname, spec))
+    order = _seed_order(unit.study_name, trial.number, seeds)
+    metric = study.metric
+    prune = opts.prune and not opts.multi_objective
+    per_seed, values, seconds, pruned = {}, [], 0.0, False
+    try:
+        # a retried trial (its worker was killed) inherits the failed attempt's attributes: start afresh
+        for key, value in (("arm", arm.name), ("config", base), ("seeds", order), ("seeds_evaluated", []),
+                           ("per_seed", {}), ("pruned", False)):
+            trial.set_user_attr(key, value)
+        with _Heartbeat(unit._storage, trial_id, opts.heartbeat_interval):
+            for i, seed in enumerate(order):
+                config = {**json.loads(json.dumps(base)), "seed": seed}
+                try:
+                    if study.trial_pause_s and i == 1:  # killed-worker tests: a trial with one seed recorded
+                        time.sleep(study.trial_pause_s)
+                    result = train(config)
+                except Exception as err:
+                    trial.set_user_attr("error", f"seed {seed}: {type(err).__name__}: {err}")
+                    unit.tell(trial, state=TrialState.FAIL)
+                    return "failed"
+                value = result["val_metrics"][metric]
+                value = float(value) if value == value else float("-inf")
+                values.append(value)
+                seconds += result["seconds"]
+                epochs = (result.get("gamma") or {}).get("epochs", [])
+                per_seed[str(seed)] = {"config": config, "val_metrics": _finite(result["val_metrics"]),
+                                       "test_metrics": _finite(result["metrics"]), "seconds": result["seconds"],
+                                       "gamma_trajectory": _gamma_trajectory(epochs)}
+                trial.set_user_attr("per_seed", per_seed)
+                trial.set_user_attr("seeds_evaluated", order[:i + 1])
+                if math.isfinite(value):  # the pruner never prunes on inf / NaN values anyway
+                    trial.report(value, step=seed)
+                if prune and i + 1 < len(order) and trial.should_prune():
+                    pruned = True
+                    break
+        trial.set_user_attr("pruned", pruned)
+        trial.set_user_attr("seconds", seconds)
+        trial.set_user_attr("versions", _versions())
+        # WilcoxonPruner's documentation: a pruned trial returns the mean of the instances evaluated so far
+        unit.tell(trial, sum(values) / len(values))
+    except UpdateFinishedTrialError:
+        return "taken-over"  # judged stale (no heartbeat within grace_period) and retried elsewhere
+    return "pruned" if pruned else "complete"
+
+
+def _pruner(arm: Arm, trials: int):
+    """The unit's pruner: per-epoch MedianPruner for arms tuned per seed, WilcoxonPruner over the seeds for arms
+    tuned across seeds."""
+    if arm.across_seeds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=arm.wilcoxon_p, n_startup_steps=2)
+    return optuna.pruners.MedianPruner(n_startup_trials=max(2, trials // 3), n_warmup_steps=1)
 
 
 def _sampler(name: str, worker_id: int, trials: int):
@@ -379,8 +529,7 @@ def work(study: Study, opts: RunOptions, worker_id: int = 0, *, units=None, queu
     seeds = opts.seeds or study.seeds
     trials = opts.trials or study.trials
     if units is None:
-        units = [(arm, seed, unit_name(study, arm, seed)) for arm in study.arms for seed in range(seeds)]
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=max(2, trials // 3), n_warmup_steps=1)
+        units = units_of(study, seeds)
     loaded = {}
     counts = {"complete": 0, "pruned": 0, "failed": 0, "taken-over": 0, "stale-retried": 0}
     order = list(units)
@@ -392,7 +541,8 @@ def work(study: Study, opts: RunOptions, worker_id: int = 0, *, units=None, queu
         for arm, seed, name in order:
             if name not in loaded:
                 loaded[name] = optuna.load_study(study_name=name, storage=storage,
-                                                 sampler=_sampler(name, worker_id, trials), pruner=pruner)
+                                                 sampler=_sampler(name, worker_id, trials),
+                                                 pruner=_pruner(arm, trials))
             unit = loaded[name]
             counts["stale-retried"] += _fail_stale(storage, unit._study_id, unit, opts.grace_period, opts.max_retry)
             trial_id = _claim(storage, unit._study_id)
@@ -400,7 +550,10 @@ def work(study: Study, opts: RunOptions, worker_id: int = 0, *, units=None, queu
                 busy = busy or bool(storage.get_all_trials(unit._study_id, deepcopy=False,
                                                            states=(TrialState.RUNNING,)))
                 continue
-            status = _run_trial(unit, trial_id, study, arm, seed, opts)
+            if seed is None:
+                status = _run_across_seeds_trial(unit, trial_id, study, arm, opts)
+            else:
+                status = _run_trial(unit, trial_id, study, arm, seed, opts)
             counts[status] += 1
             ran = True
             if queue is not None:
@@ -439,6 +592,7 @@ def run(study: Study, opts: RunOptions) -> dict:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     opts.storage = opts.storage or default_storage(study.name)
     seeds, trials = opts.seeds or study.seeds, opts.trials or study.trials
+    _check_across_seeds(study, seeds, opts.multi_objective)  # before the storage is opened (and created)
     start = time.perf_counter()
     storage = open_storage(opts.storage, connect_timeout=opts.connect_timeout, workers=opts.workers)
     units = setup(storage, study, seeds=seeds, trials=trials, multi_objective=opts.multi_objective)
@@ -503,5 +657,6 @@ class _PrintQueue:
             return
         elapsed = time.perf_counter() - self.start
         left = elapsed / self.done * max(0, self.total - self.done)
-        print(f"[{self.done}/{self.total}] {datetime.now():%H:%M:%S} w{worker_id} {arm} seed {seed}: {status} "
+        where = "across seeds" if seed is None else f"seed {seed}"
+        print(f"[{self.done}/{self.total}] {datetime.now():%H:%M:%S} w{worker_id} {arm} {where}: {status} "
               f"(~{left:.0f} s left)", flush=True)

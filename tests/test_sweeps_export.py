@@ -9,7 +9,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("scipy")
-from test_sweeps import opts, tiny_study
+from test_sweeps import _fake_train, _FixedSampler, across_study, opts, tiny_study
 from test_sweeps_report import handmade  # noqa: F401 - a fixture
 
 from sweeps import export, report, runner
@@ -42,6 +42,7 @@ def test_tiny_study_round_trip(tiny_journal, tmp_path):
 
     # every trial carries what the paper needs: config with its seed, metrics, versions
     data = export.read_export(path)
+    assert data["format"] == 1  # no arm tuned across seeds: the format-1 layout, as before
     assert data["arm_order"] == ["gamma=0", "gamma=2", "gamma=tpe", "policy=pi", "baseline=cb_ce"]
     assert data["manifest"]["dataset"] == "digits-lt" and data["manifest"]["overrides"]["epochs"] == 1
     done = [t for t in data["trials"] if t["state"] == "COMPLETE"]
@@ -93,9 +94,54 @@ def test_bad_files_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="bad.json.gz' is not a gzip-compressed JSON export"):
         export.read_export(bad)
     export.write_export({"format": 99}, tmp_path / "old.json.gz")
-    with pytest.raises(ValueError, match="export format must be 1, got 99"):
+    with pytest.raises(ValueError, match="export format must be one of 1, 2, got 99"):
         export.read_export(tmp_path / "old.json.gz")
     with pytest.raises(ValueError, match="no export file"):
         report.run_report(["digits-lt"], str(tmp_path / "digits-lt.json.gz"))
     with pytest.raises(ValueError, match="no export file"):
         report.run_report(["digits-lt"], str(tmp_path))  # a folder without that study's export
+
+
+@pytest.fixture(scope="module")
+def across_journal(tmp_path_factory):
+    """A study with an arm tuned across seeds whose trials 1 and 3 the Wilcoxon pruner stops after 4 of 5 seeds
+    (research.train.main and the sampler replaced, as in test_sweeps)."""
+    import research.train
+
+    log = tmp_path_factory.mktemp("export-across") / "across.log"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(research.train, "main", _fake_train([]))
+        mp.setattr(runner, "_sampler", lambda name, worker_id, trials: _FixedSampler([0.0, 4.0, 0.0, 2.0]))
+        summary = runner.run(across_study(name="across-export", seeds=5, trials=4), opts(log))
+    assert summary["errors"] == []
+    return str(log)
+
+
+def test_across_seeds_round_trip(across_journal, tmp_path):
+    path = export.export_study(across_journal, "across-export", tmp_path)
+    st = runner.open_storage(across_journal)
+    units = report.load_units(str(path), "across-export")
+    assert units == report.load_units(st, "across-export")
+    assert units["across_seeds"]["gamma=tpe@seeds"]["seeds"] == [0, 1, 2, 3, 4]
+    assert [(t["number"], len(t["seeds_evaluated"]), t["pruned"])
+            for t in units["across_seeds"]["gamma=tpe@seeds"]["trials"]] == [(0, 5, False), (1, 4, True),
+                                                                            (2, 5, False), (3, 4, True)]
+    a = _same_analysis(st, str(path), "across-export")
+    assert [r["runs"] for r in a["tuning_cost"]["curves"]["gamma=tpe@seeds"]] == [5, 9, 14, 18]
+    assert report.report("across-export", str(path)) == report.report("across-export", across_journal)
+
+    data = export.read_export(path)
+    assert data["format"] == export.EXPORT_FORMAT == 2 and data["units"]["gamma=tpe@seeds"] == [0, 1, 2, 3, 4]
+    whole = [t for t in data["trials"] if t["arm"] == "gamma=tpe@seeds"]
+    assert [t["number"] for t in whole] == [0, 1, 2, 3] and all(t["seed"] is None for t in whole)
+    assert [sorted(t["per_seed"]) == sorted(map(str, t["seeds_evaluated"])) for t in whole] == [True] * 4
+    assert [t["params"]["gamma"] for t in whole] == [0.0, 4.0, 0.0, 2.0]
+    assert all(t["per_seed"][str(s)]["config"]["seed"] == s for t in whole for s in t["seeds_evaluated"])
+    # the full report: the tuning-cost curve at fractional runs per seed, its note, the figure
+    pytest.importorskip("matplotlib")
+    md, _, written = report.run_report(["across-export"], str(path), out=tmp_path / "o", n_boot=100)
+    assert "- gamma=tpe@seeds: 1: 0.920, 1.8: 0.920, 2.8: 0.920, 3.6: 0.920" in md
+    assert "Arms tuned across seeds: x is training runs per seed" in md
+    assert "| gamma=tpe@seeds | tuned across seeds |" in md and "across-export_tuning_cost.png" in written["files"]
+    # reproducible, like format 1
+    assert export.export_study(across_journal, "across-export", tmp_path / "b").read_bytes() == path.read_bytes()

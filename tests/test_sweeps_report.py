@@ -286,3 +286,33 @@ def test_readme_block_written_between_the_markers(handmade, analysis, tmp_path, 
     missing.write_text("no block\n")
     assert report.main(["hm", "--storage", handmade, "--readme", str(missing)]) == 2
     assert "has no <!-- leaderboards:start -->" in capsys.readouterr().err and missing.read_text() == "no block\n"
+
+
+def test_across_seeds_selection_needs_every_seed():
+    """An arm tuned across seeds: the selected configuration is the best mean validation metric among trials
+    that ran every seed, even when a trial stopped early has a higher mean on the seeds it ran; the tuning-cost
+    curve charges each trial the seeds it ran."""
+
+    def run(number, val, test):
+        return {"number": number, "state": "COMPLETE", "val": {"balanced_accuracy": val},
+                "test": {"balanced_accuracy": test, "ece": 0.1}, "seconds": 1.0, "gamma": None}
+
+    vals = {0: [0.70, 0.72, 0.74], 1: [0.95, 0.93, None], 2: [0.80, 0.78, 0.76], 3: [0.80, 0.80, 0.74]}
+    units = {"study": "s", "dataset": "digits-lt", "metric": "balanced_accuracy",
+             "arms": {"gamma=tpe@seeds": {"config": {"loss": "focal"}, "across_seeds": True, "wilcoxon_p": 0.1,
+                                          "space": {"gamma": ["gamma", ["float", 0.0, 5.0, False]]}}},
+             "units": {"gamma=tpe@seeds": {s: [run(n, v[s], v[s] - 0.1) for n, v in vals.items() if v[s] is not None]
+                                           for s in range(3)}},
+             "across_seeds": {"gamma=tpe@seeds": {"seeds": [0, 1, 2], "trials": [
+                 {"number": n, "state": "COMPLETE", "pruned": n == 1,
+                  "seeds_evaluated": [s for s in (2, 0, 1) if v[s] is not None]} for n, v in vals.items()]}}}
+    chosen = report.selected(units)["gamma=tpe@seeds"]
+    # trials 2 and 3 tie at 0.78 (trial 2 comes first); trial 1 (0.94 on two seeds) ran only two seeds
+    assert {s: t["number"] for s, t in chosen.items()} == {0: 2, 1: 2, 2: 2}
+    a = report.analyse(units, n_boot=50)
+    assert a["summary"]["arms"]["gamma=tpe@seeds"] == {0: pytest.approx(0.70), 1: pytest.approx(0.68),
+                                                       2: pytest.approx(0.66)}
+    assert a["leaderboard"][0]["trials"] == 11 and a["leaderboard"][0]["kind"] == "tuned across seeds"
+    curve = a["tuning_cost"]["curves"]["gamma=tpe@seeds"]
+    assert [r["runs"] for r in curve] == [3, 5, 8, 11]
+    assert [r["best_val_mean"] for r in curve] == pytest.approx([0.72, 0.72, 0.78, 0.78])

@@ -11,6 +11,7 @@ STUDIES = {
     "gauss-lt": "gauss_lt",
     "dense-det": "dense_det",
     "seg-toy": "seg_toy",
+    "digits-lt-across-seeds": "digits_lt_across_seeds",
 }
 
 
