@@ -519,6 +519,12 @@ def _sampler(name: str, worker_id: int, trials: int):
                                       n_startup_trials=max(2, trials // 3))
 
 
+#: a worker with nothing to claim while other trials run waits this long before looking again, doubling up to
+#: _IDLE_MAX: the end of a study is noticed within a few tens of milliseconds without rescanning every unit
+#: many times a second during a long last trial
+_IDLE_FIRST, _IDLE_MAX = 0.025, 1.0
+
+
 def work(study: Study, opts: RunOptions, worker_id: int = 0, *, units=None, queue=None) -> dict:
     """One worker: claims waiting trials of the study's units until none is waiting or running anywhere."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -536,6 +542,7 @@ def work(study: Study, opts: RunOptions, worker_id: int = 0, *, units=None, queu
     if worker_id:  # workers start at different units, so they do not all queue on the first one
         k = (worker_id * len(order)) // max(1, opts.workers)
         order = order[k:] + order[:k]
+    idle = _IDLE_FIRST
     while True:
         ran = busy = False
         for arm, seed, name in order:
@@ -558,10 +565,13 @@ def work(study: Study, opts: RunOptions, worker_id: int = 0, *, units=None, queu
             ran = True
             if queue is not None:
                 queue.put((worker_id, arm.name, seed, status))
-        if not ran:
-            if not busy:
-                return counts
-            time.sleep(min(1.0, opts.heartbeat_interval))
+        if ran:
+            idle = _IDLE_FIRST
+        elif not busy:
+            return counts
+        else:  # other workers' trials still run (one may go stale and need a retry): look again, soon at first
+            time.sleep(min(idle, opts.heartbeat_interval))
+            idle = min(2 * idle, _IDLE_MAX)
 
 
 def _worker_main(study, opts, worker_id, units, queue):
