@@ -512,13 +512,62 @@ class Assets:
                                 "above 0.")
         if rows and rows[-1] == ["\\midrule"]:
             rows.pop()
-        rows.append([(r"\multicolumn{7}{l}{resampling (\texttt{sampler=class\_balanced}, \texttt{sqrt}): "
-                      r"not in the sweeps}")])
         self.table("combinations", ["data set", "method", "test", "diff.", "95\\% CI", "W/T/L", "Wilcoxon"],
                    rows, "lllrlrl")
         self.num("StudiesCombinationWins", str(combo_studies))
         self.files["findings_d.tex"] = (" ".join(findings) if findings else
                                         "No main-comparison study has been run yet.") + "\n"
+
+    def resampling(self) -> None:
+        """(d), resampling: the ``<dataset>-combos`` studies (cross-entropy and focal loss at gamma 1 and 2, each
+        with no resampling, square-root and class-balanced resampling)."""
+        from sweeps.studies.combos import DATASETS, GAMMAS, SAMPLERS
+
+        def arm(gamma, sampler):
+            return f"gamma={gamma:g}" + ("" if sampler == "none" else f"+{sampler}")
+
+        def by_val(r, arms):  # the arm with the best mean validation metric (ties: the first)
+            scored = [(_mean(val_values(r, a).values()), a) for a in arms if val_values(r, a)]
+            return max(scored, key=lambda t: t[0])[1] if scored else None
+
+        rows, findings, wins = [], [], 0
+        for dataset in DATASETS:
+            r = self.results.get(f"{dataset}-combos")
+            if r is None:
+                rows.append([tex(dataset), "--", "--", "--", "--", "--", NOT_RUN])
+                continue
+            metric = r["units"]["metric"]
+            for sampler in SAMPLERS:
+                cells = [pm(metric_values(r, arm(g, sampler), metric).values()) for g in GAMMAS]
+                focal = by_val(r, [arm(g, sampler) for g in GAMMAS if g > 0])
+                p = paired(r, focal, arm(0.0, sampler)) if focal else {"n": 0}
+                rows.append([tex(dataset), tex(sampler), *cells,
+                             focal.split("=", 1)[1].split("+", 1)[0] if focal else "--", _paired_cell(p)])
+            rows.append(["\\midrule"])
+            alone = by_val(r, [arm(g, "none") for g in GAMMAS if g > 0])
+            combined = by_val(r, [arm(g, s) for s in SAMPLERS if s != "none" for g in GAMMAS if g > 0])
+            overall = by_val(r, [arm(g, s) for s in SAMPLERS for g in GAMMAS])
+            if alone is None or combined is None:
+                continue
+            p = paired(r, combined, alone)
+            ci = "--" if p["ci_low"] is None else f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+            verdict = ("better than" if p["ci_low"] is not None and p["ci_low"] > 0 else
+                       "worse than" if p["ci_high"] is not None and p["ci_high"] < 0 else "within noise of")
+            wins += verdict == "better than"
+            findings.append(
+                f"On {tex(dataset)}, focal loss with the resampling chosen by validation {tex(metric)}, "
+                f"{arm_tex(combined)}, is {verdict} focal loss alone ({arm_tex(alone)}): paired difference "
+                f"{f3(p['mean_diff'], signed=True)} (95\\% CI {ci}; wins/ties/losses "
+                f"{p['wins']}/{p['ties']}/{p['losses']}); the arm chosen by validation among all nine is "
+                f"{arm_tex(overall)}.")
+        if rows and rows[-1] == ["\\midrule"]:
+            rows.pop()
+        self.table("resampling", ["data set", "sampler", *[f"$\\gamma={g:g}$" for g in GAMMAS],
+                                  "focal $\\gamma$", "focal $-$ CE"], rows, "llrrrcl")
+        self.num("StudiesResamplingWins", str(wins))
+        self.num("StudiesResamplingRun", str(sum(self.results.has(f"{d}-combos") for d in DATASETS)))
+        self.files["findings_resampling.tex"] = (" ".join(findings) if findings else
+                                                 "No resampling study has been run yet.") + "\n"
 
     # -- figures ----------------------------------------------------------------------------------------------
     def _rho_figure(self, grid_rows, grid_arms) -> None:
@@ -571,11 +620,11 @@ class Assets:
         fig, axes = _subplots(len(MAIN_STUDIES))
         for ax, study in zip(axes, MAIN_STUDIES):
             r = self.results.get(study)
-            ax.set(title=study, xlabel="epoch", ylabel="gamma (mean over classes), seed 0")
+            ax.set(title=study, xlabel="epoch", ylabel="gamma (mean over classes and bins)")
             traj = (r["analysis"]["gamma_trajectories"] if r else {}) or {}
             drawn = 0
             for i, arm in enumerate(a for a in traj if not a.endswith("+tpe")):
-                series = traj[arm].get("0") or next(iter(traj[arm].values()))
+                series = traj[arm][min(traj[arm], key=int)]  # the lowest seed that stored one
                 ax.plot([p[0] for p in series], [p[1] for p in series], lw=1, color=f"C{i % 10}",
                         ls="-" if i < 10 else "--", label=arm)
                 drawn += 1
@@ -595,6 +644,7 @@ class Assets:
         self.rho()
         self.calibration()
         self.combinations()
+        self.resampling()
         if figures:
             self.tuning_figure()
             self.gamma_figure()
