@@ -64,14 +64,10 @@ def study_to_dict(storage, study_name: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
+    from .report import study_summaries
     from .runner import parse_unit_name
 
-    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if study_name not in names:
-        studies = sorted(n for n in names if "/" not in n)
-        raise ValueError(f"no study {study_name!r} in this storage; studies there: "
-                         f"{', '.join(studies) if studies else '(none)'}")
-    attrs = names[study_name].user_attrs
+    names, attrs = study_summaries(storage, study_name)
     missing = [k for k in _REQUIRED_KEYS if k not in attrs]
     if missing:
         raise ValueError(f"study {study_name!r} has no {', '.join(missing)} in its manifest; was it made by "

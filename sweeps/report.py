@@ -76,6 +76,17 @@ def _flatten(v) -> list:
     return [float(v)] if isinstance(v, (int, float)) and not isinstance(v, bool) else []
 
 
+def study_summaries(storage, study_name: str) -> tuple[dict, dict]:
+    """Every study in ``storage`` by name, and the manifest's user attributes of ``study_name`` (an error naming
+    the stored studies when it is not there)."""
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study_name not in names:
+        studies = sorted(n for n in names if "/" not in n)
+        raise ValueError(f"no study {study_name!r} in this storage; studies there: "
+                         f"{', '.join(studies) if studies else '(none)'}")
+    return names, names[study_name].user_attrs
+
+
 def load_units(storage, study_name: str) -> dict:
     """``{"study", "dataset", "metric", "arms": {arm: {"config", "space"}}, "units": {arm: {seed: [trial, ...]}},
     "across_seeds": {arm: {"seeds", "trials"}}}`` where a trial is ``{"number", "state", "val", "test", "seconds",
@@ -90,12 +101,7 @@ def load_units(storage, study_name: str) -> dict:
 
     if is_export(storage):
         return load_export(storage, study_name)
-    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if study_name not in names:
-        studies = sorted(n for n in names if "/" not in n)
-        raise ValueError(f"no study {study_name!r} in this storage; studies there: "
-                         f"{', '.join(studies) if studies else '(none)'}")
-    attrs = names[study_name].user_attrs
+    names, attrs = study_summaries(storage, study_name)
     units: dict = {arm: {} for arm in attrs["arms"]}
     across = {arm: {"seeds": [], "trials": []} for arm, rec in attrs["arms"].items() if rec.get("across_seeds")}
     for name in names:
