@@ -105,6 +105,13 @@ def test_exports_hold_config_seed_and_versions():
         data = export.read_export(path)
         assert data["trials"], path.name
         for t in data["trials"]:
+            if t.get("per_seed") is not None:  # tuned across seeds: one config per seed it ran
+                assert sorted(map(int, t["per_seed"])) == sorted(t["seeds_evaluated"]), (path.name, t["number"])
+                for seed, run in t["per_seed"].items():
+                    assert run["config"]["seed"] == int(seed)
+                    assert run["config"]["dataset"] == data["manifest"]["dataset"]
+                assert set(t["versions"]) == {"adaptive_focal", "torch", "python"}, (path.name, t["number"])
+                continue
             assert t["config"]["seed"] == t["seed"] and t["config"]["dataset"] == data["manifest"]["dataset"]
             if t["gamma_trajectory"] is not None:
                 assert set(t["versions"]) == {"adaptive_focal", "torch", "python"}, (path.name, t["number"])
