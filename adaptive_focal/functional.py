@@ -7,10 +7,12 @@ loss, its gradient and (optionally) the batch statistics in one pass:
 
 * sigmoid, large float inputs on CPU or CUDA: the fused kernel behind the custom op
   ``torch.ops.adaptive_focal.sigmoid_focal`` (see :mod:`adaptive_focal._kernels`);
-* otherwise the pure-PyTorch implementation in this module, which is also the tests' reference. It is written
-  in log space (the modulating factor is ``exp(gamma * log(1 - p_t))`` with ``log(1 - p_t)`` from
-  ``logsigmoid`` / ``log_softmax``), so its autograd gradients stay finite at saturated logits for every
-  gamma >= 0, where the textbook ``(1 - p_t)**gamma`` gives ``0 * inf = NaN`` for 0 < gamma < 1.
+* otherwise the pure-PyTorch implementation in this module, which is also the tests' reference. It is written in
+  log space (the modulating factor is ``exp(gamma * log(1 - p_t))`` with ``log(1 - p_t)`` from ``logsigmoid`` /
+  ``log_softmax``), so its autograd gradients stay finite at saturated logits for every gamma >= 0, where the
+  textbook ``(1 - p_t)**gamma`` gives ``0 * inf = NaN`` for 0 < gamma < 1. On the CPU the statistics of smaller
+  float32 inputs (every training step asks for them) come from one pass of the compiled library once it is built
+  on the machine; the loss itself does not.
 """
 
 from __future__ import annotations
