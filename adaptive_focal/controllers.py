@@ -3,8 +3,8 @@
 Everything a controller computes stays on the statistics' device (its state is tensors, updated with tensor ops
 and ``torch.where`` instead of Python branches on values), so ``step`` never waits for an accelerator. On CPU
 statistics, where reading a value costs nothing, the global controllers (``automated``, ``pi``, ``asl_adaptive``)
-take the same rule in Python numbers instead: a dozen small tensor operations per step were most of their cost.
-Both paths are tested against the same hand-computed examples.
+take the same rule in Python numbers instead, and ``efl`` its per-class arithmetic (up to 256 classes): a dozen
+small tensor operations per step were most of their cost. Both paths are tested against the same examples.
 """
 
 from __future__ import annotations
@@ -241,8 +241,8 @@ class PIGamma(GammaPolicy):
         return torch.where(defined, gamma, current)
 
     def _compute_host(self, stats: BatchStats) -> float | None:
-        """The global controller on CPU statistics, in Python numbers: the rule of ``_compute`` without its dozen
-        small tensor operations per step (reading a CPU tensor never synchronises)."""
+        """The global controller on CPU statistics, in Python numbers: the rule of ``_compute_tensor`` without its
+        dozen small tensor operations per step (reading a CPU tensor never synchronises)."""
         count = int(stats.count)
         if count == 0:  # nothing measured: gamma and integral stay
             return None
