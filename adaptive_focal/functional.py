@@ -222,15 +222,22 @@ def _check_mixture(mix: FocalMixture, mode: str, input: torch.Tensor) -> int | N
     return c
 
 
+def _with_class_weight(weight, class_weight: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """The element weight times a (C,) per-class factor along the input's dim 1."""
+    class_w = class_weight.view((1, class_weight.numel()) + (1,) * (input.dim() - 2))
+    return class_w if weight is None else torch.as_tensor(weight, device=input.device) * class_w
+
+
 def _mixture(fn, mode: str, input, target, mix: FocalMixture, alpha, weight, kwargs: dict):
-    """The loss with a FocalMixture gamma: the weighted sum of the losses with each term's gamma.
+    """The sigmoid loss with a FocalMixture gamma of several terms (or scalar weights): the weighted sum of the
+    losses with each term's gamma (softmax_focal_loss sums its terms inside its one pass).
 
     A scalar weight scales a term's loss; a per-class weight (sigmoid only) multiplies the element weight, which
     leaves the reduction's denominator alone. Statistics are those of the first term with the loss-dependent sums added
     over the terms (the gradient sums add magnitudes, exact whenever the terms' gradients share a sign, as they
     do for hard targets).
     """
-    c = _check_mixture(mix, mode, input)
+    _check_mixture(mix, mode, input)
     return_stats = kwargs["return_stats"]
     total, stats = None, None
     for k in range(mix.num_terms):
@@ -239,8 +246,7 @@ def _mixture(fn, mode: str, input, target, mix: FocalMixture, alpha, weight, kwa
         if w_k.dim() == 0:
             scale = w_k
         else:  # sigmoid, per class along dim 1
-            class_w = w_k.view((1, c) + (1,) * (input.dim() - 2))
-            term_weight = class_w if weight is None else torch.as_tensor(weight, device=input.device) * class_w
+            term_weight = _with_class_weight(weight, w_k, input)
         out = fn(input, target, gamma=mix.gammas[k], alpha=alpha, weight=term_weight, **kwargs)
         loss_k, stats_k = out if return_stats else (out, None)
         if scale is not None:
@@ -333,15 +339,13 @@ def sigmoid_focal_loss(
     """
     _check_input(input)
     if isinstance(gamma, FocalMixture):
-        c = _check_mixture(gamma, "sigmoid", input)
+        _check_mixture(gamma, "sigmoid", input)
         if gamma.num_terms > 1 or gamma.weights.dim() == 1:
             return _mixture(sigmoid_focal_loss, "sigmoid", input, target, gamma, alpha, weight, dict(
                 reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
                 return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
         # one term with per-class weights (EFL's form): its gamma, and its weights folded into the element weight
-        class_w = gamma.weights[0].view((1, c) + (1,) * (input.dim() - 2))
-        weight = class_w if weight is None else torch.as_tensor(weight, device=input.device) * class_w
-        gamma = gamma.gammas[0]
+        weight, gamma = _with_class_weight(weight, gamma.weights[0], input), gamma.gammas[0]
     _check_reduction(reduction, _SIGMOID_REDUCTIONS, "sigmoid_focal_loss")
     ls = _check_label_smoothing(label_smoothing)
     if not isinstance(target, torch.Tensor):
@@ -703,13 +707,8 @@ def softmax_focal_loss(
     """
     _check_input(input)
     mix = None
-    if isinstance(gamma, FocalMixture):
+    if isinstance(gamma, FocalMixture):  # one pass: the terms share log_softmax, the gather and the checks
         _check_mixture(gamma, "softmax", input)
-        if isinstance(target, torch.Tensor) and target.is_floating_point() or label_smoothing:
-            return _mixture(softmax_focal_loss, "softmax", input, target, gamma, alpha, weight, dict(
-                reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
-                return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
-        # index targets without smoothing: one pass with the weighted sum of the terms' factors (below)
         mix, gamma = gamma, gamma.gammas[0]
     if isinstance(gamma, AsymmetricGamma):
         raise ValueError(
@@ -750,6 +749,10 @@ def softmax_focal_loss(
     device = input.device
     g = _resolve_gamma(gamma, input, "softmax", dtype)
     _check_table(g, num_classes)
+    # (gamma, weight) per term: the loss is sum_k w_k L(gamma_k) (one term without weight for a plain gamma)
+    terms = [(g, None)] if mix is None else [
+        (g if k == 0 else _resolve_gamma(mix.gammas[k], input, "softmax", dtype), mix.weights[k].to(dtype))
+        for k in range(mix.num_terms)]
     a = _resolve_alpha(alpha, num_classes, device, dtype, "softmax", True)
     w = None
     if weight is not None:
@@ -761,23 +764,36 @@ def softmax_focal_loss(
     logp = F.log_softmax(x, dim=1)
     cshape = (1, num_classes) + (1,) * (input.dim() - 2)  # broadcasts a (C,) vector along dim 1
 
-    def class_gamma(q_full=None, cls=None):
-        """gamma for every class term (N, C, ...); for the table, looked up from q_full."""
-        if g.kind == _SCALAR:
-            return g.value
-        if g.kind == _PER_CLASS:
-            return g.value.view(cshape)
-        if g.kind == _FULL:
-            return g.value
-        return g.table.lookup(q_full, cls).to(dtype)
+    def class_gamma(g: _Gamma):
+        """gamma for every class term (N, C, ...) as a function of (q_full, cls); for the table, looked up."""
+        def of(q_full=None, cls=None):
+            if g.kind == _SCALAR:
+                return g.value
+            if g.kind == _PER_CLASS:
+                return g.value.view(cshape)
+            if g.kind == _FULL:
+                return g.value
+            return g.table.lookup(q_full, cls).to(dtype)
+        return of
+
+    def mixed(loss_of):
+        """sum_k w_k loss_of(gamma_k) over the terms (the plain loss for a plain gamma)."""
+        out = None
+        for g_k, w_k in terms:
+            term = loss_of(g_k) if w_k is None else loss_of(g_k) * w_k
+            out = term if out is None else out + term
+        return out
+
+    def all_terms(y):
+        return mixed(lambda g_k: _softmax_all_terms(logp, y, class_gamma(g_k), a, w, cshape, detach_modulator,
+                                                    not g_k.nonneg))
 
     if prob_target:
         t = target.detach().to(dtype)
         if _on_host(t) and t.numel() and bool(((t < 0) | (t > 1)).any()):
             raise ValueError("target of class probabilities must hold values in [0, 1]")
         valid = None
-        y = t * (1.0 - ls) + ls / num_classes if ls else t
-        per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator, not g.nonneg)
+        per_sample = all_terms(t * (1.0 - ls) + ls / num_classes if ls else t)
         denom = torch.tensor(float(math.prod(sample_shape)), device=device, dtype=dtype)
         cls = t.argmax(1)
     else:
@@ -802,23 +818,15 @@ def softmax_focal_loss(
                     return g.value.gather(1, cls.unsqueeze(1)).squeeze(1)
                 return g.table.lookup(torch.exp(-ell.detach()), cls).to(dtype)
 
-            if mix is None:
-                per_sample = _FocalTerm.apply(ell, target_gamma(g), bool(detach_modulator), not g.nonneg)
-            else:  # sum_k w_k (focal term with gamma_k): log_softmax, gather and checks once for all terms
-                per_sample = None
-                for k in range(mix.num_terms):
-                    g_k = g if k == 0 else _resolve_gamma(mix.gammas[k], input, "softmax", dtype)
-                    term = _FocalTerm.apply(ell, target_gamma(g_k), bool(detach_modulator), not g_k.nonneg)
-                    term = term * mix.weights[k].to(dtype)
-                    per_sample = term if per_sample is None else per_sample + term
+            per_sample = mixed(lambda g_k: _FocalTerm.apply(ell, target_gamma(g_k), bool(detach_modulator),
+                                                            not g_k.nonneg))
             if a is not None:
                 per_sample = per_sample * a[cls]
             if w_y is not None:
                 per_sample = per_sample * w_y
         else:
             onehot = torch.zeros_like(logp).scatter_(1, cls.unsqueeze(1), 1.0)
-            y = onehot * (1.0 - ls) + ls / num_classes
-            per_sample = _softmax_all_terms(logp, y, class_gamma, a, w, cshape, detach_modulator, not g.nonneg)
+            per_sample = all_terms(onehot * (1.0 - ls) + ls / num_classes)
         per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
         denom = valid.to(dtype).sum() if w_y is None else (w_y * valid).sum()
     total = per_sample.sum()
