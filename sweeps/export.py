@@ -61,13 +61,11 @@ def export_path(folder, study_name: str) -> Path:
 
 def study_to_dict(storage, study_name: str) -> dict:
     """The export of ``study_name`` from an Optuna ``storage`` (see the module docstring)."""
-    import optuna
     from optuna.trial import TrialState
 
-    from .report import study_summaries
-    from .runner import parse_unit_name
+    from .report import stored_units
 
-    names, attrs = study_summaries(storage, study_name)
+    attrs, stored = stored_units(storage, study_name)
     missing = [k for k in _REQUIRED_KEYS if k not in attrs]
     if missing:
         raise ValueError(f"study {study_name!r} has no {', '.join(missing)} in its manifest; was it made by "
@@ -77,12 +75,7 @@ def study_to_dict(storage, study_name: str) -> dict:
     across = {arm for arm, rec in attrs["arms"].items() if rec.get("across_seeds")}
     units: dict = {arm: [] for arm in attrs["arms"]}
     trials, other = [], {}
-    for name in names:
-        parsed = parse_unit_name(study_name, name)
-        if parsed is None or parsed[0] not in units or (parsed[1] is None) != (parsed[0] in across):
-            continue
-        arm, seed = parsed
-        unit = optuna.load_study(study_name=name, storage=storage)
+    for arm, seed, unit in stored:
         if seed is None:
             units[arm] = list(unit.user_attrs.get("seeds") or [])
         else:

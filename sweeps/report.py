@@ -87,6 +87,24 @@ def study_summaries(storage, study_name: str) -> tuple[dict, dict]:
     return names, names[study_name].user_attrs
 
 
+def stored_units(storage, study_name: str):
+    """The manifest's user attributes of ``study_name`` and an iterator over its units in ``storage`` as
+    ``(arm, seed, optuna.Study)``: ``seed`` None for the one unit of an arm tuned across seeds; studies that are
+    not units of the manifest's arms are left out."""
+    names, attrs = study_summaries(storage, study_name)
+
+    def units():
+        arms = attrs.get("arms") or {}
+        across = {arm for arm, rec in arms.items() if rec.get("across_seeds")}
+        for name in names:
+            parsed = parse_unit_name(study_name, name)
+            if parsed is None or parsed[0] not in arms or (parsed[1] is None) != (parsed[0] in across):
+                continue
+            yield parsed[0], parsed[1], optuna.load_study(study_name=name, storage=storage)
+
+    return attrs, units()
+
+
 def load_units(storage, study_name: str) -> dict:
     """``{"study", "dataset", "metric", "arms": {arm: {"config", "space"}}, "units": {arm: {seed: [trial, ...]}},
     "across_seeds": {arm: {"seeds", "trials"}}}`` where a trial is ``{"number", "state", "val", "test", "seconds",
@@ -101,15 +119,10 @@ def load_units(storage, study_name: str) -> dict:
 
     if is_export(storage):
         return load_export(storage, study_name)
-    names, attrs = study_summaries(storage, study_name)
+    attrs, stored = stored_units(storage, study_name)
     units: dict = {arm: {} for arm in attrs["arms"]}
     across = {arm: {"seeds": [], "trials": []} for arm, rec in attrs["arms"].items() if rec.get("across_seeds")}
-    for name in names:
-        parsed = parse_unit_name(study_name, name)
-        if parsed is None or parsed[0] not in units or (parsed[1] is None) != (parsed[0] in across):
-            continue
-        arm, seed = parsed
-        unit = optuna.load_study(study_name=name, storage=storage)
+    for arm, seed, unit in stored:
         trials = sorted(unit.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                         key=lambda t: t.number)
         if seed is not None:
