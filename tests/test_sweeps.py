@@ -57,6 +57,21 @@ def assert_done(storage, study, trials, seeds=None):
 
 
 # -- studies and the train hook ---------------------------------------------------------------------------------
+def _sigkill_when(proc, ready, timeout: float, what: str) -> None:
+    """Kills ``proc`` with SIGKILL as soon as ``ready()`` holds (polled); fails the test with ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(what)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+
+
 def test_every_study_definition_loads_with_the_issue_arms():
     main = ["digits-lt", "mnist1d-lt", "gauss-lt", "dense-det", "seg-toy"]
     rho = [f"{d}-rho{r}" for d in ("digits-lt", "gauss-lt") for r in (1, 10, 100)]
@@ -150,16 +165,8 @@ def test_killed_worker_trial_is_retried_once(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(target=_sleepy_worker, args=(study.replace(seeds=1, trial_pause_s=60.0), str(log)))
     proc.start()
-    deadline = time.time() + 30
-    while time.time() < deadline:  # wait until the worker holds a trial
-        if any(TrialState.RUNNING in s for s in states(log, study, seeds=1).values()):
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("the worker never started a trial")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
+    _sigkill_when(proc, lambda: any(TrialState.RUNNING in s for s in states(log, study, seeds=1).values()), 30,
+                  "the worker never started a trial")
     summary = runner.run(study, opts(log, seeds=1, heartbeat_interval=0.5, grace_period=2.0))
     assert summary["errors"] == []
     final = states(log, study, seeds=1)
@@ -417,17 +424,11 @@ def test_killed_worker_across_seeds_trial_is_retried_once(tmp_path):
     # the worker sleeps after its first seed: killed there, it leaves a trial with one seed recorded
     proc = ctx.Process(target=_sleepy_across_worker, args=(study.replace(trial_pause_s=60.0), str(log)))
     proc.start()
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    def first_seed_done():
         running = [t for t in _unit(log, name).trials if t.state == TrialState.RUNNING]
-        if running and len(running[0].user_attrs.get("per_seed", {})) == 1:
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("the worker never finished a first seed")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
+        return bool(running) and len(running[0].user_attrs.get("per_seed", {})) == 1
+
+    _sigkill_when(proc, first_seed_done, 60, "the worker never finished a first seed")
     summary = runner.run(study, opts(log, heartbeat_interval=0.5, grace_period=2.0))
     assert summary["errors"] == []
     trials = _unit(log, name).trials
