@@ -88,7 +88,13 @@ def main_cli(argv=None) -> dict:
     parser.add_argument("--from-json", default=None, help="rebuild the table from a stored --out file (no runs)")
     args = parser.parse_args(argv)
     if args.from_json:
-        stored = json.loads(Path(args.from_json).read_text())
+        try:
+            stored = json.loads(Path(args.from_json).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--from-json {args.from_json!r}: not a readable --out file of this script ({err})")
+        if not {"seeds", "gammas", "results"} <= set(stored):
+            raise SystemExit(f"--from-json {args.from_json!r}: needs the keys seeds, gammas and results, got "
+                             f"{sorted(stored)}")
         args.seeds, args.gammas = stored["seeds"], stored["gammas"]
         results = {d: {**r, **compare(r["ce"], r["focal"])} for d, r in stored["results"].items()}
     else:

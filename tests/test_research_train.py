@@ -150,3 +150,14 @@ def test_seed_table_compares_paired_by_seed():
     assert not compare([0.8, 0.9], [0.81, 0.88])["separated"]
     with pytest.raises(ValueError, match="same number"):
         compare([0.8, 0.9], [0.8])
+
+
+def test_seed_table_from_json_rejects_a_bad_file(tmp_path):
+    from research.seed_table import main_cli
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"seeds": 5}')
+    with pytest.raises(SystemExit, match="needs the keys seeds, gammas and results"):
+        main_cli(["--from-json", str(bad)])
+    with pytest.raises(SystemExit, match="not a readable --out file"):
+        main_cli(["--from-json", str(tmp_path / "missing.json")])
