@@ -479,7 +479,7 @@ def _standardize(
 
 @_register("digits-lt")
 def digits_lt(
-    imbalance_ratio: float = 10.0,
+    imbalance_ratio: float = 50.0,
     seed: int = 0,
     n_max: int | None = None,
     n_val_per_class: int = 20,
@@ -493,8 +493,8 @@ def digits_lt(
     statistics. Builds in ~0.05 s (importing scikit-learn first takes ~1 s).
 
     Args:
-        imbalance_ratio: ``n_0 / n_9``, ``>= 1``. The default 10 keeps 10 images in class 9;
-            100 leaves a single one.
+        imbalance_ratio: ``n_0 / n_9``, ``>= 1``. The default 50 keeps 2 of class 9's images
+            (counts 104, 67, 44, 28, 18, 12, 8, 5, 3, 2); 10 keeps 10 and 100 a single one.
         seed: seeds the split and the subsampling.
         n_max: training images of class 0; ``None``: as many as every class can supply after
             validation and test (104 with the defaults).

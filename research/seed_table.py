@@ -40,11 +40,16 @@ def run_dataset(dataset: str, seeds: int, gammas, threads: int | None) -> dict:
     metric = _headline(dataset)
     base = {"dataset": dataset, "threads": threads}
     t0 = time.perf_counter()
-    ce = [main({**base, "loss": "ce", "seed": s})["metrics"][metric] for s in range(seeds)]
+    ce_runs = [main({**base, "loss": "ce", "seed": s}) for s in range(seeds)]
+    ce = [r["metrics"][metric] for r in ce_runs]
     tuning = {g: main({**base, "loss": "focal", "gamma": g, "seed": 0})["val_metrics"][metric] for g in gammas}
     best = max(tuning, key=lambda g: (tuning[g], -g))
     focal = [main({**base, "loss": "focal", "gamma": best, "seed": s})["metrics"][metric] for s in range(seeds)]
-    return {"metric": metric, "ce": ce, "focal": focal, "gamma": best, "tuning_val": tuning,
+    # the data set's resolved defaults (epochs, data set arguments, model...) of the runs, for provenance
+    config = {"data": ce_runs[0]["data"],
+              **{k: ce_runs[0]["config"][k] for k in ("model", "model_kwargs", "epochs", "batch_size", "lr",
+                                                      "optimizer")}}
+    return {"metric": metric, "config": config, "ce": ce, "focal": focal, "gamma": best, "tuning_val": tuning,
             **compare(ce, focal), "seconds": time.perf_counter() - t0}
 
 

@@ -77,7 +77,7 @@ class Config:
 
 #: per data set: what makes a run of about a minute or less on 2 CPU cores
 DATASET_DEFAULTS: dict[str, dict] = {
-    "digits-lt": dict(epochs=30, batch_size=64, lr=3e-3, recall_splits=[60, 20]),
+    "digits-lt": dict(epochs=10, batch_size=64, lr=3e-3, recall_splits=[40, 10]),
     "mnist1d-lt": dict(epochs=15, batch_size=128, lr=3e-3, recall_splits=[400, 60]),
     "gauss-lt": dict(epochs=60, batch_size=128, lr=3e-3, recall_splits=[150, 20]),
     "dense-det": dict(epochs=8, batch_size=4096, lr=3e-3, recall_splits=[40, 15]),
@@ -308,7 +308,7 @@ def build_run(cfg: Config, data) -> Run:
 
 
 def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
-    """Runs one configuration; returns ``{"config", "metrics", "val_metrics", "history", "gamma", "seconds"}``
+    """Runs one configuration; returns ``{"config", "data", "metrics", "val_metrics", "history", "gamma", "seconds"}``
     (test metrics, the same metrics on the validation set for model selection, per-epoch records, the gamma
     trajectory).
 
@@ -378,6 +378,7 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
                            many=many, few=few)
     result = {
         "config": asdict(cfg),
+        "data": dict(data.config),  # the data set's resolved arguments (its defaults filled in)
         "metrics": metrics,
         "val_metrics": val_metrics,
         "history": history,
