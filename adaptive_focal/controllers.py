@@ -328,8 +328,10 @@ class EqualizedFocal(GammaPolicy):
         self.gamma_b = _check_number("gamma_b", gamma_b, 0.0, 20.0, low_open=True)
         self.scale = _check_number("scale", scale, 0.0, 20.0)
         self.num_classes = None if num_classes is None else _check_number("num_classes", num_classes, 1, integer=True)
-        self.pos_grad: torch.Tensor | None = None
-        self.neg_grad: torch.Tensor | None = None
+        # the accumulated gradient sums per class: float64 tensors, or on the host path lists of Python floats
+        # (float64 too, so both forms add up the same numbers bit for bit); pos_grad / neg_grad show them as tensors
+        self._pos: torch.Tensor | list[float] | None = None
+        self._neg: torch.Tensor | list[float] | None = None
         if self.num_classes is None:  # until the first statistics say C: gamma_b with weight 1, the same loss
             self._write(torch.tensor(self.gamma_b, device=self._device()))
         else:
@@ -338,43 +340,71 @@ class EqualizedFocal(GammaPolicy):
     def _mixture(self, gamma: torch.Tensor) -> FocalMixture:
         return FocalMixture(gamma.unsqueeze(0), (gamma / self.gamma_b).unsqueeze(0))
 
+    @property
+    def pos_grad(self) -> torch.Tensor | None:
+        """(C,) float64: the accumulated ``sum |grad| * t`` per class (None before the first statistics)."""
+        return self._as_tensor(self._pos)
+
+    @property
+    def neg_grad(self) -> torch.Tensor | None:
+        """(C,) float64: the accumulated ``sum |grad| * (1 - t)`` per class (None before the first statistics)."""
+        return self._as_tensor(self._neg)
+
+    @staticmethod
+    def _as_tensor(sums) -> torch.Tensor | None:
+        return torch.tensor(sums, dtype=torch.float64) if isinstance(sums, list) else sums
+
     def _check_stats(self, name, stats, *, required):
         super()._check_stats(name, stats, required=required)
         if stats is None or name != "stats":
             return
-        _require_fields(name, self.name, stats, ("class_sum_grad_pos", "class_sum_grad_neg"))
-        expected = self.num_classes if self.pos_grad is None else self.pos_grad.numel()
+        if stats.class_sum_grad_pos is None or stats.class_sum_grad_neg is None:
+            _require_fields(name, self.name, stats, ("class_sum_grad_pos", "class_sum_grad_neg"))
+        expected = self.num_classes if self._pos is None else len(self._pos)
         if expected is not None and stats.num_classes != expected:
             raise ValueError(f"{name} have {stats.num_classes} classes but the 'efl' policy is tracking {expected}")
 
     def _compute(self, stats: BatchStats):
         pos, neg = stats.class_sum_grad_pos, stats.class_sum_grad_neg
-        if self.pos_grad is None:
-            self.pos_grad = pos.to(torch.float64, copy=True)
-            self.neg_grad = neg.to(torch.float64, copy=True)
-        else:  # accumulated in place, in float64 so that a long run's sums keep their small increments
-            if self.pos_grad.device != pos.device:
-                self.pos_grad, self.neg_grad = self.pos_grad.to(pos.device), self.neg_grad.to(pos.device)
-            self.pos_grad.add_(pos)
-            self.neg_grad.add_(neg)
         current = self.loss.gamma
-        in_place = isinstance(current, FocalMixture) and current.gammas.shape == (1, self.pos_grad.numel())
-        if in_place and self.pos_grad.device.type == "cpu" and self.pos_grad.numel() <= _HOST_CLASSES:
-            # few classes on the CPU: the per-class arithmetic in Python numbers, one tensor written
-            top, bottom = self.gamma_b + self.scale, self.gamma_b
-            gamma = [top - self.scale * min(max(p / (n + 1e-10), 0.0), 1.0)
-                     for p, n in zip(self.pos_grad.tolist(), self.neg_grad.tolist())]
-            both = torch.tensor([gamma, [g / bottom for g in gamma]], dtype=torch.float64)
-        else:
-            ratio = torch.div(self.pos_grad, self.neg_grad + 1e-10).clamp_(0.0, 1.0)
-            gamma = ratio.mul_(-self.scale).add_(self.gamma_b + self.scale)  # gamma_b + s (1 - g), float64
-            both = torch.stack((gamma, gamma / self.gamma_b))
+        if pos.device.type == "cpu" and pos.numel() <= _HOST_CLASSES:
+            return self._compute_host(pos, neg, current)
+        in_place = isinstance(current, FocalMixture) and current.gammas.shape == (1, pos.numel())
+        if self._pos is None:
+            self._pos, self._neg = pos.to(torch.float64, copy=True), neg.to(torch.float64, copy=True)
+        else:  # accumulated in place, in float64 so that a long run's sums keep their small increments
+            self._pos, self._neg = (torch.as_tensor(v, dtype=torch.float64, device=pos.device)
+                                    for v in (self._pos, self._neg))
+            self._pos.add_(pos)
+            self._neg.add_(neg)
+        ratio = torch.div(self._pos, self._neg + 1e-10).clamp_(0.0, 1.0)
+        gamma = ratio.mul_(-self.scale).add_(self.gamma_b + self.scale)  # gamma_b + s (1 - g), float64
+        both = torch.stack((gamma, gamma / self.gamma_b))
         if in_place:
             with torch.no_grad():  # in place, on the device: no new module and no synchronisation per step
                 current.gammas.copy_(both[:1])
                 current.weights.copy_(both[1:])
             return current
         return FocalMixture(both[:1].to(torch.float32), both[1:].to(torch.float32))
+
+    def _compute_host(self, pos: torch.Tensor, neg: torch.Tensor, current) -> FocalMixture:
+        """The same update for few classes on the CPU, in Python numbers (a dozen small tensor operations per
+        step cost more there than the arithmetic): the sums as lists of floats, written into the loss's mixture
+        by ``_write_host``, or a new mixture when the loss holds another gamma."""
+        if not isinstance(self._pos, list):
+            self._pos = [0.0] * pos.numel() if self._pos is None else self._pos.tolist()
+            self._neg = [0.0] * neg.numel() if self._neg is None else self._neg.tolist()
+        acc_pos, acc_neg = self._pos, self._neg
+        for j, (p, n) in enumerate(zip(pos.tolist(), neg.tolist())):
+            acc_pos[j] += p
+            acc_neg[j] += n
+        top, scale, base = self.gamma_b + self.scale, self.scale, self.gamma_b
+        gamma = [top - scale * min(max(p / (n + 1e-10), 0.0), 1.0) for p, n in zip(acc_pos, acc_neg)]
+        finite = all(g == g for g in gamma)  # in [gamma_b, gamma_b + scale] unless NaN statistics made them NaN
+        weights = [g / base for g in gamma]
+        if isinstance(current, FocalMixture) and current._write_host(gamma, weights, nonneg=finite):
+            return current
+        return FocalMixture(torch.tensor([gamma]), torch.tensor([weights]))  # written by _write, moved to the device
 
     def _state(self) -> dict:
         def cpu(t):
@@ -387,8 +417,8 @@ class EqualizedFocal(GammaPolicy):
             raise ValueError("state['pos_grad'] and state['neg_grad'] must both be None or tensors of one shape (C,)")
         device = self._device()
         # copies: the steps accumulate into these in place, never into the caller's tensors
-        self.pos_grad = None if pos is None else torch.as_tensor(pos, dtype=torch.float64).to(device).clone()
-        self.neg_grad = None if neg is None else torch.as_tensor(neg, dtype=torch.float64).to(device).clone()
+        self._pos = None if pos is None else torch.as_tensor(pos, dtype=torch.float64).to(device).clone()
+        self._neg = None if neg is None else torch.as_tensor(neg, dtype=torch.float64).to(device).clone()
 
 
 @register_policy("asl_adaptive")

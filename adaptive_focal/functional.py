@@ -134,8 +134,12 @@ def _nonneg(values: torch.Tensor) -> bool:
     return _on_host(values) and not values.requires_grad and bool((values >= 0).all())
 
 
-def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
-    """Brings every accepted form of gamma into one of the four kinds of the kernel contract."""
+def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype, known_nonneg: bool = False) -> _Gamma:
+    """Brings every accepted form of gamma into one of the four kinds of the kernel contract.
+
+    ``known_nonneg``: the caller vouches that a tensor gamma is finite and >= 0 (``FocalMixture._known_nonneg``),
+    so its values are not read back to check.
+    """
     device = input.device
     if isinstance(gamma, GammaTable):
         return _Gamma(_TABLE, gamma.values, gamma, nonneg=_nonneg(gamma.values))
@@ -150,8 +154,8 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
         )
     if not gamma.is_floating_point():
         gamma = gamma.to(dtype)
-    nonneg = False  # unknown without reading the values
-    if _on_host(gamma) and gamma.numel():
+    nonneg = known_nonneg and not gamma.requires_grad  # else unknown without reading the values
+    if not nonneg and _on_host(gamma) and gamma.numel():
         low = float(gamma.detach().min())  # one reduction for both checks: min propagates NaN
         if low != low:
             raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
@@ -175,10 +179,22 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype) -> _Gamma:
     return _Gamma(_FULL, full, nonneg=nonneg)
 
 
+#: default statistics edges per (bins, device, dtype), each with the version it was made at: every BatchStats of
+#: a run shares one tensor, rebuilt if anything changed it in place
+_EDGES: dict = {}
+
+
 def _stat_edges(gamma: _Gamma, stat_bins: int, device, dtype=torch.float32) -> torch.Tensor:
     if gamma.table is not None:
         return gamma.table.edges.to(device=device, dtype=dtype)
-    return default_edges(stat_bins, device=device).to(dtype)
+    if torch.compiler.is_compiling():
+        return default_edges(stat_bins, device=device).to(dtype)
+    key = (stat_bins, device, dtype)
+    hit = _EDGES.get(key)
+    if hit is None or hit[0]._version != hit[1]:
+        edges = default_edges(stat_bins, device=device).to(dtype)
+        _EDGES[key] = hit = (edges, edges._version)
+    return hit[0]
 
 
 def _check_table(gamma: _Gamma, num_classes: int) -> None:
@@ -345,7 +361,10 @@ def sigmoid_focal_loss(
                 reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
                 return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
         # one term with per-class weights (EFL's form): its gamma, and its weights folded into the element weight
+        known_nonneg = gamma._known_nonneg()
         weight, gamma = _with_class_weight(weight, gamma.weights[0], input), gamma.gammas[0]
+    else:
+        known_nonneg = False
     _check_reduction(reduction, _SIGMOID_REDUCTIONS, "sigmoid_focal_loss")
     ls = _check_label_smoothing(label_smoothing)
     if not isinstance(target, torch.Tensor):
@@ -362,7 +381,7 @@ def sigmoid_focal_loss(
     num_classes = input.shape[1] if has_class_dim else 1
     if isinstance(gamma, AsymmetricGamma):
         gamma = _asymmetric(gamma, input, target, num_classes, dtype)
-    g = _resolve_gamma(gamma, input, "sigmoid", dtype)
+    g = _resolve_gamma(gamma, input, "sigmoid", dtype, known_nonneg)
     _check_table(g, num_classes)
     a = _resolve_alpha(alpha, num_classes, device, dtype, "sigmoid", has_class_dim)
     w = None
@@ -434,9 +453,9 @@ def sigmoid_focal_loss(
         )
         total, per_item = elem.sum(), elem.view(input.shape)
         if stats_pass:  # the statistics in one C pass instead of about sixty small tensor operations
-            with torch.no_grad():
+            with torch.no_grad():  # float32 compute on the CPU (_sigmoid_stats_kernel_fits); half inputs converted
                 _, _, acc = _kernels.cpu.sigmoid_focal_forward(
-                    input.detach().reshape(shape3).to(torch.float32).contiguous(), t.reshape(shape3).contiguous(),
+                    input.reshape(shape3).to(torch.float32).contiguous(), t.reshape(shape3).contiguous(),
                     gval.contiguous(), g.kind,
                     None if g.table is None else g.table.edges.to(torch.float32),
                     None if a is None else a.contiguous(), None if wval is None else wval.contiguous(),
@@ -463,8 +482,8 @@ def sigmoid_focal_loss(
 def _sigmoid_stats_kernel_fits(input: torch.Tensor, dtype, differentiable_args: bool) -> bool:
     """Whether the statistics of an input below the kernel's size take the C pass: float32 on the CPU, and only
     once the library is built on the machine (small inputs never pay a build)."""
-    return (input.device.type == "cpu" and dtype == torch.float32 and input.numel() > 0
-            and not differentiable_args and not torch.compiler.is_compiling() and _kernels.cpu.ready())
+    return (dtype == torch.float32 and not differentiable_args and input.device.type == "cpu"
+            and input.numel() > 0 and _kernels.cpu.ready() and not torch.compiler.is_compiling())
 
 
 def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,

@@ -14,8 +14,11 @@ owning loss's ``.to()`` and are saved in its ``state_dict``.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 __all__ = ["AsymmetricGamma", "FocalMixture"]
 
@@ -105,6 +108,56 @@ class FocalMixture(nn.Module):
     @property
     def num_terms(self) -> int:
         return self.gammas.shape[0]
+
+    def __getstate__(self) -> dict:
+        # the host-write caches refer to this object's own tensors (NumPy views, a weak reference): a copy or an
+        # unpickled module starts without them
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in ("_host_views", "_nonneg_at")}
+
+    def _mark_nonneg(self) -> None:
+        """Records that the current gammas are finite and >= 0, for a writer that knows it (a policy whose update
+        keeps them in its bounds), so the loss can skip reading them back. Any later change of the gammas, in
+        place (the tensor's version counter moves) or by a new tensor, ends it."""
+        g = self._buffers["gammas"]
+        self.__dict__["_nonneg_at"] = (weakref.ref(g), g._version)  # past nn.Module.__setattr__: a plain attribute
+
+    def _known_nonneg(self) -> bool:
+        """Whether ``_mark_nonneg`` vouches for the gammas as they are now."""
+        at = self.__dict__.get("_nonneg_at")
+        if at is None or torch.compiler.is_compiling():
+            return False
+        g = self._buffers["gammas"]
+        return at[0]() is g and at[1] == g._version
+
+    def _write_host(self, gammas: list[float], weights: list[float], nonneg: bool) -> bool:
+        """Writes a one-term per-class mixture given as Python floats, for a policy's per-step update on the CPU;
+        False (nothing written) unless both buffers are CPU float32 tensors of shape (1, len(gammas)).
+
+        The values go straight into the buffers' memory through NumPy views, and the version counters are then
+        bumped as for any in-place change (``torch.autograd.graph.increment_version``, PyTorch's documented way
+        for writes it does not see), so autograd still refuses a backward through a graph that used the old
+        values. This skips building tensors from the lists, which costs several times more on a training step's
+        cold caches. Nothing here reads the values back: the caller's update keeps the weights >= 0, and with
+        ``nonneg`` it vouches that the gammas are finite and >= 0 (``_mark_nonneg``); without it the loss checks
+        the gammas as usual.
+        """
+        g, w = self._buffers["gammas"], self._buffers["weights"]
+        views = self.__dict__.get("_host_views")
+        if views is None or views[0] is not g or views[1] is not w:  # first write, or new buffers since
+            shape = (1, len(gammas))
+            if not (g.shape == shape and w.shape == shape and g.device.type == "cpu" and w.device.type == "cpu"
+                    and g.dtype == torch.float32 and w.dtype == torch.float32):
+                return False
+            views = self.__dict__["_host_views"] = (g, w, g.detach().numpy()[0], w.detach().numpy()[0])
+        if len(gammas) != len(views[2]) or len(weights) != len(views[2]):
+            return False
+        views[2][:] = gammas
+        views[3][:] = weights
+        increment_version((g, w))
+        if nonneg:
+            self.__dict__["_nonneg_at"] = (weakref.ref(g), g._version)
+        return True
 
     @property
     def num_classes(self) -> int | None:

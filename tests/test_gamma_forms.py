@@ -230,3 +230,60 @@ def test_focal_loss_holds_a_form_as_state(form, gen):
     torch.testing.assert_close(fresh(x, t), loss(x, t))
     assert "gamma=" + type(form).__name__ in repr(loss)
     assert gamma_record(loss.gamma)["form"] == type(form).__name__
+
+
+def test_mixture_nonneg_mark_lasts_until_the_gammas_change(gen):
+    # a writer that knows its gammas are finite and >= 0 marks them, so the loss does not read them back; any
+    # later change (in place, or a new tensor) ends the mark and the loss checks again
+    mix = FocalMixture(torch.full((1, 3), 2.0), torch.ones(1, 3))
+    assert not mix._known_nonneg()
+    mix._mark_nonneg()
+    assert mix._known_nonneg()
+    x, t = torch.randn(4, 3, generator=gen), (torch.rand(4, 3, generator=gen) < 0.5).float()
+    marked = sigmoid_focal_loss(x, t, gamma=mix)
+    mix._nonneg_at = None
+    assert torch.equal(marked, sigmoid_focal_loss(x, t, gamma=mix))  # the mark only skips the check
+    mix._mark_nonneg()
+    with torch.no_grad():
+        mix.gammas[0, 1] = float("nan")
+    assert not mix._known_nonneg()
+    with pytest.raises(ValueError, match="gamma must not be NaN"):
+        sigmoid_focal_loss(x, t, gamma=mix)
+    mix.set(gammas=torch.full((1, 3), 1.0))
+    mix._mark_nonneg()
+    mix.gammas = torch.full((1, 3), -1.0)  # a new tensor, not the marked one: the inverse factor must apply
+    assert not mix._known_nonneg()
+    expected = sigmoid_focal_loss(x, t, gamma=torch.full((3,), -1.0))
+    assert torch.equal(sigmoid_focal_loss(x, t, gamma=mix), expected)
+
+
+def test_mixture_host_write_is_in_place_versioned_and_survives_copies():
+    import copy
+    import io
+
+    mix = FocalMixture(torch.full((1, 3), 2.0), torch.ones(1, 3))
+    gammas, version = mix.gammas, mix.gammas._version
+    assert mix._write_host([2.0, 3.0, 4.5], [1.0, 1.5, 2.25], nonneg=True)
+    assert mix.gammas is gammas and mix.gammas.tolist() == [[2.0, 3.0, 4.5]]
+    assert mix.weights.tolist() == [[1.0, 1.5, 2.25]]
+    assert mix.gammas._version > version and mix._known_nonneg()  # autograd sees the write
+    x = torch.randn(2, 3, requires_grad=True)
+    out = (x * mix.weights).sum()
+    mix._write_host([2.0, 2.0, 2.0], [1.0, 1.0, 1.0], nonneg=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+    # a copy (deepcopy, pickle through torch.save) owns its tensors: writing it leaves the original alone
+    twin = copy.deepcopy(mix)
+    assert twin._write_host([5.0, 5.0, 5.0], [2.5, 2.5, 2.5], nonneg=True)
+    assert mix.gammas.tolist() == [[2.0, 2.0, 2.0]] and twin.gammas.tolist() == [[5.0, 5.0, 5.0]]
+    buffer = io.BytesIO()
+    torch.save(mix, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.gammas.tolist() == [[2.0, 2.0, 2.0]] and not loaded._known_nonneg()
+    # another shape, dtype or device is not written
+    assert not FocalMixture(torch.full((1, 4), 2.0), torch.ones(1, 4))._write_host([1.0] * 3, [1.0] * 3, True)
+    assert not mix._write_host([1.0] * 4, [1.0] * 4, nonneg=True)
+    assert mix.gammas.tolist() == [[2.0, 2.0, 2.0]]
+    wide = FocalMixture(torch.full((1, 3), 2.0), torch.ones(1, 3)).double()
+    assert not wide._write_host([1.0] * 3, [1.0] * 3, nonneg=True)

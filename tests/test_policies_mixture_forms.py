@@ -198,3 +198,24 @@ def test_efl_python_and_tensor_arithmetic_agree_bit_for_bit(gen, monkeypatch):
         assert torch.equal(losses[0].gamma.gammas, losses[1].gamma.gammas)
         assert torch.equal(losses[0].gamma.weights, losses[1].gamma.weights)
     assert losses[0].gamma.gammas.max() > 2.0  # the rare classes moved
+
+
+def test_efl_marks_its_gammas_and_moves_between_python_and_tensor_sums(gen, monkeypatch):
+    # the Python path vouches for the gammas it writes (finite, >= gamma_b); a run that switches paths (for
+    # instance after a state saved on the tensor path) carries its sums over exactly
+    import adaptive_focal.controllers as controllers
+
+    x = [torch.randn(30, 4, generator=gen) * 2 for _ in range(4)]
+    t = [(torch.rand(30, 4, generator=gen) < torch.linspace(0.5, 0.05, 4)).float() for _ in range(4)]
+    loss_a, loss_b = FocalLoss("sigmoid"), FocalLoss("sigmoid")
+    a, b = create_policy("efl", loss_a, num_classes=4), create_policy("efl", loss_b, num_classes=4)
+    for k in range(4):
+        a.step(loss_a(x[k], t[k], return_stats=True)[1])
+        with monkeypatch.context() as m:
+            if k % 2:  # b alternates between the two paths
+                m.setattr(controllers, "_HOST_CLASSES", 0)
+            b.step(loss_b(x[k], t[k], return_stats=True)[1])
+    assert torch.equal(a.pos_grad, b.pos_grad) and torch.equal(a.neg_grad, b.neg_grad)
+    assert a.pos_grad.dtype == torch.float64 and a.pos_grad.shape == (4,)
+    assert torch.equal(loss_a.gamma.gammas, loss_b.gamma.gammas)
+    assert loss_a.gamma._known_nonneg() and bool((loss_a.gamma.gammas >= 2.0).all())

@@ -577,3 +577,15 @@ def test_histogram_edge_semantics(n):
     tbl = af.GammaTable(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1.0, 2.0]))
     _, st = SIG(x, t, gamma=tbl, return_stats=True)
     assert st.pt_hist.tolist() == [n, 2 * n]
+
+
+def test_default_edges_are_shared_and_rebuilt_after_an_in_place_change(gen):
+    # every BatchStats of a run shares one edges tensor; changing it in place must not leak into later batches
+    x, t = torch.randn(6, 3, generator=gen), (torch.rand(6, 3, generator=gen) < 0.5).float()
+    _, a = SIG(x, t, return_stats=True)
+    _, b = SIG(x, t, return_stats=True)
+    assert a.edges is b.edges and torch.equal(a.edges, torch.linspace(0, 1, 16))
+    a.edges.mul_(2.0)
+    _, c = SIG(x, t, return_stats=True)
+    assert c.edges is not a.edges and torch.equal(c.edges, torch.linspace(0, 1, 16))
+    assert torch.equal(c.pt_hist, b.pt_hist)

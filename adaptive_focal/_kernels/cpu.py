@@ -214,7 +214,8 @@ def sigmoid_focal_forward(
     units = n if s == 1 else n * c
     # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
     threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
-    acc = torch.zeros(threads, 6 + bins + 4 * c, dtype=torch.float64)
+    # one row per thread, summed after; a single thread writes the returned vector itself
+    acc = torch.zeros((6 + bins + 4 * c) if threads == 1 else (threads, 6 + bins + 4 * c), dtype=torch.float64)
     args = _Args(
         n=n, c=c, s=s,
         x=x.data_ptr(), t=t.data_ptr(), grad=grad.data_ptr(),
@@ -228,8 +229,8 @@ def sigmoid_focal_forward(
         smoothing=float(label_smoothing), detach=bool(detach_modulator),
         need_stats=bool(need_stats), stat_bins=bins, stat_edges=stat_edges.data_ptr(),
     )
-    lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[1])
-    return elem, grad, acc[0] if threads == 1 else acc.sum(0)
+    lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[-1])
+    return elem, grad, acc if threads == 1 else acc.sum(0)
 
 
 def softmax_stats(logp: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
