@@ -156,7 +156,8 @@ def _resolve_gamma(gamma, input: torch.Tensor, mode: str, dtype, known_nonneg: b
         gamma = gamma.to(dtype)
     nonneg = known_nonneg and not gamma.requires_grad  # else unknown without reading the values
     if not nonneg and _on_host(gamma) and gamma.numel():
-        low = float(gamma.detach().min())  # one reduction for both checks: min propagates NaN
+        # one value for both checks (min propagates NaN); a 0-d gamma is read directly
+        low = float(gamma.detach()) if gamma.dim() == 0 else float(gamma.detach().min())
         if low != low:
             raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
         nonneg = low >= 0 and not gamma.requires_grad
@@ -356,13 +357,14 @@ def sigmoid_focal_loss(
     _check_input(input)
     if isinstance(gamma, FocalMixture):
         _check_mixture(gamma, "sigmoid", input)
-        if gamma.num_terms > 1 or gamma.weights.dim() == 1:
+        term = gamma._per_class_term()
+        if term is None:
             return _mixture(sigmoid_focal_loss, "sigmoid", input, target, gamma, alpha, weight, dict(
                 reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
                 return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins))
         # one term with per-class weights (EFL's form): its gamma, and its weights folded into the element weight
-        known_nonneg = gamma._known_nonneg()
-        weight, gamma = _with_class_weight(weight, gamma.weights[0], input), gamma.gammas[0]
+        gamma, class_weight, known_nonneg = term
+        weight = _with_class_weight(weight, class_weight, input)
     else:
         known_nonneg = False
     _check_reduction(reduction, _SIGMOID_REDUCTIONS, "sigmoid_focal_loss")

@@ -107,7 +107,16 @@ class FocalMixture(nn.Module):
 
     @property
     def num_terms(self) -> int:
-        return self.gammas.shape[0]
+        return self._buffers["gammas"].shape[0]
+
+    def _per_class_term(self) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """``(gammas[0], weights[0], known_nonneg)`` when the mixture is one term with per-class weights (EFL's
+        form, which the sigmoid loss folds into its element weight), else None. Read from the buffer dict: this
+        runs every training step, and attribute access through ``nn.Module.__getattr__`` costs more there."""
+        g, w = self._buffers["gammas"], self._buffers["weights"]
+        if g.shape[0] != 1 or w.dim() != 2:
+            return None
+        return g[0], w[0], self._known_nonneg()
 
     def __getstate__(self) -> dict:
         # the host-write caches refer to this object's own tensors (NumPy views, a weak reference): a copy or an
@@ -162,7 +171,7 @@ class FocalMixture(nn.Module):
     @property
     def num_classes(self) -> int | None:
         """C when gammas or weights are per class, else None."""
-        for t in (self.gammas, self.weights):
+        for t in (self._buffers["gammas"], self._buffers["weights"]):
             if t.dim() == 2:
                 return t.shape[1]
         return None
