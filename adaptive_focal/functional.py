@@ -456,14 +456,15 @@ def sigmoid_focal_loss(
         total, per_item = elem.sum(), elem.view(input.shape)
         if stats_pass:  # the statistics in one C pass instead of about sixty small tensor operations
             with torch.no_grad():  # float32 compute on the CPU (_sigmoid_stats_kernel_fits); half inputs converted
-                _, _, acc = _kernels.cpu.sigmoid_focal_forward(
+                gval = gval.contiguous()
+                acc = _kernels.cpu.sigmoid_focal_stats(  # a scratch buffer, converted by _stats_from_acc below
                     input.reshape(shape3).to(torch.float32).contiguous(), t.reshape(shape3).contiguous(),
-                    gval.contiguous(), g.kind,
+                    gval, g.kind,
                     None if g.table is None else g.table.edges.to(torch.float32),
                     None if a is None else a.contiguous(), None if wval is None else wval.contiguous(),
                     None if ignore_index is None else float(ignore_index),
-                    ls, bool(detach_modulator), edges.contiguous(), False, True,
-                    False if g.nonneg else None,  # known non-negative: no need to read gamma again
+                    ls, bool(detach_modulator), edges.contiguous(),
+                    False if g.nonneg else bool((gval < 0).any()),  # known non-negative: no need to read it
                 )
             # the loss itself stays the PyTorch formulation's (return_stats never changes it), and so does its sum
             stats = _stats_from_acc(acc, edges, num_classes, sum_loss=total.detach().to(torch.float32))
@@ -485,7 +486,8 @@ def _sigmoid_stats_kernel_fits(input: torch.Tensor, dtype, differentiable_args: 
     """Whether the statistics of an input below the kernel's size take the C pass: float32 on the CPU, and only
     once the library is built on the machine (small inputs never pay a build)."""
     return (dtype == torch.float32 and not differentiable_args and input.device.type == "cpu"
-            and input.numel() > 0 and _kernels.cpu.ready() and not torch.compiler.is_compiling())
+            and 0 < input.numel() < _kernels.cpu.SCRATCH_NUMEL and _kernels.cpu.ready()
+            and not torch.compiler.is_compiling())
 
 
 def _stats_from_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,

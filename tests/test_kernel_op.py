@@ -145,3 +145,30 @@ def test_small_inputs_never_build_the_kernel(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", "True"]
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["scalar", "per_class", "full", "table"])
+def test_stats_only_call_matches_the_full_kernel_and_reuses_its_buffers(kind):
+    # the small-input statistics pass writes into per-thread scratch buffers: same accumulator as the full call,
+    # whatever size ran before it, and calls of other sizes do not disturb a converted result
+    from adaptive_focal._kernels import cpu
+
+    x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach, edges, _, _ = _args(kind)
+    x = x.detach()
+    negative = bool((gamma < 0).any())
+    _, _, full = cpu.sigmoid_focal_forward(x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach,
+                                          edges, False, True, negative)
+    small = torch.randn(2, 6, 1), torch.ones(2, 6, 1)
+    for before in (None, small, (torch.randn(40, 6, 9), torch.zeros(40, 6, 9))):
+        if before is not None:  # another size first: the scratch buffers must not leak into this call
+            cpu.sigmoid_focal_stats(before[0], before[1], torch.tensor(1.0), 0, None, None, None, None, 0.0, False,
+                                    edges, False)
+        acc = cpu.sigmoid_focal_stats(x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach, edges,
+                                      negative)
+        assert torch.equal(acc, full)
+    kept = acc.clone()
+    cpu.sigmoid_focal_stats(*small, torch.tensor(1.0), 0, None, None, None, None, 0.0, False, edges, False)
+    assert not torch.equal(acc, kept)  # overwritten: callers convert it at once
+    with pytest.raises(ValueError, match="inputs under 32768 elements"):
+        big = torch.zeros(1 << 15, 1, 1)
+        cpu.sigmoid_focal_stats(big, big, torch.tensor(1.0), 0, None, None, None, None, 0.0, False, edges, False)

@@ -214,12 +214,20 @@ def sigmoid_focal_forward(
     units = n if s == 1 else n * c
     # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
     threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
-    # one row per thread, summed after; a single thread writes the returned vector itself
-    acc = torch.zeros((6 + bins + 4 * c) if threads == 1 else (threads, 6 + bins + 4 * c), dtype=torch.float64)
-    args = _Args(
+    # one row per thread (zeroed by the kernel), summed after; a single thread writes the returned vector itself
+    acc = torch.empty((6 + bins + 4 * c) if threads == 1 else (threads, 6 + bins + 4 * c), dtype=torch.float64)
+    args = _make_args(x, t, grad, elem if need_elementwise else None, gamma, gamma_kind, table_edges, alpha, weight,
+                      ignore_index, label_smoothing, detach_modulator, stat_edges, need_stats, gamma_negative)
+    lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[-1])
+    return elem, grad, acc if threads == 1 else acc.sum(0)
+
+
+def _make_args(x, t, grad, elem, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing,
+               detach_modulator, stat_edges, need_stats, gamma_negative) -> _Args:
+    n, c, s = x.shape
+    return _Args(
         n=n, c=c, s=s,
-        x=x.data_ptr(), t=t.data_ptr(), grad=grad.data_ptr(),
-        elem=elem.data_ptr() if need_elementwise else None,
+        x=x.data_ptr(), t=t.data_ptr(), grad=grad.data_ptr(), elem=_ptr(elem),
         gamma_kind=gamma_kind,
         table_bins=0 if table_edges is None else table_edges.numel() - 1, gamma_negative=gamma_negative,
         gamma=gamma.data_ptr(), table_edges=_ptr(table_edges),
@@ -227,10 +235,59 @@ def sigmoid_focal_forward(
         has_ignore=ignore_index is not None,
         ignore_value=0.0 if ignore_index is None else float(ignore_index),
         smoothing=float(label_smoothing), detach=bool(detach_modulator),
-        need_stats=bool(need_stats), stat_bins=bins, stat_edges=stat_edges.data_ptr(),
+        need_stats=bool(need_stats), stat_bins=stat_edges.numel() - 1, stat_edges=stat_edges.data_ptr(),
     )
-    lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[-1])
-    return elem, grad, acc if threads == 1 else acc.sum(0)
+
+
+#: per thread: the gradient and accumulator buffers of sigmoid_focal_stats, reused from call to call
+_scratch = threading.local()
+
+
+def sigmoid_focal_stats(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    gamma: torch.Tensor,
+    gamma_kind: int,
+    table_edges: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    ignore_index: float | None,
+    label_smoothing: float,
+    detach_modulator: bool,
+    stat_edges: torch.Tensor,
+    gamma_negative: bool,
+) -> torch.Tensor:
+    """The statistics alone of a small input (below ``SCRATCH_NUMEL`` elements, one thread): the float64
+    accumulator of the kernel contract, in this thread's scratch buffers (the gradient the kernel writes on the way
+    is scratch too). The result is overwritten by the thread's next call, so callers convert it at once, as
+    ``_stats_from_acc`` does; no tensor is allocated per call, which is what a training step's statistics pass
+    would otherwise spend most of its time on."""
+    lib = _load()
+    if lib is None:  # pragma: no cover - callers check ready() first
+        raise RuntimeError("the CPU focal-loss kernel is not available")
+    n, c, s = x.shape
+    numel = n * c * s
+    if numel >= SCRATCH_NUMEL:
+        raise ValueError(f"sigmoid_focal_stats is for inputs under {SCRATCH_NUMEL} elements, got {numel}")
+    bins = stat_edges.numel() - 1
+    size = 6 + bins + 4 * c
+    grad = getattr(_scratch, "grad", None)
+    if grad is None or grad.numel() < numel:
+        grad = _scratch.grad = torch.empty(max(numel, 1024))
+    accs = getattr(_scratch, "accs", None)
+    if accs is None:
+        accs = _scratch.accs = {}
+    acc = accs.get(size)
+    if acc is None:
+        acc = accs[size] = torch.empty(size, dtype=torch.float64)
+    args = _make_args(x, t, grad, None, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
+                      label_smoothing, detach_modulator, stat_edges, True, gamma_negative)
+    lib.sigmoid_focal_cpu(ctypes.byref(args), n if s == 1 else n * c, 1, acc.data_ptr(), size)
+    return acc
+
+
+#: sigmoid_focal_stats serves inputs below this many elements, which sigmoid_focal_forward runs on one thread
+SCRATCH_NUMEL = 1 << 15
 
 
 def softmax_stats(logp: torch.Tensor, target: torch.Tensor, ignore_index: int | None,

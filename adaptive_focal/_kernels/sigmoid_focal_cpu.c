@@ -54,7 +54,7 @@ typedef struct {
     int32_t need_stats;
     int32_t stat_bins;
     const float *stat_edges;         /* stat_bins + 1 */
-    double *acc;                     /* 6 + stat_bins + 4 C, zeroed by the caller (layout: __init__.py) */
+    double *acc;                     /* 6 + stat_bins + 4 C, zeroed by sigmoid_focal_cpu (layout: __init__.py) */
     int32_t hist_equal;              /* set by sigmoid_focal_cpu: stat_edges are equal-width (hist_avx512) */
 } focal_args;
 
@@ -636,9 +636,11 @@ static void run_range(const focal_args *a) {
 }
 
 /* Runs all units on `threads` threads; thread i handles the i-th of `threads` equal ranges and accumulates into
-   acc_rows[i * acc_len ...] (zeroed by the caller), which the caller sums in order. Returns 0 on success. */
+   acc_rows[i * acc_len ...] (zeroed here first, so the caller may pass a reused buffer), which the caller sums in
+   order. Returns 0 on success. */
 int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, double *acc_rows, int64_t acc_len) {
     const int32_t hist_equal = a->need_stats ? equal_width_edges(a->stat_edges, a->stat_bins) : 0;
+    memset(acc_rows, 0, sizeof(double) * (size_t)threads * (size_t)acc_len);
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int32_t i = 0; i < threads; ++i) {
         focal_args local = *a;
