@@ -75,7 +75,8 @@ class Config:
     log_every: int = 10
 
 
-#: per data set: what makes a run of about a minute or less on 2 CPU cores
+#: per data set: what makes a run of about a minute or less on 2 CPU cores (digits-lt: a short budget at the data
+#: set's default rho of 50, where the loss still matters; research/README.md, "digits-lt's default")
 DATASET_DEFAULTS: dict[str, dict] = {
     "digits-lt": dict(epochs=10, batch_size=64, lr=3e-3, recall_splits=[40, 10]),
     "mnist1d-lt": dict(epochs=15, batch_size=128, lr=3e-3, recall_splits=[400, 60]),
