@@ -163,7 +163,8 @@ class FocalMixture(nn.Module):
             return False
         views[2][:] = gammas
         views[3][:] = weights
-        increment_version((g, w))
+        increment_version(g)  # one tensor per call, the form every supported torch release accepts
+        increment_version(w)
         if nonneg:
             self.__dict__["_nonneg_at"] = (weakref.ref(g), g._version)
         return True
