@@ -166,7 +166,7 @@ class FocalMixture(nn.Module):
         increment_version(g)  # one tensor per call, the form every supported torch release accepts
         increment_version(w)
         if nonneg:
-            self.__dict__["_nonneg_at"] = (weakref.ref(g), g._version)
+            self._mark_nonneg()
         return True
 
     @property

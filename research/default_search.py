@@ -25,7 +25,7 @@ import statistics
 from multiprocessing import Pool
 from pathlib import Path
 
-from .seed_table import GAMMAS, _headline, compare
+from .seed_table import GAMMAS, _headline, compare, tuned_gamma
 from .train import main
 
 #: 27 settings: the training budget (epochs), imbalance ratio, a linear model, a lower learning rate, fewer images
@@ -74,7 +74,7 @@ def search(dataset: str, candidates: list[dict], seeds: list[int], gammas=GAMMAS
     rows = []
     for i, cand in enumerate(candidates):
         ce = [out[(i, "ce", 0.0, s)][0] for s in seeds]
-        best = max(gammas, key=lambda g: (out[(i, "focal", g, seeds[0])][1], -g))
+        best = tuned_gamma({g: out[(i, "focal", g, seeds[0])][1] for g in gammas})
         focal = [out[(i, "focal", best, s)][0] for s in seeds]
         at_gamma = {str(g): statistics.fmean(out[(i, "focal", g, s)][0] - out[(i, "ce", 0.0, s)][0] for s in seeds)
                     for g in gammas}

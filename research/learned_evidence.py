@@ -42,7 +42,7 @@ import torch
 
 from . import datasets as _datasets
 from .datasets import load_dataset, long_tail_counts
-from .seed_table import fill_block
+from .seed_table import fill_block, tuned_gamma
 from .train import (
     Config,
     _batches,
@@ -313,7 +313,7 @@ def run_dataset(dataset: str, seeds: int, gammas, runner: Runner, *, kwargs: dic
     load_dataset(dataset, seed=0, **kwargs)  # builds mnist1d-lt's generated pool (cached) before any timed run
     runner.log(f"{dataset}: tuning fixed gamma over {list(gammas)} on seed 0's validation {metric}")
     tuning = {float(g): runner.run(runner.config(dataset, kwargs, 0, gamma=g))["val_metric"] for g in gammas}
-    best = max(tuning, key=lambda g: (tuning[g], -g))
+    best = tuned_gamma(tuning)
     methods = _methods(dataset, best, learned, c, hand)
 
     # final metrics: per seed, every method in turn (interleaved, so the runs' seconds share the machine's state)

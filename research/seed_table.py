@@ -43,7 +43,7 @@ def run_dataset(dataset: str, seeds: int, gammas, threads: int | None) -> dict:
     ce_runs = [main({**base, "loss": "ce", "seed": s}) for s in range(seeds)]
     ce = [r["metrics"][metric] for r in ce_runs]
     tuning = {g: main({**base, "loss": "focal", "gamma": g, "seed": 0})["val_metrics"][metric] for g in gammas}
-    best = max(tuning, key=lambda g: (tuning[g], -g))
+    best = tuned_gamma(tuning)
     focal = [main({**base, "loss": "focal", "gamma": best, "seed": s})["metrics"][metric] for s in range(seeds)]
     # the data set's resolved defaults (epochs, data set arguments, model...) of the runs, for provenance
     config = {"data": ce_runs[0]["data"],
@@ -51,6 +51,11 @@ def run_dataset(dataset: str, seeds: int, gammas, threads: int | None) -> dict:
                                                       "optimizer")}}
     return {"metric": metric, "config": config, "ce": ce, "focal": focal, "gamma": best, "tuning_val": tuning,
             **compare(ce, focal), "seconds": time.perf_counter() - t0}
+
+
+def tuned_gamma(val_by_gamma: dict) -> float:
+    """The gamma with the best validation metric; on a tie the smaller gamma (closer to cross-entropy)."""
+    return max(val_by_gamma, key=lambda g: (val_by_gamma[g], -g))
 
 
 def compare(ce: list[float], focal: list[float]) -> dict:
