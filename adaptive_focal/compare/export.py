@@ -1,25 +1,21 @@
-"""Exports a study from its Optuna storage into one compact, reproducible file: the committed raw result.
+"""Exports a study from its Optuna storage into one compact, reproducible file: the result to commit or share.
 
-``sweeps/results/trials/<study>.json.gz`` holds the study's manifest (data set, its arguments, the config
-overrides, the objective directions, the headline metric, the arms with their config and search space) and every
-finished trial (COMPLETE or PRUNED): arm, seed, trial number, state, sampled parameters, the research.train config
-it ran, validation and test metrics, seconds, gamma trajectory and package versions (``None`` where a trial
-predates these attributes). Trials in other states (WAITING, RUNNING, FAIL) are only counted, under
-``"other_trials"``; a study exported while it still has waiting or running trials is exported with a warning.
+``<out>/<study>.json.gz`` holds the study's manifest (the objective's settings, the objective directions, the
+metric, the arms with their config and search space) and every finished trial (COMPLETE or PRUNED): arm, seed,
+trial number, state, sampled parameters, the configuration it ran, validation and test metrics, seconds, gamma
+trajectory and package versions (``None`` where a trial lacks one). Trials in other states (WAITING, RUNNING, FAIL)
+are only counted, under ``"other_trials"``; a study exported while trials still wait or run is exported with a
+warning.
 
 An arm tuned across seeds (format 2) has one unit and its trials are exported whole: ``seed`` is None, and
 ``config`` (without a seed), ``seconds`` (all seeds), ``versions``, ``seeds`` (the order evaluated),
 ``seeds_evaluated``, ``pruned`` and ``per_seed`` (``{"<seed>": {"config", "val_metrics", "test_metrics", "seconds",
-"gamma_trajectory"}}``) are the runner's user attributes; ``units[arm]`` lists the unit's seeds. A study without
-such arms is written in format 1, byte for byte as before; both formats are read.
+"gamma_trajectory"}}``); ``units[arm]`` lists the unit's seeds. A study without such arms is written in format 1.
 
-The file is gzip-compressed JSON with sorted keys (``arm_order`` keeps the manifest's order of the arms), no
-timestamps (gzip ``mtime=0``, no file name in the header)
-and trials in a fixed order (arm as in the manifest, then seed, then trial number), so exporting the same storage
-twice gives the same bytes. :mod:`sweeps.report` and :mod:`paper.make_assets` read these files as a storage
-(:func:`load_units` returns what :func:`sweeps.report.load_units` returns from the journal).
-
-    python -m sweeps.export digits-lt gauss-lt [--storage PATH|URL] [--out sweeps/results/trials]
+The file is gzip-compressed JSON with sorted keys (``arm_order`` keeps the manifest's order of the arms), no time
+stamps (gzip ``mtime=0``, no file name in the header) and trials in a fixed order (arm as in the manifest, then
+seed, then trial number), so exporting the same storage twice gives the same bytes. Reports read these files as
+they read a storage (:func:`~adaptive_focal.compare.results.load_units`).
 """
 
 from __future__ import annotations
@@ -27,12 +23,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["EXPORT_FORMAT", "SUFFIX", "export_path", "export_study", "is_export", "load_units", "read_export",
-           "study_to_dict", "write_export"]
+from .results import _MANIFEST_OWN, across_record, seed_record, stored_units, trial_record
+
+__all__ = ["EXPORT_FORMAT", "SUFFIX", "export_path", "export_study", "is_export", "read_export", "study_to_dict",
+           "units_from_export", "write_export"]
 
 #: version of the export layout (bump when a key changes meaning); 2 added arms tuned across seeds, and a study
 #: without them is still written as format 1
@@ -40,10 +37,8 @@ EXPORT_FORMAT = 2
 #: formats :func:`read_export` reads
 READ_FORMATS = (1, 2)
 SUFFIX = ".json.gz"
-#: manifest user attributes copied into the export (the runner writes all of them)
-_MANIFEST_KEYS = ("dataset", "dataset_kwargs", "overrides", "directions", "metric", "arms")
-#: without these a study cannot be analysed; the others are None when missing
-_REQUIRED_KEYS = ("dataset", "metric", "arms")
+#: without these a study cannot be analysed
+_REQUIRED_KEYS = ("metric", "arms")
 #: trial user attributes copied into the export; missing ones are None
 _TRIAL_KEYS = ("config", "val_metrics", "test_metrics", "seconds", "gamma_trajectory", "versions")
 #: user attributes of a trial of an arm tuned across seeds copied into the export; missing ones are None
@@ -63,14 +58,12 @@ def study_to_dict(storage, study_name: str) -> dict:
     """The export of ``study_name`` from an Optuna ``storage`` (see the module docstring)."""
     from optuna.trial import TrialState
 
-    from .report import stored_units
-
     attrs, stored = stored_units(storage, study_name)
     missing = [k for k in _REQUIRED_KEYS if k not in attrs]
     if missing:
         raise ValueError(f"study {study_name!r} has no {', '.join(missing)} in its manifest; was it made by "
-                         "sweeps.runner?")
-    manifest = {k: attrs.get(k) for k in _MANIFEST_KEYS}
+                         "adaptive_focal.compare?")
+    manifest = {k: v for k, v in attrs.items() if k != "format"}
     arm_order = {arm: i for i, arm in enumerate(attrs["arms"])}
     across = {arm for arm, rec in attrs["arms"].items() if rec.get("across_seeds")}
     units: dict = {arm: [] for arm in attrs["arms"]}
@@ -104,7 +97,8 @@ def _dumps(data: dict) -> bytes:
 
 
 def write_export(data: dict, path) -> Path:
-    """Writes ``data`` as gzip-compressed JSON with a fixed header (no time stamp, no file name)."""
+    """Writes ``data`` as gzip-compressed JSON with a fixed header (no time stamp, no file name); the file is
+    replaced whole (written next to it, then renamed), so a crash never leaves half an export."""
     path = Path(path)
     if not is_export(path):
         raise ValueError(f"export path must end in {SUFFIX!r}, got {str(path)!r}")
@@ -112,7 +106,9 @@ def write_export(data: dict, path) -> Path:
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as fh:
         fh.write(_dumps(data))
-    path.write_bytes(buf.getvalue())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
     return path
 
 
@@ -121,13 +117,10 @@ def export_study(storage_spec: str, study_name: str, out_dir) -> Path:
     ``out_dir/<study>.json.gz``; returns the path."""
     import optuna
 
-    from .runner import open_storage
+    from .storage import open_storage
 
-    if "://" not in storage_spec and not Path(storage_spec).is_file():
-        raise ValueError(f"no storage file {storage_spec!r}; run `adaptive-focal sweep run {study_name}` first or "
-                         "pass --storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_spec)
+    storage = open_storage(storage_spec, write=False)
     return write_export(study_to_dict(storage, study_name), export_path(out_dir, study_name))
 
 
@@ -135,11 +128,11 @@ def read_export(path) -> dict:
     """The dict written by :func:`write_export` (an error names the file when it is not an export)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no export file {str(path)!r}; write it with `python -m sweeps.export <study> --out "
+        raise ValueError(f"no export file {str(path)!r}; write it with `adaptive-focal sweep export <study> --out "
                          f"{path.parent}`")
     try:
         data = json.loads(gzip.decompress(path.read_bytes()))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"{str(path)!r} is not a gzip-compressed JSON export: {err}") from None
     if not isinstance(data, dict) or data.get("format") not in READ_FORMATS:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -148,11 +141,9 @@ def read_export(path) -> dict:
     return data
 
 
-def load_units(path, study_name: str | None = None) -> dict:
-    """What :func:`sweeps.report.load_units` returns for the journal, from an export file. ``study_name``, when
-    given, must be the exported study's name."""
-    from .report import _across_record, _seed_record, _trajectory
-
+def units_from_export(path, study_name: str | None = None) -> dict:
+    """What :func:`~adaptive_focal.compare.results.load_units` returns for a storage, from an export file.
+    ``study_name``, when given, must be the exported study's name."""
     data = read_export(path)
     if study_name is not None and data["study"] != study_name:
         raise ValueError(f"{str(path)!r} holds study {data['study']!r}, not {study_name!r}")
@@ -163,43 +154,14 @@ def load_units(path, study_name: str | None = None) -> dict:
               if rec.get("across_seeds")}
     for t in data["trials"]:
         if t["arm"] in across:
-            across[t["arm"]]["trials"].append(_across_record(t["number"], t["state"], t))
+            across[t["arm"]]["trials"].append(across_record(t["number"], t["state"], t))
             for s, run in (t.get("per_seed") or {}).items():
-                units[t["arm"]].setdefault(int(s), []).append(_seed_record(t["number"], t["state"], run))
+                units[t["arm"]].setdefault(int(s), []).append(seed_record(t["number"], t["state"], run))
             continue
-        units[t["arm"]].setdefault(t["seed"], []).append(
-            {"number": t["number"], "state": t["state"], "val": t["val_metrics"], "test": t["test_metrics"],
-             "seconds": t["seconds"], "gamma": _trajectory({"gamma_trajectory": t["gamma_trajectory"]})})
-    return {"study": data["study"], "dataset": m["dataset"], "metric": m["metric"], "arms": arms,
+        units[t["arm"]].setdefault(t["seed"], []).append(trial_record(t["number"], t["state"], t))
+    return {"study": data["study"], "metric": m["metric"], "direction": (m.get("directions") or ["maximize"])[0],
+            "meta": {k: v for k, v in m.items() if k not in _MANIFEST_OWN}, "arms": arms,
             "units": {arm: {s: sorted(ts, key=lambda t: t["number"]) for s, ts in sorted(u.items())}
                       for arm, u in units.items()},
             "across_seeds": {arm: {"seeds": a["seeds"], "trials": sorted(a["trials"], key=lambda t: t["number"])}
                              for arm, a in across.items()}}
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    from .runner import default_storage
-
-    parser = argparse.ArgumentParser(prog="python -m sweeps.export", description=__doc__.splitlines()[0])
-    parser.add_argument("studies", nargs="+", help="study names")
-    parser.add_argument("--storage", help="journal file or database URL holding the studies (default: each "
-                                          "study's runs/sweeps/<study>.log)")
-    parser.add_argument("--out", default="sweeps/results/trials", help="folder for <study>.json.gz "
-                                                                       "(default: %(default)s)")
-    args = parser.parse_args(argv)
-    for name in args.studies:
-        try:
-            path = export_study(args.storage or default_storage(name), name, args.out)
-        except (ValueError, RuntimeError) as err:
-            print(f"sweeps.export: error: {err}", file=sys.stderr)
-            return 2
-        data = read_export(path)
-        print(f"{name}: {len(data['trials'])} trials -> {path}"
-              + (f" (not exported: {data['other_trials']})" if data["other_trials"] else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""sweeps/report.py: the analysis numbers against values computed here from the stored trials (leaderboard,
-paired differences, Wilcoxon, bootstrap CI, tuning-cost curve), the Pareto front on hand-made points, the files
-written, W&B in disabled mode, and the report of a tiny study run end to end."""
+"""adaptive_focal.compare's report: the analysis numbers against values computed here from the stored trials
+(leaderboard, paired differences, Wilcoxon, bootstrap CI, tuning-cost curve), the Pareto front on hand-made points,
+the files written, W&B in disabled mode, a metric to minimise, and the command line."""
 
 import csv
 import json
@@ -12,67 +12,24 @@ optuna = pytest.importorskip("optuna")
 np = pytest.importorskip("numpy")
 stats = pytest.importorskip("scipy.stats")
 pytest.importorskip("matplotlib")
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState, create_trial
-from test_sweeps import opts, tiny_study
+from optuna.trial import TrialState  # noqa: E402
 
-from adaptive_focal import cli
-from sweeps import report, runner
-
-ARMS = {
-    "gamma=0": {"config": {"loss": "focal", "gamma": 0.0}, "space": {}},
-    "gamma=1": {"config": {"loss": "focal", "gamma": 1.0}, "space": {}},
-    "gamma=2": {"config": {"loss": "focal", "gamma": 2.0}, "space": {}},
-    "gamma=tpe": {"config": {"loss": "focal"}, "space": {"gamma": ["gamma", ["float", 0.0, 5.0, False]]}},
-    "policy=pi": {"config": {"loss": "focal", "policy": "pi"}, "space": {}},
-    "baseline=cb_ce": {"config": {"loss": "cb_ce"}, "space": {}},
-}
-SEEDS, TRIALS = 4, 5
-
-
-def _metrics(rng, level):
-    return {"balanced_accuracy": float(np.clip(level + rng.normal(0, 0.03), 0, 1)),
-            "ece": float(abs(rng.normal(0.1, 0.04)))}
+from adaptive_focal import cli  # noqa: E402
+from adaptive_focal.compare import analysis as an  # noqa: E402
+from adaptive_focal.compare import report, results, runner  # noqa: E402
+from adaptive_focal.compare.storage import open_storage  # noqa: E402
+from helpers.handmade import ARMS, SEEDS, TRIALS, write_handmade  # noqa: E402
+from helpers.studies import linear_study, opts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def handmade(tmp_path_factory):
-    """A study written directly with Optuna: varied values, pruned trials in the tuned arm, one missing seed, and
-    gamma trajectories on the policy arm."""
-    path = tmp_path_factory.mktemp("handmade") / "hm.log"
-    st = runner.open_storage(str(path))
-    manifest = optuna.create_study(storage=st, study_name="hm")
-    for key, value in (("dataset", "digits-lt"), ("metric", "balanced_accuracy"), ("arms", ARMS), ("format", 1)):
-        manifest.set_user_attr(key, value)
-    rng = np.random.default_rng(123)
-    levels = {"gamma=0": 0.60, "gamma=1": 0.65, "gamma=2": 0.63, "gamma=tpe": 0.66, "policy=pi": 0.64,
-              "baseline=cb_ce": 0.70}
-    for arm, rec in ARMS.items():
-        for seed in range(SEEDS):
-            if arm == "baseline=cb_ce" and seed == 3:
-                continue  # a missing seed: paired on 3 seeds only
-            unit = optuna.create_study(storage=st, study_name=f"hm/{arm}/seed{seed}", direction="maximize")
-            for k in range(TRIALS if rec["space"] else 1):
-                val, test = _metrics(rng, levels[arm]), _metrics(rng, levels[arm])
-                attrs = {"arm": arm, "seed": seed, "config": rec["config"], "seconds": 0.5}
-                params, dists = {}, {}
-                if rec["space"]:
-                    params, dists = {"gamma": float(rng.uniform(0, 5))}, {"gamma": FloatDistribution(0, 5)}
-                if rec["space"] and k % 3 == 1:  # pruned: no metrics
-                    unit.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=dists,
-                                                user_attrs=attrs, intermediate_values={1: val["balanced_accuracy"]}))
-                    continue
-                attrs.update(val_metrics=val, test_metrics=test)
-                if arm == "policy=pi":
-                    attrs["gamma_trajectory"] = [[e, 2.0 + 0.1 * e * (seed + 1)] for e in range(1, 4)]
-                unit.add_trial(create_trial(value=val["balanced_accuracy"], params=params, distributions=dists,
-                                            user_attrs=attrs))
-    return str(path)
+    return write_handmade(tmp_path_factory.mktemp("handmade") / "hm.log")
 
 
 def _stored(path):
     """{arm: {seed: [frozen trials by number]}}, read with Optuna here."""
-    st = runner.open_storage(path)
+    st = open_storage(path)
     out = {}
     for s in optuna.get_all_study_summaries(st):
         if s.study_name.startswith("hm/"):
@@ -90,7 +47,7 @@ def _best(trials):
 
 @pytest.fixture(scope="module")
 def analysis(handmade):
-    return report.analyse(report.load_units(runner.open_storage(handmade), "hm"))
+    return an.analyse(results.load_units(open_storage(handmade), "hm"))
 
 
 def test_leaderboard_matches_the_stored_trials(handmade, analysis):
@@ -134,22 +91,22 @@ def test_paired_tests_against_the_best_fixed_gamma(handmade, analysis):
                                                        sum(d < 0 for d in diffs))
     assert rows["baseline=cb_ce"]["n"] == 3 and rows["baseline=cb_ce"]["wilcoxon_min_p"] == 0.25
     # seeded: the same analysis again gives the same intervals; another seed other ones
-    again = report.analyse(report.load_units(runner.open_storage(handmade), "hm"))
+    again = an.analyse(results.load_units(open_storage(handmade), "hm"))
     assert [(r["ci_low"], r["ci_high"]) for r in again["paired"]] == [(r["ci_low"], r["ci_high"])
                                                                        for r in analysis["paired"]]
     # with 3-4 seeds the percentile bounds sit on attainable resample means whatever the seed; with more pairs
     # the seed shows, and the same seed repeats exactly
     diffs = np.random.default_rng(5).normal(0.01, 0.02, 20)
-    a, b, c = (report.paired_test(diffs, n_boot=2000, seed=s) for s in (1, 1, 2))
+    a, b, c = (an.paired_test(diffs, n_boot=2000, seed=s) for s in (1, 1, 2))
     assert (a["ci_low"], a["ci_high"]) == (b["ci_low"], b["ci_high"]) != (c["ci_low"], c["ci_high"])
     assert a["ci_low"] < float(np.mean(diffs)) < a["ci_high"]
 
 
 def test_paired_test_edge_cases():
-    assert report.paired_test([])["wilcoxon_p"] is None
-    zero = report.paired_test([0.0, 0.0, 0.0])
+    assert an.paired_test([])["wilcoxon_p"] is None
+    zero = an.paired_test([0.0, 0.0, 0.0])
     assert zero["wilcoxon_p"] is None and zero["ci_low"] == zero["ci_high"] == 0.0
-    assert report.wilcoxon_min_p(3) == 0.25 and report.wilcoxon_min_p(5) == 0.0625
+    assert an.wilcoxon_min_p(3) == 0.25 and an.wilcoxon_min_p(5) == 0.0625
 
 
 def test_tuning_cost_curve(handmade, analysis):
@@ -179,9 +136,9 @@ def test_pareto_front_on_hand_made_points():
     points = [(0.9, 0.20), (0.8, 0.10), (0.7, 0.05), (0.6, 0.06), (0.8, 0.12), (0.9, 0.25), (0.5, 0.30),
               (0.7, 0.05), (None, 0.01), (0.95, float("nan"))]
     # 3 is dominated by 2; 4 by 1; 5 by 0; 6 by all; 7 equals 2 (neither dominates); None / NaN are left out
-    assert report.pareto_front(points) == [0, 1, 2, 7]
-    assert report.pareto_front([]) == []
-    assert report.pareto_front([(0.5, 0.5)]) == [0]
+    assert an.pareto_front(points) == [0, 1, 2, 7]
+    assert an.pareto_front([]) == []
+    assert an.pareto_front([(0.5, 0.5)]) == [0]
 
 
 def test_pareto_of_the_study_and_gamma_trajectories(analysis):
@@ -224,54 +181,71 @@ def test_files_written_and_wandb_disabled(handmade, tmp_path, monkeypatch):
 
 
 def test_command_line(handmade, tmp_path, capsys):
-    assert report.main(["hm", "--storage", handmade, "--out", str(tmp_path / "o"), "--n-boot", "200"]) == 0
+    assert cli.main(["sweep", "report", "hm", "--storage", handmade, "--out", str(tmp_path / "o"), "--n-boot",
+                     "200"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("### hm (digits-lt): test balanced_accuracy") and "Paired by seed" in out
     assert (tmp_path / "o" / "report.md").is_file()
-    assert report.main(["nope", "--storage", handmade]) == 2
+    assert cli.main(["sweep", "report", "nope", "--storage", handmade]) == 2
     assert "no study 'nope' in this storage" in capsys.readouterr().err
-    assert report.main(["hm", "--storage", str(tmp_path / "missing.log")]) == 2
+    assert cli.main(["sweep", "report", "hm", "--storage", str(tmp_path / "missing.log")]) == 2
 
 
-def test_tiny_study_run_and_reported(tmp_path, capsys):
-    """A real (tiny) study through the runner; the CLI report's first table is unchanged and the analysis
-    reads the runner's trials."""
-    study = tiny_study(name="digits-lt", arms=("gamma=0", "gamma=2", "gamma=tpe", "policy=pi"), seeds=2,
-                       overrides={"epochs": 2, "batch_size": 64})
+def test_a_study_run_and_reported(tmp_path, capsys):
+    """A study through the runner: the CLI report's first table is the minimal leaderboard, and the analysis reads
+    the runner's trials (gamma trajectories of a policy arm included)."""
+    study = linear_study(name="lr", arms=("gamma=0", "gamma=2", "gamma=tpe", "policy=automated"), seeds=2)
     log = tmp_path / "t.log"
     runner.run(study, opts(log))
-    assert cli.main(["sweep", "report", "digits-lt", "--storage", str(log)]) == 0
+    assert cli.main(["sweep", "report", "lr", "--storage", str(log)]) == 0
     printed = capsys.readouterr().out
-    assert printed.strip() == report.report("digits-lt", str(log)).strip()
-    text, analyses, _ = report.run_report(["digits-lt"], str(log), out=tmp_path / "o", n_boot=200)
+    assert printed.strip() == report.report("lr", str(log)).strip()
+    text, analyses, _ = report.run_report(["lr"], str(log), out=tmp_path / "o", n_boot=200)
     a = analyses[0]
-    assert a["reference"] in ("gamma=0", "gamma=2")
+    assert a["reference"] == "gamma=0"  # 0.9 - 0.1 gamma: the smaller gamma wins on every seed
     assert [r["trials"] for r in a["tuning_cost"]["curves"]["gamma=tpe"]] == [1, 2, 3]
-    assert {r["arm"] for r in a["paired"]} == {"gamma=0", "gamma=2", "gamma=tpe", "policy=pi"} - {a["reference"]}
+    assert {r["arm"] for r in a["paired"]} == {"gamma=2", "gamma=tpe", "policy=automated"}
+    assert {r["arm"]: (r["wins"], r["losses"]) for r in a["paired"]}["gamma=2"] == (0, 2)
     assert text.startswith(printed.strip())
-    # the runner stores each trial's gamma trajectory: the policy arm has one per seed, the fixed gammas none
-    assert "Gamma trajectories: not stored" not in text
-    assert set(a["gamma_trajectories"]) == {"policy=pi"} and set(a["gamma_trajectories"]["policy=pi"]) == {"0", "1"}
-    # the CLI writes the same full report with --out
-    assert cli.main(["sweep", "report", "digits-lt", "--storage", str(log), "--out", str(tmp_path / "cli"),
+    assert set(a["gamma_trajectories"]) == {"policy=automated"}
+    assert [p[0] for p in a["gamma_trajectories"]["policy=automated"]["0"]] == [1.0, 2.0, 3.0]
+    assert cli.main(["sweep", "report", "lr", "--storage", str(log), "--out", str(tmp_path / "cli"),
                      "--wandb", "disabled"]) == 0
     assert "wrote the report to" in capsys.readouterr().out
     assert (tmp_path / "cli" / "report.md").is_file() and (tmp_path / "cli" / "leaderboard.csv").is_file()
 
 
+def test_a_metric_to_minimise_ranks_and_pairs_the_other_way(tmp_path):
+    """val_only returns a loss that grows with gamma: the smallest gamma is best, wins are negative differences,
+    and without test metrics the leaderboard says it shows validation values."""
+    study = linear_study(name="mn", arms=("gamma=0", "gamma=1", "gamma=3"), seeds=3, objective="helpers.objectives:val_only",
+                         metric="loss", direction="minimize")
+    log = tmp_path / "mn.log"
+    runner.run(study, opts(log))
+    a = an.analyse(results.load_units(open_storage(str(log), write=False), "mn"), n_boot=100)
+    assert a["direction"] == "minimize" and a["split"] == "val"
+    assert [r["arm"] for r in a["leaderboard"]] == ["gamma=0", "gamma=1", "gamma=3"]
+    assert a["reference"] == "gamma=0"
+    paired = {r["arm"]: r for r in a["paired"]}
+    assert paired["gamma=1"]["mean_diff"] == pytest.approx(0.1) and paired["gamma=1"]["losses"] == 3
+    md = report.markdown(a["summary"], "mn")
+    assert "val loss (lower is better)" in md and "these are the validation values" in md
+
+
 def test_resampled_arms_are_not_fixed_gamma_arms():
     # the best fixed gamma (the paired tests' reference) is chosen among focal losses without resampling
     plain = {"config": {"loss": "focal", "gamma": 1.0}}
-    assert report._is_fixed_gamma(plain)
-    assert report._is_fixed_gamma({"config": {**plain["config"], "sampler": "none"}})
-    assert not report._is_fixed_gamma({"config": {**plain["config"], "sampler": "sqrt"}})
-    assert not report._is_fixed_gamma({"config": {**plain["config"], "policy": "pi"}})
+    assert an.is_fixed_gamma(plain)
+    assert an.is_fixed_gamma({"config": {**plain["config"], "sampler": "none"}})
+    assert not an.is_fixed_gamma({"config": {**plain["config"], "sampler": "sqrt"}})
+    assert not an.is_fixed_gamma({"config": {**plain["config"], "policy": "pi"}})
 
 
 def test_readme_block_written_between_the_markers(handmade, analysis, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n")
-    assert report.main(["hm", "--storage", handmade, "--n-boot", "200", "--readme", str(readme), "--top", "3"]) == 0
+    assert cli.main(["sweep", "report", "hm", "--storage", handmade, "--n-boot", "200", "--readme", str(readme),
+                     "--top", "3"]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
@@ -284,7 +258,7 @@ def test_readme_block_written_between_the_markers(handmade, analysis, tmp_path, 
         assert cell == "(reference)" if b["arm"] == ref else cell.startswith(f"{paired[b['arm']]['mean_diff']:+.3f}")
     missing = tmp_path / "NOMARK.md"
     missing.write_text("no block\n")
-    assert report.main(["hm", "--storage", handmade, "--readme", str(missing)]) == 2
+    assert cli.main(["sweep", "report", "hm", "--storage", handmade, "--readme", str(missing)]) == 2
     assert "has no <!-- leaderboards:start -->" in capsys.readouterr().err and missing.read_text() == "no block\n"
 
 
@@ -306,10 +280,10 @@ def test_across_seeds_selection_needs_every_seed():
              "across_seeds": {"gamma=tpe@seeds": {"seeds": [0, 1, 2], "trials": [
                  {"number": n, "state": "COMPLETE", "pruned": n == 1,
                   "seeds_evaluated": [s for s in (2, 0, 1) if v[s] is not None]} for n, v in vals.items()]}}}
-    chosen = report.selected(units)["gamma=tpe@seeds"]
+    chosen = results.selected(units)["gamma=tpe@seeds"]
     # trials 2 and 3 tie at 0.78 (trial 2 comes first); trial 1 (0.94 on two seeds) ran only two seeds
     assert {s: t["number"] for s, t in chosen.items()} == {0: 2, 1: 2, 2: 2}
-    a = report.analyse(units, n_boot=50)
+    a = an.analyse(units, n_boot=50)
     assert a["summary"]["arms"]["gamma=tpe@seeds"] == {0: pytest.approx(0.70), 1: pytest.approx(0.68),
                                                        2: pytest.approx(0.66)}
     assert a["leaderboard"][0]["trials"] == 11 and a["leaderboard"][0]["kind"] == "tuned across seeds"
