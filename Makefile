@@ -7,7 +7,7 @@
 #   make bench   run the CPU benchmark in research/benchmarks/bench_focal.py
 #   make docs    redraw docs/schedules.svg (gamma(t) of every schedule)
 #   make export  write sweeps/results/trials/<study>.json.gz (the committed results) for every study with a
-#                journal in runs/sweeps/ (python -m sweeps.export; STUDIES= to choose)
+#                journal in runs/sweeps/ (adaptive-focal sweep export; STUDIES= to choose)
 #   make paper-assets  regenerate paper/generated/*.tex and paper/figures/*.pdf from sweeps/results/trials
 #   make paper   paper-assets, then build paper/main.pdf with latexmk (installs Debian's TeX Live packages
 #                when run as root with apt-get; otherwise prints what to install and stops)
@@ -86,7 +86,7 @@ docs: venv
 export: export WANDB_MODE = disabled
 export: venv
 	@if [ -z "$(strip $(STUDIES))" ]; then echo "no journal in runs/sweeps/; run a sweep first or give STUDIES=" >&2; exit 1; fi
-	$(VENV_PY) -m sweeps.export $(STUDIES) --out sweeps/results/trials
+	$(VENV_PY) -m adaptive_focal.cli sweep export $(STUDIES) --out sweeps/results/trials
 
 paper-assets: venv
 	$(VENV_PY) -m paper.make_assets --results sweeps/results/trials --out paper

@@ -1,6 +1,6 @@
 """Tables, numbers and figures of the paper, from the committed sweep exports alone.
 
-Reads ``<results>/<study>.json.gz`` (written by :mod:`sweeps.export`) and writes
+Reads ``<results>/<study>.json.gz`` (written by :mod:`adaptive_focal.compare.export`) and writes
 
 - ``<out>/generated/*.tex``: LaTeX tables (``\\input`` into ``main.tex``), ``numbers.tex`` (a ``\\newcommand`` per
   number or result-dependent word quoted in the text, letters-only names such as ``\\DigitsLtBestFixedGamma``)
@@ -10,8 +10,8 @@ Reads ``<results>/<study>.json.gz`` (written by :mod:`sweeps.export`) and writes
 
 A study without an export is a "not run" row (the GPU data sets CIFAR-10-LT / CIFAR-100-LT: "not run (needs a
 GPU)"), never an error, so the pipeline works with partial results. Every number is a mean over seeds of the trial
-each seed selects (the best validation headline metric; :func:`sweeps.report.selected`); paired comparisons are
-:func:`sweeps.report.paired_test` against the best fixed gamma (highest mean *validation* metric), as in the sweep
+each seed selects (the best validation headline metric; :func:`adaptive_focal.compare.results.selected`); paired comparisons are
+:func:`adaptive_focal.compare.analysis.paired_test` against the best fixed gamma (highest mean *validation* metric), as in the sweep
 report.
 
     python -m paper.make_assets [--results sweeps/results/trials] [--out paper]
@@ -27,9 +27,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from sweeps import report
-from sweeps.export import export_path, read_export
-from sweeps.export import load_units as load_export
+from adaptive_focal.compare import analysis
+from adaptive_focal.compare.export import export_path, read_export, units_from_export
+from adaptive_focal.compare.results import _num, selected
 
 #: the main comparison, one study per CPU data set (every arm of sweeps.spec.default_arms)
 MAIN_STUDIES = ("digits-lt", "gauss-lt", "mnist1d-lt", "dense-det", "seg-toy")
@@ -45,7 +45,7 @@ GENERATED = ("generated", "figures")
 #: per-study macros of question (a), defined as "not run" for a study without an export
 TUNING_MACROS = ("BestFixedGamma", "BestFixedTest", "TunedGammaTest", "TunedGammaRuns", "BestPolicy",
                  "BestPolicyTest", "BestPolicyDiff", "PoliciesAboveFixed", "Policies", "PoliciesBelowFixed")
-N_BOOT = report.N_BOOT
+N_BOOT = analysis.N_BOOT
 NOT_RUN = "not run"
 NOT_RUN_GPU = "not run (needs a GPU)"
 
@@ -123,14 +123,14 @@ def _mean(values):
 # loading
 # ------------------------------------------------------------------------------------------------------------
 class Results:
-    """The exports found in ``folder``: per study its units (:func:`sweeps.report.load_units`), its analysis
-    (:func:`sweeps.report.analyse`) and the selected trial per arm and seed."""
+    """The exports found in ``folder``: per study its units (:func:`adaptive_focal.compare.results.load_units`), its analysis
+    (:func:`adaptive_focal.compare.analysis.analyse`) and the selected trial per arm and seed."""
 
     def __init__(self, folder, *, n_boot: int = N_BOOT) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ValueError(f"results folder {str(self.folder)!r} does not exist; export the sweeps with "
-                             "`python -m sweeps.export <study> --out <folder>`")
+                             "`adaptive-focal sweep export <study> --out <folder>`")
         self.n_boot = n_boot
         self._cache: dict = {}
 
@@ -144,45 +144,45 @@ class Results:
                 self._cache[study] = None
             else:
                 path = export_path(self.folder, study)
-                units = load_export(path, study)
-                self._cache[study] = {"units": units, "manifest": read_export(path)["manifest"], "selected": report.selected(units),
-                                      "analysis": report.analyse(units, n_boot=self.n_boot)}
+                units = units_from_export(path, study)
+                self._cache[study] = {"units": units, "manifest": read_export(path)["manifest"], "selected": selected(units),
+                                      "analysis": analysis.analyse(units, n_boot=self.n_boot)}
         return self._cache[study]
 
 
 def metric_values(r: dict, arm: str, key: str) -> dict:
     """``{seed: test metric key}`` of the selected trials of ``arm`` (missing / None left out)."""
     return {seed: t["test"].get(key) for seed, t in r["selected"].get(arm, {}).items()
-            if report._num(t["test"].get(key)) is not None}
+            if _num(t["test"].get(key)) is not None}
 
 
 def val_values(r: dict, arm: str) -> dict:
     metric = r["units"]["metric"]
     return {seed: t["val"].get(metric) for seed, t in r["selected"].get(arm, {}).items()
-            if t["val"] and report._num(t["val"].get(metric)) is not None}
+            if t["val"] and _num(t["val"].get(metric)) is not None}
 
 
 def arms_of(r: dict, kind: str) -> list[str]:
     """Arms of one kind, in the manifest's order: ``fixed`` (the gamma grid), ``policy`` (default policies),
     ``tuned_gamma``, ``tuned_policy``, ``baseline``."""
     arms = r["units"]["arms"]
-    tests = {"fixed": report._is_fixed_gamma, "policy": report._is_default_policy,
-             "tuned_gamma": report._is_tuned_gamma,
-             "tuned_policy": lambda rec: bool(rec.get("space")) and not report._is_tuned_gamma(rec),
+    tests = {"fixed": analysis.is_fixed_gamma, "policy": analysis.is_default_policy,
+             "tuned_gamma": analysis.is_tuned_gamma,
+             "tuned_policy": lambda rec: bool(rec.get("space")) and not analysis.is_tuned_gamma(rec),
              "baseline": lambda rec: rec.get("config", {}).get("loss") != "focal"}
     return [a for a, rec in arms.items() if tests[kind](rec)]
 
 
 def paired(r: dict, arm: str, reference: str, key: str | None = None) -> dict:
-    """:func:`sweeps.report.paired_test` of ``arm`` minus ``reference`` on test ``key`` (default: the headline
+    """:func:`adaptive_focal.compare.analysis.paired_test` of ``arm`` minus ``reference`` on test ``key`` (default: the headline
     metric), paired by seed; the bootstrap is seeded as in the report."""
     import zlib
 
     key = key or r["units"]["metric"]
     mine, ref = metric_values(r, arm, key), metric_values(r, reference, key)
     seeds = sorted(set(mine) & set(ref))
-    seed = (report.BOOT_SEED + zlib.crc32(arm.encode())) % 2 ** 32
-    return {"seeds": seeds, **report.paired_test([mine[s] - ref[s] for s in seeds], n_boot=r["analysis"]["n_boot"],
+    seed = (analysis.BOOT_SEED + zlib.crc32(arm.encode())) % 2 ** 32
+    return {"seeds": seeds, **analysis.paired_test([mine[s] - ref[s] for s in seeds], n_boot=r["analysis"]["n_boot"],
                                                  seed=seed)}
 
 
@@ -658,7 +658,7 @@ class Assets:
                  if (r := self.results.get(study)) is not None]
         self.num("NumSeedsMin", str(min(seeds)) if seeds else NOT_RUN)
         self.num("NumSeedsMax", str(max(seeds)) if seeds else NOT_RUN)
-        self.num("WilcoxonMinP", f"{report.wilcoxon_min_p(max(seeds)):.4g}" if seeds else NOT_RUN)
+        self.num("WilcoxonMinP", f"{analysis.wilcoxon_min_p(max(seeds)):.4g}" if seeds else NOT_RUN)
         return self
 
     def write(self, out) -> list[Path]:
@@ -745,7 +745,7 @@ def make_assets(results="sweeps/results/trials", out="paper", *, n_boot: int = N
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paper.make_assets", description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="sweeps/results/trials",
-                        help="folder of sweeps.export files <study>.json.gz (default: %(default)s)")
+                        help="folder of exported studies <study>.json.gz (default: %(default)s)")
     parser.add_argument("--out", default="paper", help="writes OUT/generated and OUT/figures (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

@@ -25,7 +25,8 @@ import statistics
 from multiprocessing import Pool
 from pathlib import Path
 
-from .seed_table import GAMMAS, _headline, compare, tuned_gamma
+from .evaluate import headline_metric
+from .seed_table import GAMMAS, compare, tuned_gamma
 from .train import main
 
 #: 27 settings: the training budget (epochs), imbalance ratio, a linear model, a lower learning rate, fewer images
@@ -57,7 +58,7 @@ def _run(job: tuple) -> tuple:
     if loss == "focal":
         cfg["gamma"] = gamma
     result = main(cfg)
-    metric = _headline(dataset)
+    metric = headline_metric(dataset)
     return (index, loss, gamma, seed), (result["metrics"][metric], result["val_metrics"][metric])
 
 

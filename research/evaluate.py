@@ -19,7 +19,18 @@ from adaptive_focal import metrics as M
 
 from .baselines import apply_temperature, fit_temperature, posthoc_logit_adjust
 
-__all__ = ["average_precision", "evaluate", "mean_iou"]
+__all__ = ["HEADLINE", "average_precision", "evaluate", "headline_metric", "mean_iou"]
+
+#: the headline metric of each task: what tuned arms select on and the tables report
+HEADLINE = {"multiclass": "balanced_accuracy", "multilabel-dense": "map", "segmentation": "miou"}
+#: the task of each data set of research/datasets.py that is not multiclass (a test checks it against the data sets)
+_TASKS = {"dense-det": "multilabel-dense", "seg-toy": "segmentation"}
+
+
+def headline_metric(dataset: str) -> str:
+    """The headline metric of a research data set: balanced accuracy (multiclass), mAP (dense-det), mean IoU
+    (seg-toy)."""
+    return HEADLINE[_TASKS.get(dataset, "multiclass")]
 
 
 def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

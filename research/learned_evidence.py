@@ -40,9 +40,12 @@ from pathlib import Path
 
 import torch
 
+from adaptive_focal.compare.report import fill_block
+
 from . import datasets as _datasets
 from .datasets import load_dataset, long_tail_counts
-from .seed_table import fill_block, tuned_gamma
+from .evaluate import headline_metric
+from .seed_table import tuned_gamma
 from .train import (
     Config,
     _batches,
@@ -53,7 +56,6 @@ from .train import (
 )
 
 DATASETS = ["mnist1d-lt", "dense-det"]
-HEADLINE = {"dense-det": "map", "seg-toy": "miou"}  # else balanced_accuracy
 SHORT = {"balanced_accuracy": "bal. acc.", "map": "mAP", "miou": "mIoU"}
 GAMMAS = [0.5, 1.0, 2.0, 3.0]
 HAND = ["automated", "pi"]  # + adafocal (softmax tasks) or efl (dense-det)
@@ -76,10 +78,6 @@ HEADING = "## Learned controllers (issue 6 evidence)"
 # ----------------------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------------------
-def _headline(dataset: str) -> str:
-    return HEADLINE.get(dataset, "balanced_accuracy")
-
-
 def _hand(dataset: str) -> list[str]:
     return HAND + (["efl"] if dataset == "dense-det" else ["adafocal"])
 
@@ -139,7 +137,7 @@ def gamma_summary(record, num_classes: int) -> dict:
 
 
 def _summarise_run(result: dict, dataset: str, num_classes: int) -> dict:
-    metric = _headline(dataset)
+    metric = headline_metric(dataset)
     steps, epochs = result["gamma"]["steps"], result["gamma"]["epochs"]
     cfg = result["config"]
     if epochs:
@@ -307,7 +305,7 @@ def run_dataset(dataset: str, seeds: int, gammas, runner: Runner, *, kwargs: dic
                 learned=tuple(LEARNED), hand=None, timing_rounds: int = 7, timing_warmup: int = 10,
                 timing_steps: int = 100, contrast_seeds: int | None = None) -> dict:
     kwargs = dict(kwargs or {})
-    metric = _headline(dataset)
+    metric = headline_metric(dataset)
     c = _num_classes(dataset, kwargs)
     t0 = time.perf_counter()
     load_dataset(dataset, seed=0, **kwargs)  # builds mnist1d-lt's generated pool (cached) before any timed run

@@ -24,20 +24,18 @@ import statistics
 import time
 from pathlib import Path
 
+from adaptive_focal.compare.report import fill_block
+
+from .evaluate import headline_metric
 from .train import main
 
-HEADLINE = {"dense-det": "map", "seg-toy": "miou"}  # else balanced_accuracy
 DATASETS = ["digits-lt", "mnist1d-lt", "gauss-lt", "dense-det", "seg-toy"]
 GAMMAS = [0.5, 1.0, 2.0, 3.0]
 START, END = "<!-- seed-table:start -->", "<!-- seed-table:end -->"
 
 
-def _headline(dataset: str) -> str:
-    return HEADLINE.get(dataset, "balanced_accuracy")
-
-
 def run_dataset(dataset: str, seeds: int, gammas, threads: int | None) -> dict:
-    metric = _headline(dataset)
+    metric = headline_metric(dataset)
     base = {"dataset": dataset, "threads": threads}
     t0 = time.perf_counter()
     ce_runs = [main({**base, "loss": "ce", "seed": s}) for s in range(seeds)]
@@ -122,19 +120,6 @@ def main_cli(argv=None) -> dict:
         if not fill_block(args.readme, START, END, table):
             raise SystemExit(f"{args.readme} has no {START} ... {END} block to fill")
     return results
-
-
-def fill_block(path, start: str, end: str, body: str) -> bool:
-    """Replaces what stands between the markers ``start`` and ``end`` in the file with ``body``; False (and the
-    file untouched) when the markers are missing. Shared by the scripts that generate README tables."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else ""
-    if start not in text or end not in text:
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
-    return True
 
 
 if __name__ == "__main__":

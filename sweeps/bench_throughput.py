@@ -4,7 +4,7 @@ storage overhead per trial.
 A study of very short trials (digits-lt shrunk to a few samples per class, 1 epoch, the fixed-gamma arms x many
 seeds, so no TPE sampling) is set up in a fresh journal file per measurement; worker processes are started
 (spawn), import everything and run one warm-up training outside the study, then start together on a signal, each
-running :func:`sweeps.runner.work` (the same loop as ``adaptive-focal sweep run --workers N``). Throughput is
+running :func:`adaptive_focal.compare.runner.work` (the same loop as ``adaptive-focal sweep run --workers N``). Throughput is
 trials / (time from the start signal until every worker has returned); process start-up is excluded for both
 worker counts. The runs alternate 1 worker, 2 workers, 1, 2, ... so that changes in the machine's load hit both.
 
@@ -35,11 +35,11 @@ TINY = {"n_max": 30, "n_val_per_class": 4, "n_test_per_class": 6}
 
 
 def _study(seeds: int, epochs: int):
-    from sweeps.spec import GAMMA_GRID, Arm, Study
+    from sweeps.spec import GAMMA_GRID, Arm, DatasetStudy
 
     arms = tuple(Arm(f"gamma={g:g}", {"loss": "focal", "gamma": g}) for g in GAMMA_GRID)
-    return Study(name="bench", dataset="digits-lt", seeds=seeds, trials=1, dataset_kwargs=TINY,
-                 overrides={"epochs": epochs, "batch_size": 64}, arms=arms)
+    return DatasetStudy(name="bench", dataset="digits-lt", seeds=seeds, trials=1, dataset_kwargs=TINY,
+                        overrides={"epochs": epochs, "batch_size": 64}, arms=arms)
 
 
 def _noop(config, epoch_callback=None):
@@ -60,7 +60,7 @@ def _worker(study, opts, worker_id, units, noop, ready, go, results):
                          "threads": opts.threads})  # warm-up: imports, data set generation, first-call costs
     if noop:
         research.train.main = _noop
-    from sweeps import runner
+    from adaptive_focal.compare import runner
 
     ready.release()
     go.wait()
@@ -72,13 +72,15 @@ def _worker(study, opts, worker_id, units, noop, ready, go, results):
 def measure(workers: int, *, seeds: int, epochs: int, noop: bool, root: Path, tag: str) -> dict:
     import optuna
 
-    from sweeps import runner
+    from adaptive_focal.compare import runner
+    from adaptive_focal.compare.options import RunOptions
+    from adaptive_focal.compare.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _study(seeds, epochs)
     log = root / f"{tag}.log"
-    opts = runner.RunOptions(storage=str(log), workers=workers, progress=False, prune=False)
-    storage = runner.open_storage(str(log))
+    opts = RunOptions(storage=str(log), workers=workers, progress=False, prune=False)
+    storage = open_storage(str(log))
     units = runner.setup(storage, study, seeds=seeds, trials=1)
     ctx = multiprocessing.get_context("spawn")
     ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()

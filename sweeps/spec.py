@@ -1,122 +1,66 @@
-"""What a study is: a data set, seeds, a trial budget and the arms compared on it.
+"""This repository's studies: the comparison of :mod:`adaptive_focal.compare` on the research data sets.
 
-An *arm* is one way of training: a fixed configuration (a gamma of the grid, a policy with its default settings,
-an imbalance baseline) run once per seed, or a search space tuned by TPE. A tuned arm is tuned either per seed
-(the default: ``trials`` trials per seed, the report takes per seed the test metric of the best validation trial)
-or, with ``across_seeds=True``, once across the seeds: each of its ``trials`` trials evaluates one configuration on
-the seeds one after another, Optuna's ``WilcoxonPruner`` stops a configuration that is significantly worse than
-the best so far, and the report takes the configuration with the best mean validation metric over every seed.
-Every arm runs through :func:`research.train.main`.
+A :class:`DatasetStudy` is an :class:`adaptive_focal.compare.Study` whose objective is :func:`sweeps.objective.train`
+(:func:`research.train.main` on a research data set): it adds the data set, its arguments and the research.train
+config overrides of every trial, which its manifest records (as every study stored before the engine moved into
+the package did). Its arms are the engine's arms plus the class-imbalance baselines of research/baselines.py
+(:func:`default_arms`); an arm's config is a set of research.train config keys.
+
+Everything generic (arms, storage, workers, report, export) is :mod:`adaptive_focal.compare`; this module only
+says what a study on a research data set is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 
-#: the fixed-gamma grid; gamma = 0 is cross-entropy
-GAMMA_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
+from adaptive_focal.compare import GAMMA_GRID, Arm, Study, across_seeds
+from adaptive_focal.compare import default_arms as engine_arms
+
+__all__ = ["BASELINES", "GAMMA_GRID", "Arm", "DatasetStudy", "Study", "across_seeds", "default_arms", "headline"]
+
 #: class-imbalance baselines of research/baselines.py
 BASELINES = ("cb_focal", "cb_ce", "logit_adjusted", "ghm")
-#: test / validation headline metric per data set (balanced accuracy otherwise)
-HEADLINE = {"dense-det": "map", "seg-toy": "miou"}
-#: policies left out of the arms: ``constant`` is the fixed-gamma arms; ``sequential`` has nothing to tune and
-#: its default is a warm-up into ``automated``
-_SKIP_POLICIES = ("constant",)
-#: not applicable per data set (softmax calibration on a sigmoid task; per-class weights or logit adjustment on
-#: multi-label targets), as research/train.py refuses them
-#: default p-value threshold of the Wilcoxon pruner of arms tuned across seeds (Optuna's default)
-WILCOXON_P = 0.1
+#: arms that do not apply per data set (softmax calibration on a sigmoid task; per-class weights or logit adjustment
+#: on multi-label targets), as research/train.py refuses them
 _NOT_APPLICABLE = {"dense-det": ("adafocal", "classwise_adafocal", "cb_focal", "cb_ce", "logit_adjusted")}
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One arm: ``config`` overrides for research.train, and (tuned arms) a search space of config keys.
-
-    ``space`` maps a parameter name to ``(config_key, spec)`` where ``spec`` is a policy ``search_space`` entry
-    (``("float", low, high, log)``, ``("int", low, high)``, ``("categorical", choices)``) and ``config_key`` is
-    ``"gamma"`` or ``"policy_kwargs.<name>"``.
-
-    Tuned across seeds (``across_seeds=True``, by convention a name ending in ``@seeds``): one TPE study for the
-    arm whose trials each run the sampled configuration on every seed, pruned by ``WilcoxonPruner(p_threshold=
-    wilcoxon_p)`` over the seeds (see sweeps/README.md). ``wilcoxon_p`` applies to such arms only.
-    """
-
-    name: str
-    config: dict
-    space: dict = field(default_factory=dict)
-    across_seeds: bool = False
-    wilcoxon_p: float = WILCOXON_P
-
-    @property
-    def tuned(self) -> bool:
-        return bool(self.space)
-
-    def record(self) -> dict:
-        """What the storage's manifest records of the arm (JSON types). Other arms keep the record they always
-        had (``config`` and ``space``), so studies stored before across-seeds arms existed still match."""
-        out = {"config": self.config, "space": self.space}
-        if self.across_seeds:
-            out.update(across_seeds=True, wilcoxon_p=self.wilcoxon_p)
-        return json.loads(json.dumps(out))
-
-
-def across_seeds(arm: Arm, wilcoxon_p: float = WILCOXON_P) -> Arm:
-    """``arm`` (a tuned arm) tuned once across the seeds, named ``<arm>@seeds``."""
-    return Arm(f"{arm.name}@seeds", arm.config, arm.space, across_seeds=True, wilcoxon_p=wilcoxon_p)
+#: the objective of every study here
+OBJECTIVE = "sweeps.objective:train"
 
 
 def headline(dataset: str) -> str:
-    return HEADLINE.get(dataset, "balanced_accuracy")
+    """The data set's headline metric (what tuned arms select on): :func:`research.evaluate.headline_metric`."""
+    from research.evaluate import headline_metric
+
+    return headline_metric(dataset)
 
 
 def default_arms(dataset: str) -> list[Arm]:
-    """The comparison of issue 7 on ``dataset``: the gamma grid, TPE-tuned gamma, every applicable policy with its
-    defaults and tuned over its ``search_space``, and the imbalance baselines."""
-    import adaptive_focal as af
-
+    """The full comparison on ``dataset``: the engine's default arms (the gamma grid, TPE-tuned gamma, every
+    policy with its defaults and tuned over its search space; research.train picks a sigmoid loss for the
+    sigmoid-only policies) less those that do not apply, and the imbalance baselines."""
     skip = _NOT_APPLICABLE.get(dataset, ())
-    arms = [Arm(f"gamma={g:g}", {"loss": "focal", "gamma": g}) for g in GAMMA_GRID]
-    arms.append(Arm("gamma=tpe", {"loss": "focal"}, {"gamma": ("gamma", ("float", 0.0, 5.0, False))}))
-    for name in af.list_policies():
-        if name in _SKIP_POLICIES or name in skip:
-            continue
-        arms.append(Arm(f"policy={name}", {"loss": "focal", "policy": name}))
-        space = af.policy_class(name).search_space
-        if space:
-            arms.append(Arm(f"policy={name}+tpe", {"loss": "focal", "policy": name},
-                            {f"{name}.{k}": (f"policy_kwargs.{k}", tuple(v)) for k, v in space.items()}))
-    arms += [Arm(f"baseline={b}", {"loss": b}) for b in BASELINES if b not in skip]
-    return arms
+    arms = engine_arms(None, learned=True, exclude=skip)
+    return arms + [Arm(f"baseline={b}", {"loss": b}) for b in BASELINES if b not in skip]
 
 
-@dataclass(frozen=True)
-class Study:
-    """A study definition (one file per study under ``sweeps/studies``).
+@dataclass(frozen=True, kw_only=True)
+class DatasetStudy(Study):
+    """A study on a research data set (one file per study under ``sweeps/studies``).
 
     Attributes:
-        name: the study's name in the storage (the unit studies are named ``"<name>/<arm>/seed<k>"``, and
-            ``"<name>/<arm>/seeds"`` for an arm tuned across seeds).
         dataset: a research.datasets name; ``dataset_kwargs`` are passed to it.
-        seeds: seeds 0 .. seeds-1 per arm.
-        trials: TPE trials per tuned arm and seed (per arm for an arm tuned across seeds; each such trial runs
-            up to ``seeds`` trainings).
-        overrides: research.train config keys for every trial (e.g. epochs, threads) to keep trials short.
-        arms: the arms; ``None``: :func:`default_arms` of the data set.
-        trial_pause_s: sleep this long at the start of each trial; in a trial of an arm tuned across seeds, after
-            its first seed (tests of killed workers only).
+        overrides: research.train config keys for every trial (e.g. epochs) to keep trials short; ``threads`` is
+            not recorded (it does not change results).
+        arms: the arms; empty: :func:`default_arms` of the data set.
+        The engine's fields (``seeds``, ``trials``, ...) as :class:`adaptive_focal.compare.Study`; ``objective``
+        and ``metric`` are set from the data set.
     """
 
-    name: str
-    dataset: str
-    seeds: int = 3
-    trials: int = 12
+    dataset: str = ""
     dataset_kwargs: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
-    arms: tuple | None = None
-    trial_pause_s: float = 0.0
 
     def __post_init__(self):
         from research.datasets import list_datasets
@@ -124,66 +68,28 @@ class Study:
         if self.dataset not in list_datasets():
             raise ValueError(f"study {self.name!r}: dataset must be one of {', '.join(list_datasets())}, "
                              f"got {self.dataset!r}")
-        for key in ("seeds", "trials"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"study {self.name!r}: {key} must be a positive integer, got {value!r}")
-        if self.arms is None:
+        if not self.arms:
             object.__setattr__(self, "arms", tuple(default_arms(self.dataset)))
-        names = [a.name for a in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"study {self.name!r}: arm names must be unique, got {names}")
-        if "/" in self.name:
-            raise ValueError(f"study name must not contain '/', got {self.name!r}")
+        object.__setattr__(self, "objective", self.objective or OBJECTIVE)
+        object.__setattr__(self, "metric", self.metric or headline(self.dataset))
+        object.__setattr__(self, "meta", {"dataset": self.dataset, "dataset_kwargs": dict(self.dataset_kwargs),
+                                          "overrides": {k: v for k, v in self.overrides.items() if k != "threads"}})
+        super().__post_init__()
+
+    def check_arm(self, arm: Arm) -> None:
+        """research.train must accept the arm's config (an unknown policy, loss or key fails before anything is
+        stored)."""
         from research.train import resolve_config
 
-        for arm in self.arms:  # unknown policy / loss / config keys fail here, before anything is stored
-            if "/" in arm.name:
-                raise ValueError(f"arm name must not contain '/', got {arm.name!r}")
-            try:
-                resolve_config({"dataset": self.dataset, **self.overrides, **arm.config})
-            except ValueError as err:
-                raise ValueError(f"study {self.name!r}, arm {arm.name!r}: {err}") from None
-            if not isinstance(arm.across_seeds, bool):
-                raise ValueError(f"study {self.name!r}, arm {arm.name!r}: across_seeds must be True or False, "
-                                 f"got {arm.across_seeds!r}")
-            if arm.across_seeds:
-                if not arm.tuned:
-                    raise ValueError(f"study {self.name!r}, arm {arm.name!r}: across_seeds needs a tuned arm (a "
-                                     "search space); a fixed arm has nothing to tune")
-                if self.seeds < 2:
-                    raise ValueError(f"study {self.name!r}, arm {arm.name!r}: an arm tuned across seeds needs "
-                                     f"seeds >= 2, got seeds={self.seeds}")
-            p = arm.wilcoxon_p
-            if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 < p < 1.0:
-                raise ValueError(f"study {self.name!r}, arm {arm.name!r}: wilcoxon_p must be a number in (0, 1), "
-                                 f"got {p!r}")
-            if p != WILCOXON_P and not arm.across_seeds:
-                raise ValueError(f"study {self.name!r}, arm {arm.name!r}: wilcoxon_p={p!r} applies only to arms "
-                                 "tuned across seeds (across_seeds=True)")
-            for pname, entry in arm.space.items():
-                key = entry[0] if isinstance(entry, (tuple, list)) and len(entry) == 2 else None
-                if not (isinstance(key, str) and (key == "gamma" or key.startswith("policy_kwargs."))):
-                    raise ValueError(f"study {self.name!r}, arm {arm.name!r}: space entry {pname!r} must be "
-                                     f"(config key 'gamma' or 'policy_kwargs.<name>', spec), got {entry!r}")
+        for entry in arm.space.values():
+            key = entry[0]
+            if not (key == "gamma" or key.startswith("policy_kwargs.")):
+                raise ValueError(f"space entries must set 'gamma' or 'policy_kwargs.<name>', got {key!r}")
+        resolve_config({"dataset": self.dataset, **self.overrides, **arm.config})
 
-    @property
-    def metric(self) -> str:
-        return headline(self.dataset)
+    def with_settings(self, **settings) -> DatasetStudy:
+        """The study with research.train config ``settings`` (e.g. ``epochs=1``) for every trial."""
+        from research.train import resolve_config
 
-    @property
-    def across_seeds_arms(self) -> list[str]:
-        """Names of the arms tuned across seeds."""
-        return [a.name for a in self.arms if a.across_seeds]
-
-    def replace(self, **changes) -> "Study":
-        return dataclasses.replace(self, **changes)
-
-    def select_arms(self, names) -> "Study":
-        """The study restricted to the arms ``names`` (an unknown name is an error naming the arms)."""
-        known = {a.name: a for a in self.arms}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"unknown arm(s) {', '.join(map(repr, unknown))} for study {self.name!r}; "
-                             f"arms: {', '.join(known)}")
-        return self.replace(arms=tuple(known[n] for n in names))
+        resolve_config({"dataset": self.dataset, **self.overrides, **settings})  # unknown keys fail here
+        return dataclasses.replace(self, overrides={**self.overrides, **settings})

@@ -17,7 +17,7 @@ pytest.importorskip("matplotlib")
 
 from paper import make_assets as ma
 from paper import quick
-from sweeps import export
+from adaptive_focal.compare import export
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "sweeps" / "results" / "trials"

@@ -1,11 +1,13 @@
-"""Study definitions, one module per study; each defines ``STUDY`` (a :class:`sweeps.spec.Study`)."""
+"""This repository's study definitions: one module per main study (defining ``STUDY``) and two families of studies
+(defining ``STUDIES``). ``adaptive-focal sweep`` finds them through :data:`STUDIES` (name -> a function that builds
+the study), in this order: the main studies, then the rho and combos families."""
 
 from __future__ import annotations
 
 import importlib
 
-#: study name -> module in this package
-STUDIES = {
+#: main study name -> module in this package
+_MODULES = {
     "digits-lt": "digits_lt",
     "mnist1d-lt": "mnist1d_lt",
     "gauss-lt": "gauss_lt",
@@ -13,30 +15,40 @@ STUDIES = {
     "seg-toy": "seg_toy",
     "digits-lt-across-seeds": "digits_lt_across_seeds",
 }
-
-
 #: modules that define families of studies as ``STUDIES`` (name -> Study): the fixed-gamma grid at several
 #: imbalance ratios (``rho.py``: ``<dataset>-rho<rho>``) and focal loss with resampling (``combos.py``:
 #: ``<dataset>-combos``)
 _FAMILIES = ("rho", "combos")
 
 
-def _family_studies() -> dict:
-    out = {}
-    for module in _FAMILIES:
-        out.update(importlib.import_module(f"{__name__}.{module}").STUDIES)
-    return out
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _main_study(module: str):
+    return lambda: _module(module).STUDY
+
+
+def _family_study(module: str, name: str):
+    return lambda: _module(module).STUDIES[name]
+
+
+def _family_names(module: str) -> list[str]:
+    m = _module(module)
+    return list(m.STUDIES)
+
+
+STUDIES = {name: _main_study(module) for name, module in _MODULES.items()}
+for _family in _FAMILIES:
+    STUDIES.update({name: _family_study(_family, name) for name in _family_names(_family)})
 
 
 def list_studies() -> list[str]:
-    return list(STUDIES) + list(_family_studies())
+    return list(STUDIES)
 
 
 def load_study(name: str):
-    """The :class:`~sweeps.spec.Study` called ``name``; an unknown name is an error naming the studies."""
-    if name in STUDIES:
-        return importlib.import_module(f"{__name__}.{STUDIES[name]}").STUDY
-    family = _family_studies()
-    if name in family:
-        return family[name]
-    raise ValueError(f"unknown study {name!r}; studies: {', '.join(list_studies())}")
+    """The :class:`~sweeps.spec.DatasetStudy` called ``name``; an unknown name is an error naming the studies."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
+    return STUDIES[name]()

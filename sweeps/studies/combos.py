@@ -6,7 +6,7 @@ gamma 1 and 2, each with the plain sampler, square-root resampling and class-bal
 set's defaults. The loss-level combinations (class-balanced weights, logit adjustment) are arms of the main studies.
 """
 
-from ..spec import Arm, Study
+from ..spec import Arm, DatasetStudy
 
 #: data sets (multiclass: resampling by class needs one class per sample)
 DATASETS = ("digits-lt", "gauss-lt", "mnist1d-lt")
@@ -19,10 +19,10 @@ def _arm(gamma: float, sampler: str) -> Arm:
     return Arm(name, {"loss": "focal", "gamma": gamma, "sampler": sampler})
 
 
-def _study(dataset: str) -> Study:
+def _study(dataset: str) -> DatasetStudy:
     arms = tuple(_arm(g, s) for s in SAMPLERS for g in GAMMAS)
-    return Study(name=f"{dataset}-combos", dataset=dataset, seeds=5, trials=1, arms=arms)
+    return DatasetStudy(name=f"{dataset}-combos", dataset=dataset, seeds=5, trials=1, arms=arms)
 
 
-#: study name -> Study
+#: study name -> DatasetStudy
 STUDIES = {f"{d}-combos": _study(d) for d in DATASETS}

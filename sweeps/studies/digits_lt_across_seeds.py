@@ -9,10 +9,10 @@ cannot go below p = 2^-n, so at p < 0.1 a configuration can be stopped after 4 s
 leave it 4 chances (after 4, 5, 6 and 7 seeds), where the 5 seeds of the other studies would leave one.
 """
 
-from ..spec import GAMMA_GRID, Study, across_seeds, default_arms
+from ..spec import GAMMA_GRID, DatasetStudy, across_seeds, default_arms
 
 _DEFAULT = {a.name: a for a in default_arms("digits-lt")}
 ARMS = (tuple(_DEFAULT[f"gamma={g:g}"] for g in GAMMA_GRID) + (_DEFAULT["gamma=tpe"],)
         + tuple(across_seeds(_DEFAULT[name]) for name in ("gamma=tpe", "policy=pi+tpe", "policy=gammanet+tpe")))
 
-STUDY = Study(name="digits-lt-across-seeds", dataset="digits-lt", seeds=8, trials=10, arms=ARMS)
+STUDY = DatasetStudy(name="digits-lt-across-seeds", dataset="digits-lt", seeds=8, trials=10, arms=ARMS)

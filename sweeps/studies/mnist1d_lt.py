@@ -1,6 +1,6 @@
 """The default comparison on mnist1d-lt: gamma grid, TPE-tuned gamma, every applicable policy (defaults and TPE-tuned over
 its search space) and the imbalance baselines, 5 seeds, 4 TPE trials per tuned arm and seed."""
 
-from ..spec import Study
+from ..spec import DatasetStudy
 
-STUDY = Study(name="mnist1d-lt", dataset="mnist1d-lt", seeds=5, trials=4)
+STUDY = DatasetStudy(name="mnist1d-lt", dataset="mnist1d-lt", seeds=5, trials=4)

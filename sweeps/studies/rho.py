@@ -6,18 +6,18 @@ everything else at the data set's defaults. The validation and test sets do not 
 only in the training set.
 """
 
-from ..spec import GAMMA_GRID, Arm, Study
+from ..spec import GAMMA_GRID, Arm, DatasetStudy
 
 #: data sets and imbalance ratios of the grid
 DATASETS = ("digits-lt", "gauss-lt")
 RATIOS = (1, 10, 100)
 
 
-def _study(dataset: str, rho: int) -> Study:
+def _study(dataset: str, rho: int) -> DatasetStudy:
     arms = tuple(Arm(f"gamma={g:g}", {"loss": "focal", "gamma": g}) for g in GAMMA_GRID)
-    return Study(name=f"{dataset}-rho{rho}", dataset=dataset, seeds=5, trials=1,
+    return DatasetStudy(name=f"{dataset}-rho{rho}", dataset=dataset, seeds=5, trials=1,
                  dataset_kwargs={"imbalance_ratio": float(rho)}, arms=arms)
 
 
-#: study name -> Study
+#: study name -> DatasetStudy
 STUDIES = {f"{d}-rho{r}": _study(d, r) for d in DATASETS for r in RATIOS}

@@ -1,6 +1,6 @@
 """The default comparison on seg-toy: gamma grid, TPE-tuned gamma, every applicable policy (defaults and TPE-tuned over
 its search space) and the imbalance baselines, 5 seeds, 4 TPE trials per tuned arm and seed."""
 
-from ..spec import Study
+from ..spec import DatasetStudy
 
-STUDY = Study(name="seg-toy", dataset="seg-toy", seeds=5, trials=4)
+STUDY = DatasetStudy(name="seg-toy", dataset="seg-toy", seeds=5, trials=4)
