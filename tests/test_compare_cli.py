@@ -4,6 +4,7 @@ path), the command's errors, and failures that end the command with a non-zero s
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -41,9 +42,14 @@ def installed(tmp_path_factory):
     """This checkout built as a wheel and unpacked into a folder of its own (what ``pip install`` puts in
     site-packages), with the console script; the test env provides the dependencies."""
     root = tmp_path_factory.mktemp("installed")
-    wheels = root / "wheels"
+    source, wheels = root / "source", root / "wheels"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):  # what the build reads; the build writes in its own copy
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "adaptive_focal", source / "adaptive_focal",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(wheels), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("adaptive_focal-*.whl")
     site = root / "site"
     with zipfile.ZipFile(wheel) as zf:

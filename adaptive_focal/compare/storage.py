@@ -312,8 +312,7 @@ def _open_database(url: str, *, connect_timeout: int, workers: int, retry_second
                 continue
             first = _first_line(err)
             if isinstance(err, ImportError) or "Failed to import DB access module" in first:
-                first += (" (the driver for this URL is missing: pip install 'adaptive_focal[compare]' "
-                          "psycopg[binary] for postgresql://)")
+                first += " (the driver for this URL is missing: pip install 'adaptive_focal[postgres]')"
             elif "readonly" in first.lower() or "read-only" in first.lower():
                 first += " (the database is read-only)"
             tried = f" (retried for {retry_seconds:g} s)" if retry_open else ""
