@@ -49,7 +49,7 @@ from torch.autograd.graph import increment_version
 
 __all__ = [
     "GAMMA_FORMS", "MAX_SERIES", "AsymmetricGamma", "FocalMixture", "GammaForm", "GammaTable", "form_from_state",
-    "form_state", "gamma_record", "gamma_scalars",
+    "form_state", "gamma_record", "gamma_scalars", "summary_keys",
 ]
 
 #: a gamma with more values than this is plotted as its mean, min and max only (no series per value)
@@ -67,6 +67,8 @@ class GammaForm(nn.Module):
 
     #: the buffers' names, which are also the constructor's arguments
     fields: ClassVar[tuple[str, ...]] = ()
+    #: the scalars (names under the prefix) that show the form in one plot of gamma over time
+    summary: ClassVar[tuple[str, ...]] = ("mean",)
 
     def record(self) -> dict[str, Any]:
         """The form as plain Python (JSON-ready): ``{"form": class name, field: number or nested list, ...}``."""
@@ -456,6 +458,7 @@ class AsymmetricGamma(GammaForm):
     """
 
     fields = ("positive", "negative")
+    summary = ("positive", "negative", "positive/mean", "negative/mean")  # global, per class
     positive: torch.Tensor
     negative: torch.Tensor
 
@@ -578,6 +581,21 @@ def gamma_scalars(gamma, prefix: str = "gamma", *, max_series: int = MAX_SERIES)
         return _series(prefix, list(gamma), max_series)
     record = gamma_record(gamma)
     return {} if record is None else _series(prefix, record, max_series)
+
+
+def summary_keys(prefix: str = "gamma") -> tuple[str, ...]:
+    """The names under which :func:`gamma_scalars` gives the values that show any gamma in one plot over time:
+    ``prefix`` for a number, ``<prefix>/mean`` for per-class gammas, tables and mixtures, and each form's own
+    (``<prefix>/positive`` and ``<prefix>/negative`` for an AsymmetricGamma, their ``/mean`` when per class). A
+    report plots those a run has.
+
+    Example:
+        >>> from adaptive_focal.gamma_forms import summary_keys
+        >>> summary_keys()[:4]
+        ('gamma', 'gamma/mean', 'gamma/positive', 'gamma/negative')
+    """
+    keys = [prefix, f"{prefix}/mean"] + [f"{prefix}/{name}" for form in GAMMA_FORMS for name in form.summary]
+    return tuple(dict.fromkeys(keys))
 
 
 def form_state(gamma):

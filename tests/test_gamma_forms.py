@@ -407,6 +407,18 @@ def test_scalars_of_bad_records(bad, error, match):
         gamma_scalars(1.0, max_series=-1)
 
 
+@pytest.mark.parametrize("gamma", [1.5, torch.tensor([1.0, 2.0]), *FORMS], ids=str)
+def test_every_gamma_has_a_summary_a_report_plots(gamma):
+    gamma = FORMS[gamma]() if isinstance(gamma, str) else gamma
+    shown = [key for key in gamma_forms.summary_keys() if key in gamma_scalars(gamma)]
+    if isinstance(gamma, AsymmetricGamma):
+        part = "/mean" if gamma.num_classes else ""
+        assert shown == [f"gamma/positive{part}", f"gamma/negative{part}"]
+    else:
+        assert shown == (["gamma"] if isinstance(gamma, float) else ["gamma/mean"])
+    assert gamma_forms.summary_keys("epoch/gamma")[:2] == ("epoch/gamma", "epoch/gamma/mean")
+
+
 # -- state: checkpoints ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_state_round_trip_of_every_form(form):
