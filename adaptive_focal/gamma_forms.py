@@ -79,7 +79,8 @@ class GammaForm(nn.Module):
         return self.record_scalars(self.record(), prefix, max_series=max_series)
 
     @classmethod
-    def record_scalars(cls, record: Mapping, prefix: str = "gamma", *, max_series: int = MAX_SERIES) -> dict[str, float]:
+    def record_scalars(cls, record: Mapping, prefix: str = "gamma", *,
+                       max_series: int = MAX_SERIES) -> dict[str, float]:
         """Named floats for a logger from a record of this form (also one read back from a log file).
 
         The default plots each field as a series under ``<prefix>/<field>`` (see :func:`gamma_scalars` for how a
@@ -258,7 +259,8 @@ class GammaTable(GammaForm):
         return self.values[cls, idx]
 
     @classmethod
-    def record_scalars(cls, record: Mapping, prefix: str = "gamma", *, max_series: int = MAX_SERIES) -> dict[str, float]:
+    def record_scalars(cls, record: Mapping, prefix: str = "gamma", *,
+                       max_series: int = MAX_SERIES) -> dict[str, float]:
         """The values, plotted as the gamma itself: ``<prefix>/mean``, ``/min``, ``/max`` and one series per bin
         (per class and bin, row-major) up to ``max_series``; the edges stay in the record."""
         return _series(prefix, record["values"], max_series)
@@ -417,7 +419,8 @@ class FocalMixture(GammaForm):
         return out
 
     @classmethod
-    def record_scalars(cls, record: Mapping, prefix: str = "gamma", *, max_series: int = MAX_SERIES) -> dict[str, float]:
+    def record_scalars(cls, record: Mapping, prefix: str = "gamma", *,
+                       max_series: int = MAX_SERIES) -> dict[str, float]:
         """``<prefix>/mean``, the weight-averaged gamma ``sum_k w_k gamma_k / sum_k w_k`` (averaged over the
         classes when per class, over those with a positive total weight; absent when every weight is 0; negative
         when the inverse factor dominates), then the series ``<prefix>/gammas/...`` and ``<prefix>/weights/...``."""

@@ -150,10 +150,10 @@ def _silent_server() -> dict:
     with socket.socket() as silent:  # connections complete, nothing ever answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
+        env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
         return _wandb_start("W&B server that never answers",
                             "an API key, the server a local port that accepts and never replies, init_timeout=1 s",
-                            {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"},
-                            init_timeout=1.0)
+                            env, init_timeout=1.0)
 
 
 def _raising_logger() -> dict:
@@ -265,7 +265,9 @@ def _lightning(label, name, mode, kwargs):
             self.rows.append(metrics)
 
     model, loss, policy = _setup(name, mode, kwargs)
-    loader = lambda x, y: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)  # noqa: E731
+    def loader(x, y):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
+
     rows = Rows()
     trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=rows, log_every_n_steps=1,
                          callbacks=[GammaPolicyCallback(policy, log_every_n_steps=1)], enable_checkpointing=False,
