@@ -77,9 +77,11 @@ def _train(model, loss, callback) -> None:
 @contextlib.contextmanager
 def _isolated_wandb(**env: str):
     """A temporary home (no saved login, no settings), W&B silent, pointed at a closed local port unless ``env``
-    says otherwise; wandb re-reads its settings on entry and exit; the environment is restored."""
+    says otherwise; the environment is restored. wandb's process-wide state (its cached settings and its service
+    process) is torn down on entry and exit, so no W&B run of the caller may be active."""
     import wandb
 
+    wandb.teardown()  # before saving the environment: the service's address (WANDB_SERVICE) goes with it
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="af-faults-") as home:
         try:
@@ -88,7 +90,6 @@ def _isolated_wandb(**env: str):
                 os.environ.pop(key, None)
             os.environ.update({"HOME": home, "WANDB_SILENT": "true",
                                "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}", **env})
-            wandb.teardown()
             yield Path(home)
         finally:
             wandb.teardown()
@@ -130,8 +131,9 @@ def _wandb_start(scenario: str, injected: str, env: dict, init_timeout: float | 
         files = list(home.glob("wandb/offline-run-*/run-*.wandb"))
     messages = _ours(caught)
     failed = [m for m in messages if "logging failed" in m or "is dropped" in m]
-    survived = (f"training finished ({policy.step_count} steps); W&B went {logger.mode} after {waited:.1f} s "
-                f"with {_count(messages, 'warning')}" + ("; `wandb sync` uploads the offline run" if files else ""))
+    went = f"W&B went {logger.mode}" if logger.mode else "W&B logged nothing"
+    survived = (f"training finished ({policy.step_count} steps); {went} after {waited:.1f} s with "
+                f"{_count(messages, 'warning')}" + ("; `wandb sync` uploads the offline run" if files else ""))
     lost = "none" if (logger.mode == "offline" and files and not failed) else f"W&B records ({'; '.join(failed)})"
     return _row(scenario, injected, survived, lost, False)
 
@@ -221,6 +223,8 @@ def _wandb(label, name, mode, kwargs):
         warnings.simplefilter("always")
         model, loss, policy = _setup(name, mode, kwargs)
         logger = WandbLogger(policy, dir=home)
+        if logger.run is None:
+            return False, f"no W&B run started: {_ours(caught)}"
         logged = []
         run_log = logger.run.log
         logger.run.log = lambda data, *a, **k: (logged.append(data), run_log(data, *a, **k))[1]
