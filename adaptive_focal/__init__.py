@@ -9,11 +9,10 @@ used.
 
 from . import metrics
 from .functional import sigmoid_focal_loss, softmax_focal_loss
-from .gamma_forms import AsymmetricGamma, FocalMixture
+from .gamma_forms import AsymmetricGamma, FocalMixture, GammaForm, GammaTable
 from .loss import FocalLoss
 from .policy import GammaPolicy, create_policy, list_policies, policy_class, register_policy
 from .stats import BatchStats
-from .table import GammaTable
 from .schedules import (  # noqa: E402  (registers the schedules)
     ConstantGamma, CosineGamma, CyclicalFocal, ExponentialGamma, FLSc531, LinearGamma, SequentialGamma, StepGamma,
 )
@@ -42,6 +41,7 @@ __all__ = [
     "FLSc531",
     "FocalLoss",
     "FocalMixture",
+    "GammaForm",
     "GammaNet",
     "GammaPolicy",
     "GammaTable",

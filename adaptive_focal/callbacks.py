@@ -34,16 +34,17 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
+from .gamma_forms import gamma_record, gamma_scalars
 from .metrics import ece_from_stats
 from .policy import GammaPolicy
 from .stats import BatchStats
-from .table import GammaTable
 
-__all__ = ["GammaCallback", "GammaLogger", "JSONLinesLogger", "MemoryLogger", "gamma_record", "stats_record"]
+__all__ = ["GammaCallback", "GammaLogger", "JSONLinesLogger", "MemoryLogger", "gamma_record", "gamma_scalars",
+           "stats_record"]
 
 
 @runtime_checkable
@@ -53,19 +54,6 @@ class GammaLogger(Protocol):
     def log_step(self, record: dict) -> None: ...
 
     def log_epoch(self, record: dict) -> None: ...
-
-
-def gamma_record(gamma) -> Any:
-    """gamma as plain Python: a float, a list (per class / per element), ``{"edges": ..., "values": ...}`` for a
-    GammaTable, and for the other module forms their buffers plus ``"form"`` (e.g. ``{"form": "FocalMixture",
-    "gammas": ..., "weights": ...}``)."""
-    if isinstance(gamma, GammaTable):
-        return {"edges": gamma.edges.tolist(), "values": gamma.values.tolist()}
-    if isinstance(gamma, torch.nn.Module):
-        return {"form": type(gamma).__name__, **{k: v.tolist() for k, v in gamma.named_buffers()}}
-    if isinstance(gamma, torch.Tensor):
-        return gamma.item() if gamma.dim() == 0 else gamma.tolist()
-    return None if gamma is None else float(gamma)
 
 
 def stats_record(stats: BatchStats, detail: bool = False) -> dict:

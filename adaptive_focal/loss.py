@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from .functional import sigmoid_focal_loss, softmax_focal_loss
-from .gamma_forms import AsymmetricGamma, FocalMixture
-from .table import GammaTable
+from .gamma_forms import GAMMA_FORMS, AsymmetricGamma, FocalMixture, GammaTable
 
 __all__ = ["FocalLoss", "GammaTable"]
 
-#: gamma forms held as submodules (their settings are buffers) rather than as a tensor buffer
-GAMMA_MODULES = (GammaTable, FocalMixture, AsymmetricGamma)
+#: gamma forms held as submodules (their settings are buffers) rather than as a tensor buffer; the list lives in
+#: adaptive_focal.gamma_forms
+GAMMA_MODULES = GAMMA_FORMS
 
 _MODES = ("sigmoid", "softmax")
 _UNSET = object()

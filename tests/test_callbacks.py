@@ -129,7 +129,7 @@ def test_gamma_record_forms():
     assert gamma_record(2.0) == 2.0
     assert gamma_record(torch.tensor(1.5)) == 1.5
     assert gamma_record(torch.tensor([1.0, 2.0])) == [1.0, 2.0]
-    assert gamma_record(af.GammaTable([0.0, 0.5, 1.0], [3.0, 1.0])) == {"edges": [0.0, 0.5, 1.0],
+    assert gamma_record(af.GammaTable([0.0, 0.5, 1.0], [3.0, 1.0])) == {"form": "GammaTable", "edges": [0.0, 0.5, 1.0],
                                                                           "values": [3.0, 1.0]}
 
 

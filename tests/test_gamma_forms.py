@@ -287,3 +287,228 @@ def test_mixture_host_write_is_in_place_versioned_and_survives_copies():
     assert mix.gammas.tolist() == [[2.0, 2.0, 2.0]]
     wide = FocalMixture(torch.full((1, 3), 2.0), torch.ones(1, 3)).double()
     assert not wide._write_host([1.0] * 3, [1.0] * 3, nonneg=True)
+
+
+# -- the shared base: record, scalars, state (adaptive_focal.gamma_forms is their one home) --------------------
+import pickle  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+import adaptive_focal as af  # noqa: E402
+from adaptive_focal import gamma_forms  # noqa: E402
+from adaptive_focal.gamma_forms import (  # noqa: E402
+    GAMMA_FORMS, GammaForm, GammaTable, form_from_state, form_state, gamma_scalars,
+)
+
+FORMS = {
+    "table": lambda: GammaTable([0.0, 0.25, 0.5, 1.0], [5.0, 3.0, -1.0]),
+    "table_per_class": lambda: GammaTable([0.0, 0.5, 1.0], [[4.0, 2.0], [1.0, 0.5], [0.0, 3.0]]),
+    "mixture": lambda: FocalMixture([2.0, -3.0], [0.75, 0.25]),
+    "mixture_per_class": lambda: FocalMixture([[1.0, 2.0, 4.0]], [[0.5, 1.0, 2.0]]),
+    "asymmetric": lambda: AsymmetricGamma(0.0, 4.0),
+    "asymmetric_per_class": lambda: AsymmetricGamma([0.0, 1.0], [4.0, 2.0]),
+}
+
+
+def test_the_forms_share_one_base_and_one_list():
+    from adaptive_focal.loss import GAMMA_MODULES
+
+    assert GAMMA_FORMS == (GammaTable, FocalMixture, AsymmetricGamma) and GAMMA_MODULES is GAMMA_FORMS
+    assert all(issubclass(form, GammaForm) for form in GAMMA_FORMS)
+    assert af.GammaTable is GammaTable and af.GammaForm is GammaForm
+    assert gamma_record is gamma_forms.gamma_record  # callbacks re-exports the one implementation
+
+
+@pytest.mark.parametrize("form, want", [
+    ("table", {"form": "GammaTable", "edges": [0.0, 0.25, 0.5, 1.0], "values": [5.0, 3.0, -1.0]}),
+    ("mixture", {"form": "FocalMixture", "gammas": [2.0, -3.0], "weights": [0.75, 0.25]}),
+    ("asymmetric_per_class", {"form": "AsymmetricGamma", "positive": [0.0, 1.0], "negative": [4.0, 2.0]}),
+])
+def test_record_is_plain_python_with_the_form_named(form, want):
+    record = FORMS[form]().record()
+    assert record == want and list(record) == list(want)
+    assert gamma_record(FORMS[form]()) == record
+
+
+def test_gamma_record_of_numbers_and_tensors():
+    assert gamma_record(None) is None
+    assert gamma_record(2) == 2.0 and isinstance(gamma_record(2), float)
+    assert gamma_record(torch.tensor(1.5)) == 1.5
+    assert gamma_record(torch.tensor([[1.0, 2.0]])) == [[1.0, 2.0]]
+    with pytest.raises(TypeError, match="gamma must be None, a number, a tensor or a gamma form .* got str"):
+        gamma_record("2.0")
+    with pytest.raises(TypeError, match="got bool"):
+        gamma_record(True)
+
+
+@pytest.mark.parametrize("gamma, want", [
+    (2.0, {"gamma": 2.0}),
+    (torch.tensor(0.5), {"gamma": 0.5}),
+    (torch.tensor([1.0, 2.0, 6.0]), {"gamma/mean": 3.0, "gamma/min": 1.0, "gamma/max": 6.0,
+                                     "gamma/0": 1.0, "gamma/1": 2.0, "gamma/2": 6.0}),
+    (None, {}),
+], ids=["float", "0-d", "per-class", "none"])
+def test_scalars_of_numbers_and_tensors(gamma, want):
+    assert gamma_scalars(gamma) == want
+
+
+def test_scalars_of_each_form_by_hand():
+    assert gamma_scalars(FORMS["table"](), prefix="g") == pytest.approx(
+        {"g/mean": 7.0 / 3.0, "g/min": -1.0, "g/max": 5.0, "g/0": 5.0, "g/1": 3.0, "g/2": -1.0})
+    per_class = gamma_scalars(FORMS["table_per_class"]())  # (C, B) values, row-major
+    assert per_class["gamma/mean"] == pytest.approx(10.5 / 6) and per_class["gamma/5"] == 3.0
+    assert "edges" not in "".join(per_class)
+    # cyclical at xi = 0.25: 0.75 * 2 + 0.25 * (-3), then each term's gamma and weight
+    assert gamma_scalars(FORMS["mixture"]()) == pytest.approx(
+        {"gamma/mean": 0.75, "gamma/gammas/mean": -0.5, "gamma/gammas/min": -3.0, "gamma/gammas/max": 2.0,
+         "gamma/gammas/0": 2.0, "gamma/gammas/1": -3.0, "gamma/weights/mean": 0.5, "gamma/weights/min": 0.25,
+         "gamma/weights/max": 0.75, "gamma/weights/0": 0.75, "gamma/weights/1": 0.25})
+    # EFL's one-term per-class mixture: the weights cancel in each class, the mean is over the classes
+    assert gamma_scalars(FORMS["mixture_per_class"]())["gamma/mean"] == pytest.approx(7.0 / 3.0)
+    assert gamma_scalars(FocalMixture([1.0, 5.0], [0.0, 0.0])).keys().isdisjoint({"gamma/mean"})  # no weight
+    # two terms, per class weights: class 0 (w 1, 3 on gammas 0, 4) -> 3; class 1 (w 0, 0) -> no loss, left out
+    assert gamma_scalars(FocalMixture([0.0, 4.0], [[1.0, 0.0], [3.0, 0.0]]))["gamma/mean"] == pytest.approx(3.0)
+    assert gamma_scalars(FORMS["asymmetric"]()) == {"gamma/positive": 0.0, "gamma/negative": 4.0}
+    assert gamma_scalars(FORMS["asymmetric_per_class"]())["gamma/negative/1"] == 2.0
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_a_record_gives_the_scalars_of_its_form(form):
+    gamma = FORMS[form]()
+    assert gamma_scalars(gamma.record(), prefix="epoch/gamma") == gamma.scalars("epoch/gamma")
+    through_json = __import__("json").loads(__import__("json").dumps(gamma.record()))
+    assert gamma_scalars(through_json) == gamma_scalars(gamma)
+
+
+def test_long_gammas_are_summarised_and_records_without_form_are_tables():
+    many = torch.arange(70.0)
+    scalars = gamma_scalars(many)
+    assert scalars == {"gamma/mean": 34.5, "gamma/min": 0.0, "gamma/max": 69.0}  # over MAX_SERIES (64)
+    assert len(gamma_scalars(many, max_series=70)) == 73
+    old = {"edges": [0.0, 0.5, 1.0], "values": [3.0, 1.0]}  # a GammaTable record written before forms were named
+    assert gamma_scalars(old) == {"gamma/mean": 2.0, "gamma/min": 1.0, "gamma/max": 3.0, "gamma/0": 3.0,
+                                  "gamma/1": 1.0}
+    assert gamma_scalars([[1.0, 3.0]]) == gamma_scalars(torch.tensor([[1.0, 3.0]]))
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ({"form": "Spline", "knots": []}, ValueError, "must name one of the forms GammaTable, FocalMixture, "
+                                                   "AsymmetricGamma under 'form', got 'Spline'"),
+    ({"form": "FocalMixture", "gammas": [1.0]}, ValueError, r"needs the keys \['gammas', 'weights'\], missing "
+                                                             r"\['weights'\]"),
+    ({"values": [1.0]}, ValueError, "got None"),
+    ("high", TypeError, "got str"),
+])
+def test_scalars_of_bad_records(bad, error, match):
+    with pytest.raises(error, match=match):
+        gamma_scalars(bad)
+    with pytest.raises(ValueError, match="max_series must be a non-negative integer, got -1"):
+        gamma_scalars(1.0, max_series=-1)
+
+
+@pytest.mark.parametrize("gamma", [1.5, torch.tensor([1.0, 2.0]), *FORMS], ids=str)
+def test_every_gamma_has_a_summary_a_report_plots(gamma):
+    gamma = FORMS[gamma]() if isinstance(gamma, str) else gamma
+    shown = [key for key in gamma_forms.summary_keys() if key in gamma_scalars(gamma)]
+    if isinstance(gamma, AsymmetricGamma):
+        part = "/mean" if gamma.num_classes else ""
+        assert shown == [f"gamma/positive{part}", f"gamma/negative{part}"]
+    else:
+        assert shown == (["gamma"] if isinstance(gamma, float) else ["gamma/mean"])
+    assert gamma_forms.summary_keys("epoch/gamma")[:2] == ("epoch/gamma", "epoch/gamma/mean")
+
+
+# -- state: checkpoints ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_state_round_trip_of_every_form(form):
+    gamma = FORMS[form]()
+    state = form_state(gamma)
+    assert state["form"] == type(gamma).__name__ and set(state) == {"form", *type(gamma).fields}
+    assert all(t.device.type == "cpu" for k, t in state.items() if k != "form")
+    with torch.no_grad():
+        getattr(gamma, type(gamma).fields[-1]).add_(1.0)  # the state is a copy, not a view
+    rebuilt, original = form_from_state(state), FORMS[form]()
+    assert type(rebuilt) is type(gamma)
+    for name in type(gamma).fields:
+        assert torch.equal(state[name], getattr(original, name))
+        assert torch.equal(getattr(rebuilt, name), state[name])
+    assert type(gamma).from_state(state).record() == rebuilt.record()  # the class's own classmethod
+    assert form_from_state(gamma.record()).record() == gamma.record()  # a record (lists) rebuilds it too
+
+
+@pytest.mark.parametrize("gamma", [None, 2.5, torch.tensor(1.0), torch.tensor([1.0, 2.0])], ids=str)
+def test_state_of_numbers_and_tensors(gamma):
+    state = form_state(gamma)
+    back = form_from_state(state)
+    if isinstance(gamma, torch.Tensor):
+        assert isinstance(state, torch.Tensor) and state is not gamma and torch.equal(back, gamma)
+    else:
+        assert state == gamma and back == gamma
+
+
+def test_a_version_1_table_state_has_no_form_key():
+    table = form_from_state({"edges": torch.tensor([0.0, 0.5, 1.0]), "values": torch.tensor([3.0, 1.0])})
+    assert isinstance(table, GammaTable) and table.values.tolist() == [3.0, 1.0]
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_form_state_is_a_drop_in_for_the_policy_base_functions(form):
+    from adaptive_focal import policy
+
+    gamma = FORMS[form]()
+    old, new = policy._form_state(gamma), form_state(gamma)
+    assert list(old) == list(new) and all(
+        old[k] == new[k] if k == "form" else torch.equal(old[k], new[k]) for k in old)
+    assert form_from_state(old).record() == policy._form_from_state(new).record() == gamma.record()
+
+
+@pytest.mark.parametrize("state, error, match", [
+    ({"form": "Spline"}, ValueError, "unknown gamma form 'Spline'; known: AsymmetricGamma, FocalMixture, GammaTable"),
+    ({"form": "FocalMixture", "gammas": [1.0]}, ValueError, r"a FocalMixture state needs the keys \['gammas', "
+                                                             r"'weights'\], got \['gammas'\]"),
+    ({"form": "AsymmetricGamma", "positive": 0.0, "negative": 4.0, "margin": 0.05}, ValueError,
+     r"got \['margin', 'negative', 'positive'\]"),
+    ({"form": "GammaTable", "edges": [0.0, 0.7], "values": [1.0]}, ValueError, "must start at 0 and end at 1"),
+    ("GammaTable", TypeError, "state must be a dict from form_state"),
+])
+def test_bad_states_are_refused(state, error, match):
+    with pytest.raises(error, match=match):
+        form_from_state(state)
+
+
+def test_a_form_class_rebuilds_only_its_own_states():
+    with pytest.raises(ValueError, match="state is of a FocalMixture, not a GammaTable"):
+        GammaTable.from_state(form_state(FORMS["mixture"]()))
+    with pytest.raises(TypeError, match="state must be a dict from GammaForm.state"):
+        GammaForm.from_state([1.0])
+
+
+# -- the old module path -----------------------------------------------------------------------------------------
+def test_old_table_module_warns_and_gives_the_same_class():
+    with pytest.warns(DeprecationWarning, match="adaptive_focal.table is deprecated: import GammaTable from "
+                                                "adaptive_focal or adaptive_focal.gamma_forms"):
+        from adaptive_focal.table import GammaTable as Old
+    assert Old is GammaTable
+    import adaptive_focal.table as old_module
+
+    with pytest.raises(AttributeError, match="has no attribute 'lookup'"):
+        old_module.lookup
+
+
+def test_importing_the_package_does_not_warn():
+    code = "import warnings; warnings.simplefilter('error'); import adaptive_focal; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_pickle_from_before_the_move_still_loads():
+    # a whole loss pickled when GammaTable lived in adaptive_focal.table (protocol 2 names classes by module path)
+    loss = FocalLoss("softmax", gamma=GammaTable([0.0, 0.5, 1.0], [3.0, 1.0]))
+    data = pickle.dumps(loss, protocol=2)
+    assert b"adaptive_focal.gamma_forms\nGammaTable" in data
+    old = data.replace(b"adaptive_focal.gamma_forms\nGammaTable", b"adaptive_focal.table\nGammaTable")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = pickle.loads(old)
+    assert isinstance(loaded.gamma, GammaTable) and loaded.gamma.values.tolist() == [3.0, 1.0]

@@ -128,3 +128,80 @@ def test_missing_transformers_gives_an_install_hint():
             "try:\n    import adaptive_focal.integrations.transformers\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install 'adaptive_focal[transformers]'" in out.stdout, out.stderr
+
+
+# -- what reaches the Trainer's logs -----------------------------------------------------------------------------
+def test_focal_metrics_and_gamma_reach_log_history(tmp_path):
+    # the Trainer appends each log to state.log_history before its callbacks see it: values a callback adds
+    # afterwards must reach that entry too (and with a GammaTable, gamma was not logged at all)
+    trainer, policy, _, _ = _train(tmp_path, 2, "adafocal", num_bins=5, rebin=False)
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_loss" in h]
+    train = [h for h in history if "loss" in h]
+    assert len(evals) == 2 and len(train) == 8
+    for entry in evals:
+        assert entry["eval_focal_count"] == 32  # the evaluation set, once
+        assert entry["eval_focal_mean_loss"] == pytest.approx(entry["eval_loss"], rel=1e-5)  # one batch of 32
+        assert 0.0 <= entry["eval_focal_ece"] <= 1.0
+    values = policy.get_last_gamma().values.tolist()
+    for entry in train + evals:
+        assert {f"gamma/{i}" for i in range(5)} <= entry.keys()
+    assert [history[-1][f"gamma/{i}"] for i in range(5)] == pytest.approx(values)
+    assert history[-1]["gamma/mean"] == pytest.approx(sum(values) / 5)
+
+
+def test_a_number_gamma_is_logged_as_gamma(tmp_path):
+    trainer, policy, _, _ = _train(tmp_path, 1, "pi", setpoint=0.5, ki=0.3)
+    train = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(train) == 4 and all("gamma" in h for h in train)
+    assert train[-1]["gamma"] == pytest.approx(float(policy.loss.gamma))
+
+
+def test_attached_callback_reaches_the_reporting_integrations(tmp_path):
+    class Reporter(transformers.TrainerCallback):
+        """Stands in for a report_to integration (W&B, TensorBoard), which the Trainer puts before the
+        callbacks it is given."""
+
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs))
+
+    criterion = af.FocalLoss("softmax", gamma=2.0)
+    hook = FocalLossHook(criterion)
+    callback = GammaTrainerCallback(af.create_policy("adafocal", criterion, num_bins=5, rebin=False), hook,
+                                    name="attached")
+    reporter = Reporter()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=16, per_device_eval_batch_size=32,
+        eval_strategy="epoch", save_strategy="no", logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(64, 1), eval_dataset=Data(32, 2),
+                                   compute_loss_func=hook, callbacks=[reporter, callback])
+    assert callback.attach(trainer) is callback and callback.attach(trainer) is callback
+    assert trainer.callback_handler.callbacks.count(callback) == 1 and trainer.callback_handler.callbacks[0] is callback
+    trainer.train()
+    train = [logs for logs in reporter.logs if "loss" in logs]
+    evals = [logs for logs in reporter.logs if "eval_loss" in logs]
+    assert len(train) == 4 and all("gamma/mean" in logs for logs in train)
+    assert len(evals) == 1 and evals[0]["eval_focal_count"] == 32
+
+
+def test_attach_checks_the_trainer(tmp_path):
+    criterion = af.FocalLoss("softmax")
+    callback = GammaTrainerCallback(af.create_policy("constant", criterion), FocalLossHook(criterion), name="check")
+    with pytest.raises(TypeError, match="trainer must be a transformers.Trainer, got object"):
+        callback.attach(object())
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+    other = transformers.Trainer(model=Tiny(), args=args, compute_loss_func=FocalLossHook(criterion))
+    with pytest.raises(ValueError, match="compute_loss_func must be this callback's FocalLossHook"):
+        callback.attach(other)
+
+
+def test_predictions_do_not_leak_into_the_next_evaluation(tmp_path):
+    trainer, policy, _, _ = _train(tmp_path, 1, "adafocal", num_bins=5, rebin=False)
+    epoch = policy.epoch
+    out = trainer.predict(Data(20, 3))
+    assert policy.epoch == epoch  # predict() is not a validation the policy learns from
+    assert trainer.evaluate()["eval_focal_count"] == 32  # only the evaluation set's statistics
+    assert out.metrics["test_focal_count"] == 20  # predict() reports its own

@@ -110,3 +110,170 @@ def test_missing_wandb_gives_an_install_hint():
             "try:\n    import adaptive_focal.integrations.wandb\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install 'adaptive_focal[wandb]'" in out.stdout, out.stderr
+
+
+# -- going online only when it can work (never online here: the servers are closed or silent local ports) --------
+import socket  # noqa: E402
+
+import wandb  # noqa: E402
+
+from adaptive_focal.integrations.wandb import has_credentials  # noqa: E402
+
+FAKE_KEY = "x" * 40
+
+
+@pytest.fixture
+def fresh_wandb(monkeypatch):
+    """wandb re-reads its settings (they are cached per process) and every wandb.init call is recorded."""
+    for key in ("WANDB_BASE_URL", "WANDB_CONFIG_DIR", "NETRC", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_INIT_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    wandb.teardown()
+    calls = []
+    init = wandb.init
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", spy)
+    yield calls
+    wandb.teardown()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fallback_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if str(w.message).startswith("adaptive_focal: W&B")]
+
+
+def _logs_offline(logger, tmp_path) -> None:
+    assert logger.mode == "offline" and logger.run.settings.mode == "offline"
+    logger.log_step({"step": 1, "epoch": 0, "gamma": 2.0})
+    logger.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_online_without_an_api_key_logs_offline_with_one_warning(fresh_wandb, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    policy = af.create_policy("pi", af.FocalLoss("softmax"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger = WandbLogger(policy, dir=tmp_path)
+    assert [w for w in _fallback_warnings(caught)] == [
+        "adaptive_focal: W&B cannot log online: no API key is configured (WANDB_API_KEY, `wandb login`, or a "
+        ".netrc entry for the server); logging offline instead (upload the run later with `wandb sync`)"]
+    assert [call["mode"] for call in fresh_wandb] == ["offline"]  # no attempt online
+    _logs_offline(logger, tmp_path)
+
+
+def test_an_unreachable_server_logs_offline_within_the_timeout(fresh_wandb, monkeypatch, tmp_path):
+    port = _closed_port()
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")  # W&B's own variable, honoured
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger = WandbLogger(mode="online", dir=tmp_path)
+    (message,) = _fallback_warnings(caught)
+    assert f"cannot connect to 127.0.0.1:{port}" in message and "logging offline instead" in message
+    assert [call["mode"] for call in fresh_wandb] == ["offline"]  # the closed port was seen before wandb.init
+    _logs_offline(logger, tmp_path)
+
+
+def test_a_server_that_never_answers_logs_offline_after_init_timeout(fresh_wandb, monkeypatch, tmp_path):
+    # the port accepts connections (the kernel completes them) but nothing ever answers: only wandb's own
+    # init_timeout, which the logger sets, ends the wait (W&B's default is 90 s)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            logger = WandbLogger(mode="online", dir=tmp_path, init_timeout=1)
+    (message,) = _fallback_warnings(caught)
+    assert "did not accept the run within init_timeout=1 s" in message
+    assert [call["mode"] for call in fresh_wandb] == ["online", "offline"]
+    assert fresh_wandb[0]["settings"].init_timeout == 1.0
+    _logs_offline(logger, tmp_path)
+
+
+def test_a_refused_login_logs_offline_and_a_run_that_cannot_start_logs_nothing(monkeypatch, tmp_path):
+    with socket.socket() as server:  # reachable, so the run is tried online
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        init = wandb.init
+
+        def refuse_online(*args, **kwargs):
+            if kwargs["mode"] == "online":
+                raise wandb.errors.AuthenticationError("API key rejected")
+            return init(*args, **kwargs)
+
+        monkeypatch.setattr(wandb, "init", refuse_online)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            logger = WandbLogger(mode="online", dir=tmp_path)
+    assert len(_fallback_warnings(caught)) == 1 and "API key rejected" in _fallback_warnings(caught)[0]
+    _logs_offline(logger, tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    policy = af.create_policy("pi", af.FocalLoss("softmax"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger = WandbLogger(policy, mode="offline", dir=tmp_path)
+        train_tiny(GammaCallback(policy, loggers=[logger], log_every=1), policy.loss)  # training goes on
+        logger.finish()
+    assert logger.mode is None and logger.run is None
+    assert [m for m in _fallback_warnings(caught)] == [
+        "adaptive_focal: W&B logging failed (OSError('no space left on device')); logging to W&B is off for the "
+        "rest of the run"]
+    assert policy.step_count == 6
+
+
+@pytest.mark.parametrize("bad, match", [(0, "init_timeout must be a positive number of seconds, got 0"),
+                                        (float("inf"), "got inf"), ("5", "got '5'")])
+def test_bad_init_timeout(bad, match):
+    with pytest.raises(ValueError, match=match):
+        WandbLogger(init_timeout=bad)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("saved", ["settings_host", "netrc_env", "forge_default", "upstream_default", "windows_name"])
+def test_a_saved_login_for_the_configured_server_counts(saved, fresh_wandb, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE")
+    entry = "machine {} login user password " + FAKE_KEY + "\n"
+    if saved == "settings_host":  # `wandb login --host http://127.0.0.1:9` saves the host and the key
+        _write(tmp_path / ".config" / "wandb" / "settings", "[default]\nbase_url = http://127.0.0.1:9\n")
+        _write(tmp_path / ".netrc", entry.format("127.0.0.1:9"))
+    elif saved == "netrc_env":
+        monkeypatch.setenv("NETRC", str(_write(tmp_path / "secrets" / "netrc", entry.format("api.wandb.ai"))))
+    elif saved == "forge_default":  # the default server of recent wandb releases
+        _write(tmp_path / ".netrc", entry.format("api.forge.coreweave.com"))
+    elif saved == "upstream_default":  # a login saved by an older release
+        _write(tmp_path / ".netrc", entry.format("api.wandb.ai"))
+    else:
+        _write(tmp_path / "_netrc", entry.format("api.wandb.ai"))
+    assert has_credentials() and resolve_mode() == "online"
+    assert not fresh_wandb  # nothing was started, let alone online
+
+
+def test_a_login_for_another_server_does_not_count(fresh_wandb, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE")
+    _write(tmp_path / ".config" / "wandb" / "settings", "[default]\nbase_url = http://127.0.0.1:9\n")
+    _write(tmp_path / ".netrc", f"machine api.wandb.ai login user password {FAKE_KEY}\n")
+    assert not has_credentials() and resolve_mode() == "offline"  # wandb would not use that key here

@@ -8,8 +8,11 @@ The LightningModule computes its loss with ``return_stats=True`` and returns the
   statistics of the accumulated micro-batches are summed),
 * adds up the validation statistics over the validation batches (they combine exactly by addition) and calls
   ``policy.epoch_end(val_stats)`` once per training epoch (sanity-check validation is ignored),
-* logs gamma (``gamma`` per step, ``epoch/gamma`` after each epoch's update; ``.../mean`` for per-class or per-bin
-  gammas), ``train/*`` statistics and ``val/*`` metrics through the Trainer's loggers (``pl_module.log``),
+* logs gamma through the Trainer's loggers (``pl_module.log``) as
+  :func:`~adaptive_focal.gamma_forms.gamma_scalars` gives it for every gamma form, under ``gamma`` per step and
+  ``epoch/gamma`` after each epoch's update (``gamma`` itself for a number; ``gamma/mean``, ``gamma/min``, ... for
+  per-class or per-bin gammas; ``gamma/positive`` and ``gamma/negative`` for an asymmetric gamma, ...), and the
+  ``train/*`` statistics and ``val/*`` metrics,
 * keeps the policy's state in Lightning checkpoints under a per-instance ``state_key``, so a run resumed from a
   checkpoint continues the exact gamma trajectory.
 
@@ -24,7 +27,8 @@ Example:
 
 from __future__ import annotations
 
-from ..callbacks import gamma_record, stats_record
+from ..callbacks import stats_record
+from ..gamma_forms import gamma_scalars
 from ..policy import GammaPolicy
 from ..stats import BatchStats
 from ._optional import require
@@ -88,7 +92,7 @@ class GammaPolicyCallback(pl.Callback):
         stats, self._train_stats = self._train_stats, None
         self.policy.step(stats)
         if self.policy.step_count % self.log_every_n_steps == 0:
-            self._log(pl_module, "gamma", gamma_record(self.policy.get_last_gamma()), on_step=True)
+            self._log_gamma(pl_module, "gamma", on_step=True)
             if stats is not None:
                 for key, value in stats_record(stats).items():
                     pl_module.log(f"train/{key}", float(value), on_step=True, on_epoch=False)
@@ -113,22 +117,15 @@ class GammaPolicyCallback(pl.Callback):
             )
         self.policy.epoch_end(val)
         self._val_stats = None
-        self._log(pl_module, "epoch/gamma", gamma_record(self.policy.get_last_gamma()), on_step=False)
+        self._log_gamma(pl_module, "epoch/gamma", on_step=False)
         if val is not None:
             for key, value in stats_record(val).items():
                 pl_module.log(f"val/{key}", float(value), on_step=False, on_epoch=True)
 
-    @staticmethod
-    def _log(pl_module, prefix: str, gamma, on_step: bool) -> None:
-        if gamma is None:
-            return
-        if isinstance(gamma, dict):
-            gamma = gamma["values"]
-        if isinstance(gamma, list):
-            flat = [float(v) for row in gamma for v in (row if isinstance(row, list) else [row])]
-            pl_module.log(f"{prefix}/mean", sum(flat) / len(flat), on_step=on_step, on_epoch=not on_step)
-        else:
-            pl_module.log(prefix, float(gamma), on_step=on_step, on_epoch=not on_step)
+    def _log_gamma(self, pl_module, prefix: str, on_step: bool) -> None:
+        scalars = gamma_scalars(self.policy.get_last_gamma(), prefix)
+        if scalars:
+            pl_module.log_dict(scalars, on_step=on_step, on_epoch=not on_step)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -7,9 +7,18 @@
   hook then returns the summed loss divided by it, as the Trainer's own losses do.
 * :class:`GammaTrainerCallback` steps the policy after every optimizer step, calls ``epoch_end`` with the
   evaluation statistics after each evaluation (or at each epoch end for policies that need none), forwards
-  records to adaptive_focal loggers (e.g. :class:`~adaptive_focal.integrations.wandb.WandbLogger`), adds gamma and
-  validation ECE to the Trainer's logs, and saves its state in Trainer checkpoints (``ExportableState``; resume
-  with ``restore_callback_states_from_checkpoint=True``).
+  records to adaptive_focal loggers (e.g. :class:`~adaptive_focal.integrations.wandb.WandbLogger`), and saves its
+  state in Trainer checkpoints (``ExportableState``; resume with ``restore_callback_states_from_checkpoint=True``).
+
+What reaches the Trainer's logs. Every log gains gamma as :func:`~adaptive_focal.gamma_forms.gamma_scalars` gives
+it for every gamma form (``gamma``, or ``gamma/mean``, ``gamma/min``, ... for per-class and per-bin gammas, and so
+on), and every evaluation log the focal statistics of the evaluated set, ``eval_focal_ece``,
+``eval_focal_mean_pt``, ... (the prefix follows ``metric_key_prefix``). The callback adds them in ``on_log``, which
+the Trainer calls right after it appended the log to ``state.log_history``, so the callback writes them into that
+entry as well: they are in ``log_history`` (and ``trainer_state.json``), in what ``evaluate()`` returns, and in
+what every later callback sees. The Trainer puts its reporting integrations (``report_to``: W&B, TensorBoard, ...)
+ahead of the callbacks given to it; :meth:`GammaTrainerCallback.attach` moves the callback ahead of them, so that
+they receive these values too.
 
 Example:
     >>> import adaptive_focal as af
@@ -17,7 +26,8 @@ Example:
     >>> criterion = af.FocalLoss("softmax", gamma=2.0)
     >>> hook = FocalLossHook(criterion)
     >>> callback = GammaTrainerCallback(af.create_policy("automated", criterion), hook)
-    >>> # Trainer(model, args, ..., compute_loss_func=hook, callbacks=[callback])
+    >>> # trainer = Trainer(model, args, ..., compute_loss_func=hook)
+    >>> # callback.attach(trainer)  # or Trainer(..., callbacks=[callback]): then report_to integrations miss them
 """
 
 from __future__ import annotations
@@ -26,7 +36,8 @@ from typing import ClassVar
 
 import torch
 
-from ..callbacks import GammaCallback, gamma_record, stats_record
+from ..callbacks import GammaCallback, stats_record
+from ..gamma_forms import gamma_scalars
 from ..functional import sigmoid_focal_loss, softmax_focal_loss
 from ..loss import FocalLoss
 from ..policy import GammaPolicy
@@ -132,17 +143,45 @@ class GammaTrainerCallback(TrainerCallback, ExportableState):
         val = self.hook.pop_eval_stats()
         if val is None:
             return
+        if metrics is not None:  # already there when on_log added them to the evaluation's log (the same dict)
+            for key, value in _focal_metrics(_prefix_of(metrics) or "eval", val).items():
+                metrics.setdefault(key, value)
         if self.policy.needs_validation:
             self._callback.on_epoch_end(val)
-        if metrics is not None:
-            for key, value in stats_record(val).items():
-                metrics[f"eval_focal_{key}"] = value
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        test = self.hook.pop_eval_stats()  # predict() is no evaluation: its statistics must not reach the policy
+        if test is not None and metrics is not None:
+            metrics.update(_focal_metrics(_prefix_of(metrics) or "test", test))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
-            gamma = gamma_record(self.policy.get_last_gamma())
-            if isinstance(gamma, float):
-                logs["gamma"] = gamma
+        if logs is None:
+            return
+        added = gamma_scalars(self.policy.get_last_gamma())
+        prefix = _prefix_of(logs)
+        if prefix is not None and self.hook.eval_stats is not None:  # the log of an evaluation that just ended
+            added.update(_focal_metrics(prefix, self.hook.eval_stats))
+        # Trainer.log appends {**logs, "step": global_step} to log_history, then calls on_log: complete that entry
+        entry = state.log_history[-1] if state.log_history else None
+        if entry is not None and entry.get("step") == state.global_step and logs.keys() <= entry.keys():
+            entry.update(added)
+        logs.update(added)
+
+    def attach(self, trainer) -> GammaTrainerCallback:
+        """Adds this callback to ``trainer`` ahead of every other callback, the reporting integrations
+        (``report_to``) included, so the gamma and ``eval_focal_*`` values it adds to each log reach them too;
+        moves it there if the Trainer already has it. Returns the callback.
+
+        The Trainer's ``compute_loss_func`` must be this callback's :class:`FocalLossHook`.
+        """
+        handler = getattr(trainer, "callback_handler", None)
+        if handler is None:
+            raise TypeError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
+        if getattr(trainer, "compute_loss_func", None) is not self.hook:
+            raise ValueError("the trainer's compute_loss_func must be this callback's FocalLossHook "
+                             "(Trainer(..., compute_loss_func=hook))")
+        handler.callbacks[:] = [self] + [cb for cb in handler.callbacks if cb is not self]
+        return self
 
     # -- checkpoint state (ExportableState: JSON in trainer_state.json) ------------------------------------------
     def state(self) -> dict:
@@ -156,6 +195,19 @@ class GammaTrainerCallback(TrainerCallback, ExportableState):
     @policy_state.setter
     def policy_state(self, value: dict) -> None:
         self.policy.load_state_dict(_from_json(value))
+
+
+def _prefix_of(metrics: dict) -> str | None:
+    """The ``metric_key_prefix`` of an evaluation's (or a prediction's) metrics, from the speed metrics the
+    Trainer always adds (``<prefix>_runtime``); None for other logs (a training log, the end-of-training summary)."""
+    for key in metrics:
+        if key.endswith("_runtime") and key != "train_runtime":
+            return key[: -len("_runtime")]
+    return None
+
+
+def _focal_metrics(prefix: str, stats: BatchStats) -> dict:
+    return {f"{prefix}_focal_{key}": value for key, value in stats_record(stats).items()}
 
 
 def _to_json(value):

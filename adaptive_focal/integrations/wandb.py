@@ -1,15 +1,26 @@
 """Weights & Biases: a GammaCallback logger for gamma, batch statistics, validation calibration and recall.
 
 :class:`WandbLogger` plugs into :class:`~adaptive_focal.callbacks.GammaCallback`. It records gamma every logged step
-(a scalar as ``gamma``; per-class or per-bin gammas as ``gamma/<i>`` series, or their mean, min and max when there
-are more than 64), the training statistics as ``train/*``, and at each epoch end the validation metrics as
-``val/*`` (ECE, accuracy, balanced accuracy, mean p_t, mean loss) with a reliability-diagram table and plot and a
-per-class recall table. The policy's name and hyperparameters go into the run config, and ``define_metric`` ties
-the series to ``step`` / ``epoch`` and gives summaries a direction (lowest ECE and loss, highest accuracy).
+as :func:`~adaptive_focal.gamma_forms.gamma_scalars` gives it for every form (a scalar as ``gamma``; per-class or
+per-bin gammas as their mean, min and max and, up to 64 values, one ``gamma/<i>`` series each; a mixture's
+weight-averaged gamma, terms and weights; an asymmetric gamma's ``gamma/positive`` and ``gamma/negative``), the
+training statistics as ``train/*``, and at each epoch end the validation metrics as ``val/*`` (ECE, accuracy,
+balanced accuracy, mean p_t, mean loss) with a reliability-diagram table and plot and a per-class recall table. The
+policy's name and hyperparameters go into the run config, and ``define_metric`` ties the series to ``step`` /
+``epoch`` and gives summaries a direction (lowest ECE and loss, highest accuracy).
 
-Without an explicit ``mode``, the mode is ``WANDB_MODE`` if set, else ``"online"`` only when an API key is
-configured and ``"offline"`` otherwise, so a machine without credentials never waits for a network. A W&B error
-never stops training: the logger warns once and stops logging.
+W&B never stops training:
+
+* Without an explicit ``mode``, the mode is ``WANDB_MODE`` if set, else ``"online"`` only when W&B has an API key
+  (:func:`has_credentials`, which looks where ``wandb`` itself does, without a network) and ``"offline"``
+  otherwise.
+* Online without an API key, or when the server cannot be reached or the run does not start within
+  ``init_timeout`` seconds (``WANDB_INIT_TIMEOUT``, else 15; W&B's own default is 90), the logger warns once and
+  logs offline (``wandb sync`` uploads the run later). A TCP connection to the server is tried first, within the
+  same time, so that no network, a closed port or an unknown host is seen without waiting on wandb, which may take
+  longer than its ``init_timeout`` when it cannot reach the server (it first looks up the account for its "logged
+  in" message, with timeouts of its own). If even an offline run cannot start, the logger warns and logs nothing.
+* A W&B error while logging warns once and stops logging to W&B.
 
 Example:
     >>> import os, tempfile
@@ -26,32 +37,109 @@ from __future__ import annotations
 import math
 import netrc
 import os
+import socket
+import threading
+import urllib.request
 import warnings
+from pathlib import Path
+from urllib.parse import urlsplit
 
+from ..gamma_forms import gamma_scalars
 from ._optional import require
 
 wandb = require("wandb", "wandb", "adaptive_focal.integrations.wandb")
 
-__all__ = ["WandbLogger", "resolve_mode"]
+__all__ = ["WandbLogger", "has_credentials", "resolve_mode"]
 
 _MODES = ("online", "offline", "disabled")
-_MAX_SERIES = 64
+#: seconds an online run may take to log in and reach the server before the logger goes offline
+DEFAULT_INIT_TIMEOUT = 15.0
 
 
-def _has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+def _netrc_file() -> Path:
+    """The .netrc file wandb reads: ``$NETRC``, else ``~/.netrc``, else ``~/_netrc``."""
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    home = Path("~").expanduser()
+    return next((path for path in (home / ".netrc", home / "_netrc") if path.exists()), home / ".netrc")
+
+
+def _server_hosts(base_url: str) -> list[str]:
+    """The netrc machine names of the W&B server at ``base_url``: its host (with the port, as ``wandb login``
+    writes it) and, for a proxy such as CoreWeave Forge in front of W&B (wandb's default server), the upstream
+    API's host."""
+    urls = [base_url]
+    try:  # where this wandb keeps the mapping (no public name for it)
+        from wandb.sdk.lib.urls import forge_upstream_url
+
+        urls.append(forge_upstream_url(base_url))
+    except (ImportError, ValueError):
+        pass
+    return list(dict.fromkeys(netloc for url in urls if (netloc := urlsplit(url).netloc)))
+
+
+def _settings():
+    """wandb's settings as ``wandb.init`` will start from them (env vars, settings files, ``wandb login --host``),
+    or None when they cannot be read."""
+    try:
+        return wandb.setup().settings
+    except Exception:  # noqa: BLE001 - unreadable settings: the callers fall back to the defaults
+        return None
+
+
+def _base_url() -> str:
+    settings = _settings()
+    return str(settings.base_url) if settings is not None else os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def has_credentials() -> bool:
+    """Whether W&B has credentials to log in with, found where ``wandb`` looks for them (no network, no prompt).
+
+    In wandb's order: ``WANDB_API_KEY``, an identity token file (``WANDB_IDENTITY_TOKEN_FILE``), the ``api_key``
+    setting, or a .netrc entry (``$NETRC``, ``~/.netrc`` or ``~/_netrc``) for the configured server: the
+    ``base_url`` of wandb's settings, which is ``WANDB_BASE_URL`` or the host saved by ``wandb login --host``.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    settings = _settings()
+    if settings is not None and (settings.api_key or getattr(settings, "identity_token_file", None)):
         return True
     try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        saved = netrc.netrc(str(_netrc_file()))
+    except (OSError, netrc.NetrcParseError):
         return False
+    return any((entry := saved.authenticators(host)) is not None and entry[2] for host in _server_hosts(_base_url()))
+
+
+def _unreachable(base_url: str, timeout: float) -> str | None:
+    """Why the server at ``base_url`` cannot be reached (no TCP connection within ``timeout`` seconds, name
+    resolution included), or None when it can, or when a proxy carries the traffic (then wandb's own timeouts
+    judge). wandb alone may wait longer than its ``init_timeout`` for an unreachable server (it first resolves the
+    account for its "logged in" message, with a fixed timeout of its own)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname
+    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"cannot connect to {host}:{port} ({err!r})")
+
+    probe = threading.Thread(target=connect, name="adaptive_focal-wandb-probe", daemon=True)  # a stuck name
+    probe.start()                                                                          # lookup is left behind
+    probe.join(timeout)
+    return outcome[0] if outcome else f"no connection to {host}:{port} within {timeout:g} s"
 
 
 def resolve_mode(mode: str | None = None) -> str:
     """The W&B mode to use: ``mode``, else ``WANDB_MODE``, else online with credentials and offline without."""
     if mode is None:
-        mode = os.environ.get("WANDB_MODE") or ("online" if _has_credentials() else "offline")
+        mode = os.environ.get("WANDB_MODE") or ("online" if has_credentials() else "offline")
     if mode == "dryrun":
         mode = "offline"
     if mode not in _MODES:
@@ -59,25 +147,17 @@ def resolve_mode(mode: str | None = None) -> str:
     return mode
 
 
-def _gamma_items(gamma) -> dict:
-    if gamma is None:
-        return {}
-    if isinstance(gamma, (int, float)):
-        return {"gamma": float(gamma)}
-    values = gamma["values"] if isinstance(gamma, dict) else gamma
-    flat = _flatten(values)
-    if not flat:
-        return {}
-    items = {"gamma/mean": sum(flat) / len(flat), "gamma/min": min(flat), "gamma/max": max(flat)}
-    if len(flat) <= _MAX_SERIES:
-        items.update({f"gamma/{i}": v for i, v in enumerate(flat)})
-    return items
-
-
-def _flatten(values) -> list[float]:
-    if isinstance(values, (list, tuple)):
-        return [v for item in values for v in _flatten(item)]
-    return [float(values)]
+def _init_timeout(value) -> float:
+    source = "init_timeout"
+    if value is None:
+        value, source = os.environ.get("WANDB_INIT_TIMEOUT", DEFAULT_INIT_TIMEOUT), "WANDB_INIT_TIMEOUT"
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"WANDB_INIT_TIMEOUT must be a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(f"{source} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _scalars(prefix: str, record: dict) -> dict:
@@ -89,24 +169,64 @@ class WandbLogger:
 
     Args:
         policy: the policy being logged; its name and ``hparams()`` go into the run config.
-        run: an existing ``wandb`` run to log into (then ``project``, ``name``, ``mode``, ``dir`` are ignored).
+        run: an existing ``wandb`` run to log into (then ``project``, ``name``, ``mode``, ``dir`` and
+            ``init_timeout`` are ignored).
         project, name, dir: passed to ``wandb.init``.
-        mode: "online", "offline" or "disabled"; see :func:`resolve_mode` for the default.
+        mode: "online", "offline" or "disabled"; see :func:`resolve_mode` for the default. An online run that
+            cannot start falls back to offline with a warning.
         config: more run config (e.g. the training config).
         tables: log the reliability and per-class recall tables at epoch ends.
+        init_timeout: seconds an online run may take to log in and reach the server (``wandb.Settings``'
+            ``init_timeout``) before the logger goes offline; default ``WANDB_INIT_TIMEOUT``, else 15.
+
+    Attributes:
+        mode: the mode of the run this logger started ("online", "offline" or "disabled"), None for a given
+            ``run`` or when no run could start (then nothing is logged).
     """
 
     def __init__(self, policy=None, *, run=None, project: str = "adaptive_focal", name: str | None = None,
-                 mode: str | None = None, dir=None, config: dict | None = None, tables: bool = True) -> None:
+                 mode: str | None = None, dir=None, config: dict | None = None, tables: bool = True,
+                 init_timeout: float | None = None) -> None:
         self.tables = bool(tables)
         self._failed = False
         self._own_run = run is None
-        if run is None:
-            run = wandb.init(project=project, name=name, mode=resolve_mode(mode), dir=None if dir is None else str(dir),
-                             config=dict(config or {}))
-        elif config:
-            run.config.update(dict(config), allow_val_change=True)
+        self.mode: str | None = None
         self.run = run
+        if run is None:
+            mode, timeout = resolve_mode(mode), _init_timeout(init_timeout)  # bad arguments raise here
+            self.run = self._start(mode, timeout, project=project, name=name, config=dict(config or {}),
+                                   dir=None if dir is None else str(dir))
+        elif config:
+            self._guarded(run.config.update, dict(config), allow_val_change=True)
+        self._guarded(self._describe, policy)
+
+    def _start(self, mode: str, timeout: float, **kwargs):
+        """``wandb.init`` in ``mode``; online falls back to offline (one warning) when there is no API key, the
+        server cannot be reached within ``timeout`` or the run does not start within it; None (a warning, logging
+        off) if no run starts at all."""
+        if mode == "online":
+            if not has_credentials():
+                reason = "no API key is configured (WANDB_API_KEY, `wandb login`, or a .netrc entry for the server)"
+            elif (reason := _unreachable(_base_url(), timeout)) is None:
+                try:
+                    run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=timeout), **kwargs)
+                    self.mode = "online"
+                    return run
+                except Exception as err:  # noqa: BLE001 - server down or slow, login refused, timeout
+                    reason = f"the W&B server did not accept the run within init_timeout={timeout:g} s ({err!r})"
+            warnings.warn(f"adaptive_focal: W&B cannot log online: {reason}; logging offline instead (upload the "
+                          "run later with `wandb sync`)", RuntimeWarning, stacklevel=3)
+            mode = "offline"
+        try:
+            run = wandb.init(mode=mode, **kwargs)
+        except Exception as err:  # noqa: BLE001 - W&B must never stop training
+            self._fail(err)
+            return None
+        self.mode = mode
+        return run
+
+    def _describe(self, policy) -> None:
+        run = self.run
         if policy is not None:
             run.config.update({"policy": policy.name,
                                **{f"policy.{k}": v for k, v in policy.hparams().items()}}, allow_val_change=True)
@@ -121,34 +241,38 @@ class WandbLogger:
 
     # -- the GammaLogger interface -------------------------------------------------------------------------
     def log_step(self, record: dict) -> None:
-        data = {"step": record["step"], **_gamma_items(record.get("gamma"))}
-        data.update(_scalars("train", record.get("train", {})))
-        self._log(data)
+        self._guarded(self._log_step, record)
 
     def log_epoch(self, record: dict) -> None:
+        self._guarded(self._log_epoch, record)
+
+    def finish(self) -> None:
+        """Finishes the run when this logger started it."""
+        if self._own_run and self.run is not None:
+            self._guarded(self.run.finish)
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _log_step(self, record: dict) -> None:
+        data = {"step": record["step"], **gamma_scalars(record.get("gamma"))}
+        data.update(_scalars("train", record.get("train", {})))
+        self.run.log(data)
+
+    def _log_epoch(self, record: dict) -> None:
         val = record.get("val", {})
-        data = {"epoch": record["epoch"], "step": record["step"], **_gamma_items(record.get("gamma"))}
+        data = {"epoch": record["epoch"], "step": record["step"], **gamma_scalars(record.get("gamma"))}
         data.update(_scalars("val", val))
         if self.tables and "bins" in val:
             data.update(self._reliability(val["bins"]))
         if self.tables and "classes" in val:
             data["val/per_class"] = self._per_class(val["classes"])
-        self._log(data)
+        self.run.log(data)
 
-    def finish(self) -> None:
-        """Finishes the run when this logger started it."""
-        if self._own_run and not self._failed:
-            try:
-                self.run.finish()
-            except Exception as err:  # noqa: BLE001 - W&B must never stop training
-                self._fail(err)
-
-    # -- helpers -----------------------------------------------------------------------------------------------
-    def _log(self, data: dict) -> None:
-        if self._failed:
+    def _guarded(self, fn, *args, **kwargs) -> None:
+        """Calls ``fn`` unless W&B already failed; a failure warns once and turns W&B logging off."""
+        if self._failed or self.run is None:
             return
         try:
-            self.run.log(data)
+            fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - W&B must never stop training
             self._fail(err)
 

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..gamma_forms import summary_keys
 from ._optional import require
 
 require("wandb", "wandb", "adaptive_focal.integrations.wandb_report")
@@ -133,7 +134,7 @@ def build_report(project: str, entity: str, run_ids=None, sweep_id: str | None =
         filters = f"Run.sweep == '{sweep_id}'"
     runset = wr.Runset(entity=entity, project=project, name="runs", filters=filters or "",
                        groupby=["config.policy"])
-    panels = [wr.LinePlot(title="gamma", x="step", y=["gamma", "gamma/mean"])]
+    panels = [wr.LinePlot(title="gamma", x="step", y=list(summary_keys()))]
     panels += [wr.LinePlot(title=key, x="epoch", y=[key]) for key in _VAL_METRICS]
     panels += [wr.WeavePanelSummaryTable(table_name="val/reliability"),
                wr.WeavePanelSummaryTable(table_name="val/per_class")]
@@ -179,10 +180,12 @@ def write_local_report(runs: list[RunData], out_dir, title: str = "Adaptive gamm
     figures = []
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for run in runs:
-        xs, ys = run.series("gamma", "step")
-        if not ys:
-            xs, ys = run.series("gamma/mean", "step")
-        ax.plot(xs, ys, label=f"{run.name} ({run.policy})", color=color(run.policy))
+        for key in summary_keys():  # what shows this run's gamma form over time (two lines for an asymmetric one)
+            xs, ys = run.series(key, "step")
+            if ys:
+                part = key.split("/")[1] if key.count("/") and not key.endswith("gamma/mean") else ""
+                ax.plot(xs, ys, label=f"{run.name} ({run.policy}) {part}".rstrip(), color=color(run.policy),
+                        linestyle="--" if part == "negative" else "-")
     ax.set(xlabel="step", ylabel="gamma", title="gamma trajectories")
     ax.legend(fontsize=7)
     fig.tight_layout()
