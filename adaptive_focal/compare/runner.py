@@ -355,10 +355,17 @@ def _finite(metrics: dict | None) -> dict | None:
 
 
 def _rounded(value):
-    """A gamma value (number, nested list, or a GammaTable's record) rounded to 5 significant digits; a table keeps
-    its values only, and the other forms' records (mixtures, asymmetric gamma) are not stored (None)."""
+    """A gamma value (number, nested list, or a gamma form's record) rounded to 5 significant digits: a table keeps
+    its values; a mixture its weighted mean gamma; an asymmetric gamma ``[positive, negative]`` (the summaries of
+    :func:`adaptive_focal.gamma_forms.gamma_scalars`)."""
     if isinstance(value, dict):
-        value = value.get("values")
+        if "values" in value:
+            value = value["values"]
+        else:
+            from ..gamma_forms import gamma_scalars
+
+            scalars = gamma_scalars(value)
+            value = scalars.get("gamma/mean", [v for k, v in scalars.items() if k.count("/") == 1])
     if isinstance(value, (list, tuple)):
         return [_rounded(v) for v in value]
     return float(f"{value:.5g}") if isinstance(value, (int, float)) and not isinstance(value, bool) else None
