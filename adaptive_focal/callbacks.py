@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .metrics import ece_from_stats
-from .policy import GammaPolicy
+from .policies import GammaPolicy
 from .stats import BatchStats
 from .table import GammaTable
 

@@ -183,7 +183,7 @@ def test_efl_load_state_dict_does_not_alias_the_callers_tensors(gen):
 
 def test_efl_python_and_tensor_arithmetic_agree_bit_for_bit(gen, monkeypatch):
     # few classes on the CPU take Python numbers, many (or a GPU) tensor operations: the same float64 formula
-    import adaptive_focal.controllers as controllers
+    import adaptive_focal.policies.feedback as controllers
 
     losses = [FocalLoss("sigmoid", alpha=0.25) for _ in range(2)]
     policies = [create_policy("efl", lo, num_classes=6) for lo in losses]
@@ -203,7 +203,7 @@ def test_efl_python_and_tensor_arithmetic_agree_bit_for_bit(gen, monkeypatch):
 def test_efl_marks_its_gammas_and_moves_between_python_and_tensor_sums(gen, monkeypatch):
     # the Python path vouches for the gammas it writes (finite, >= gamma_b); a run that switches paths (for
     # instance after a state saved on the tensor path) carries its sums over exactly
-    import adaptive_focal.controllers as controllers
+    import adaptive_focal.policies.feedback as controllers
 
     x = [torch.randn(30, 4, generator=gen) * 2 for _ in range(4)]
     t = [(torch.rand(30, 4, generator=gen) < torch.linspace(0.5, 0.05, 4)).float() for _ in range(4)]

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 from ..callbacks import gamma_record, stats_record
-from ..policy import GammaPolicy
+from ..policies import GammaPolicy
 from ..stats import BatchStats
 from ._optional import require
 

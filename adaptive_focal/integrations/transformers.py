@@ -29,7 +29,7 @@ import torch
 from ..callbacks import GammaCallback, gamma_record, stats_record
 from ..functional import sigmoid_focal_loss, softmax_focal_loss
 from ..loss import FocalLoss
-from ..policy import GammaPolicy
+from ..policies import GammaPolicy
 from ..stats import BatchStats
 from ._optional import require
 
