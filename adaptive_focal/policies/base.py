@@ -23,12 +23,13 @@ gamma into the loss, state keys and versions):
   (:mod:`adaptive_focal.policies.space` parameters for tuners), ``requires`` (the :class:`RunContext` fields
   ``run_defaults`` cannot do without) and the classmethod ``run_defaults(loss, context)``.
 
-Non-finite statistics. A batch whose statistics are not finite (a NaN or infinite logit) is skipped by every
-policy that reads statistics: it is handed to the hook as an empty batch (the fields the policy reads are zero, as
-for a batch whose every element is ignored), and every policy leaves gamma and its state unchanged on an empty
-batch. ``skipped_batches`` counts them (saved in the state) and the first one raises a ``RuntimeWarning``. On CPU
-statistics the check is a few Python operations; on an accelerator it is a ``torch.where`` on the device, so
-``step`` never waits for the device, and the warning comes at the next ``epoch_end`` or ``state_dict``.
+Non-finite statistics. A batch whose statistics are not finite (its loss, ``sum_loss``, or a field the policy
+reads; a NaN or infinite logit) is skipped by every policy that reads statistics: the hook gets it as an empty
+batch (the fields the policy reads are zero, as when every element is ignored), which every policy here treats
+as nothing measured, so gamma keeps its value. ``skipped_batches`` counts them (saved in the state) and the first
+one raises a ``RuntimeWarning``. On CPU statistics the check is a few Python operations; on an accelerator it is a
+``torch.where`` on the device, so ``step`` never waits for the device, and the warning comes at the next
+``epoch_end`` or ``state_dict``.
 
 Arguments are checked before anything changes, so a bad call leaves the policy and the loss as they were.
 """
@@ -648,7 +649,8 @@ class GammaPolicy:
             if t is not None and t.is_floating_point() and not _finite_on_host(t):
                 break
         else:
-            return stats
+            if math.isfinite(stats.sum_loss.item()):  # the batch's loss: a NaN logit makes it NaN on every path
+                return stats
         self._skipped += 1
         if not self._warned:
             self._warned = True
@@ -660,10 +662,8 @@ class GammaPolicy:
 
     def _finite_or_empty_on_device(self, stats: BatchStats, names: tuple[str, ...]) -> BatchStats:
         tensors = {n: t for n in names if (t := getattr(stats, n, None)) is not None}
-        checks = [torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()]
-        if not checks:
-            return stats
-        ok = checks[0] if len(checks) == 1 else torch.stack(checks).all()
+        checks = [torch.isfinite(t).all() for n, t in tensors.items() if t.is_floating_point() and n != "sum_loss"]
+        ok = torch.stack([torch.isfinite(stats.sum_loss).reshape(()), *checks]).all()
         bad = (~ok).to(torch.int64)
         self._skipped_device = bad if self._skipped_device is None else self._skipped_device.to(bad.device) + bad
         return dataclasses.replace(stats, **{n: torch.where(ok, t, torch.zeros_like(t)) for n, t in tensors.items()})

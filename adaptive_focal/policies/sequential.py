@@ -125,6 +125,13 @@ class SequentialGamma(GammaPolicy):
         for policy, sub in zip(self.policies, state["policies"]):
             policy.load_state_dict(sub)
 
+    def _check_state(self, state) -> tuple:
+        checked = super()._check_state(state)
+        step_count, epoch, _, last = checked
+        t = step_count if self.unit == "step" else epoch
+        # the sequence's gamma is that of the policy in charge at the saved step: of that policy's form and shape
+        self.policies[sum(1 for m in self.milestones if t >= m)]._checked_last_gamma(last)
+        return checked
+
     def _checked_last_gamma(self, last):
-        # the gamma of whichever policy was in charge: any valid gamma (each policy checks its own)
-        return self._valid_gamma(last)
+        return self._valid_gamma(last)  # (checked against the policy in charge by _check_state)
