@@ -213,7 +213,7 @@ class Ratchet(af.GammaPolicy):
     def __init__(self, loss, rate=0.5, target=0.5):
         super().__init__(loss)
         self.rate, self.target, self.raised = rate, target, 0
-        self._write(float(loss.gamma))
+        self.write_gamma(float(loss.gamma))
 
     def compute(self, stats):
         if int(stats.count) and float(stats.sum_pt) / int(stats.count) > self.target:

@@ -14,7 +14,7 @@ gamma into the loss, state keys and versions):
 
 * ``compute(stats)`` returns the gamma after a training step (a float, a tensor, a gamma form such as
   :class:`~adaptive_focal.GammaTable`) or None to keep the current one; ``compute_epoch(val_stats)`` the same at
-  an epoch end;
+  an epoch end; ``__init__`` writes the starting gamma with ``write_gamma``;
 * ``check_stats(name, stats)`` raises on statistics the policy cannot use, before anything changes;
 * ``extra_state()`` returns the policy's own state (tensors, numbers); ``check_extra_state(state)`` raises on a
   state it cannot load and ``load_extra_state(state)`` then restores it, so a load changes everything or nothing;
@@ -596,6 +596,11 @@ class GammaPolicy:
         return type(a) is type(b) and [x.shape for x in a.buffers()] == [y.shape for y in b.buffers()]
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
+    def write_gamma(self, gamma) -> None:
+        """Writes ``gamma`` (a finite float, tensor or gamma form) into the loss now and remembers it as the last
+        gamma; a policy's ``__init__`` writes its starting gamma with it (the hooks return theirs instead)."""
+        self._write(gamma)
+
     def _write(self, gamma) -> None:
         """Writes gamma into the loss (in place when the shape allows) and remembers it."""
         current = self.loss.gamma
