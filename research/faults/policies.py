@@ -80,7 +80,7 @@ def _train(label: str, name: str, mode: str, kwargs) -> dict:
     x, y = _data(mode, STEPS * BATCH, 1)
     vx, vy = _data(mode, BATCH, 2)
     validation = policy.needs_validation and not policy.needs_stats
-    stopped, gammas, caught = None, [], []
+    stopped, gammas = None, []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(STEPS):
