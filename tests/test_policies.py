@@ -650,3 +650,69 @@ def test_states_of_the_first_layout_still_load():
     fresh.load_state_dict(old)
     assert fresh.skipped_batches == 0 and torch.equal(fresh.integral, policy.integral)
     torch.testing.assert_close(fresh_loss.gamma, loss.gamma, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, mode, kwargs", [
+    ("automated", "softmax", {"momentum": 0.5}),
+    ("pi", "softmax", {"setpoint": 0.6}),
+    ("pi", "softmax", {"setpoint": 0.6, "per_class": True, "num_classes": C}),
+    ("efl", "sigmoid", {}),
+    ("asl_adaptive", "sigmoid", {"rate": 0.5}),
+    ("adafocal", "softmax", {"num_bins": 5}),
+])
+def test_the_accelerator_path_of_the_finite_check(name, mode, kwargs, monkeypatch):
+    """What runs on a GPU, forced on the CPU: the check and the controllers' tensor paths, with torch.where and no
+    read of a value; the skip is counted on the device and warned about at the next epoch end."""
+    from adaptive_focal.policies import base, feedback
+
+    monkeypatch.setattr(base.GammaPolicy, "_finite_or_empty", lambda self, stats, fields, validation: (
+        self._finite_or_empty_on_device(stats, af.BatchStats._SUMMED if fields is None else fields)))
+    monkeypatch.setattr(feedback, "_HOST_CLASSES", 0)
+    loss = FocalLoss(mode, gamma=2.0)
+    policy = create_policy(name, loss, **kwargs)
+    if hasattr(policy, "_compute_tensor"):
+        policy._compute_host = policy._compute_tensor
+    call = policy.epoch_end if policy.needs_validation else policy.step
+    call(loss(*_batch(mode, 0, "cpu"), return_stats=True)[1])
+    before, gamma = _state_repr(policy.state_dict(), counters=False), _gamma_snapshot(loss)
+    x, y = _batch(mode, 1, "cpu")
+    x[0, 0] = float("nan")
+    if policy.needs_validation:  # the epoch end reads the device's count: the warning comes with it
+        with pytest.warns(RuntimeWarning, match=r"1 batch\(es\) had statistics that are not finite"):
+            call(loss(x, y, return_stats=True)[1])
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing is read back at the step itself
+            call(loss(x, y, return_stats=True)[1])
+    _same([gamma], [_gamma_snapshot(loss)])
+    if policy.needs_validation:
+        after = policy.state_dict()
+    else:
+        with pytest.warns(RuntimeWarning, match="had statistics that are not finite"):  # a save reads the count
+            after = policy.state_dict()
+    assert _state_repr(after, counters=False) == before and after["skipped_batches"] == 1
+    assert policy.skipped_batches == 1 and isinstance(policy._skipped_device, torch.Tensor)
+    call(loss(*_batch(mode, 2, "cpu"), return_stats=True)[1])
+    assert policy.skipped_batches == 1 and repr(_gamma_snapshot(loss)) != repr(gamma)  # the next batch counts
+
+
+def test_skips_counted_on_the_device_are_warned_about_at_the_epoch_end(monkeypatch):
+    from adaptive_focal.policies import base
+
+    monkeypatch.setattr(base.GammaPolicy, "_finite_or_empty", lambda self, stats, fields, validation: (
+        self._finite_or_empty_on_device(stats, fields)))
+    loss = FocalLoss("softmax", gamma=2.0)
+    policy = create_policy("automated", loss)
+    x, y = _batch("softmax", 1, "cpu")
+    x[0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.step(loss(x, y, return_stats=True)[1])
+        policy.step(loss(x, y, return_stats=True)[1])
+    with pytest.warns(RuntimeWarning, match=r"the 'automated' policy: 2 batch\(es\) had statistics that are not "
+                                            r"finite"):
+        policy.epoch_end()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.epoch_end()  # once
+    assert policy.state_dict()["skipped_batches"] == 2
