@@ -142,7 +142,6 @@ class PIGamma(GammaPolicy):
                     "gamma_init": Float(0.0, 5.0)}
 
     needs_stats = True
-    reads = ("count", "sum_pt", "pt_hist", "class_count", "class_sum_pt")  # per instance: what its signal reads
 
     def __init__(self, loss: FocalLoss, setpoint: float = 0.7, kp: float = 2.0, ki: float = 0.1,
                  gamma_init: float = 2.0, gamma_min: float = 0.0, gamma_max: float = 5.0,
@@ -164,11 +163,16 @@ class PIGamma(GammaPolicy):
         self.per_class = bool(per_class)
         self.num_classes, shape = _class_shape(self.per_class, num_classes)
         # the fields the signal reads (sum_pt also for the histogram: a NaN p_t lands in a bin but not silently)
-        self.reads = (("class_count", "class_sum_pt") if self.per_class else
-                      ("count", "sum_pt") if signal == "mean_pt" else ("count", "pt_hist", "sum_pt"))
+        self._reads = (("class_count", "class_sum_pt") if self.per_class else
+                       ("count", "sum_pt") if signal == "mean_pt" else ("count", "pt_hist", "sum_pt"))
         device = self._device()
         self.integral = torch.zeros(shape, device=device)
         self._write(torch.full(shape, self.gamma_init, device=device))
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The statistics' fields this controller's signal reads."""
+        return self._reads
 
     def _easy_bin(self, stats: BatchStats) -> int:
         """The first p_t bin at or above ``easy_threshold`` (reads only the small edges tensor)."""
