@@ -279,8 +279,10 @@ class EqualizedFocal(GammaPolicy):
 
     and the element loss of class j is ``w_j * alpha_t * (1 - p_t)**gamma_j * BCE``: the policy writes a one-term
     :class:`~adaptive_focal.FocalMixture` with per-class gammas ``gamma_j`` and weights ``w_j``. Before any
-    gradient is seen ``g_j = 1`` (gamma_b for every class), as in the authors' code. Defaults gamma_b 2 and
-    scale 8 are the paper's; alpha (0.25 there) is the loss's own setting.
+    gradient is seen ``g_j = 1`` (gamma_b for every class), as in the authors' code; here that holds per class, so
+    a class whose accumulated gradients are both still 0 (every element of it ignored so far, or an empty or
+    skipped batch) keeps ``g_j = 1``, where the authors' ratio would give it 0 and the largest gamma. Defaults
+    gamma_b 2 and scale 8 are the paper's; alpha (0.25 there) is the loss's own setting.
 
     The gradients come from the statistics (``class_sum_grad_pos`` / ``class_sum_grad_neg``): the derivative of
     each element's loss before reduction. The authors accumulate the gradient of the reduced loss, which divides
