@@ -10,7 +10,8 @@ from .policies import adafocal as _adafocal
 from .policies.adafocal import AdaFocal, ClasswiseAdaFocal, adafocal_update, equal_mass_edges
 
 _warnings.warn(
-    "adaptive_focal.controllers_adafocal is deprecated: import from adaptive_focal.policies.adafocal (or adaptive_focal) instead",
+    "adaptive_focal.controllers_adafocal is deprecated: import from adaptive_focal.policies.adafocal (or "
+    "adaptive_focal) instead",
     DeprecationWarning, stacklevel=2,
 )
 

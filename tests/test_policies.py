@@ -155,8 +155,9 @@ def _full_context(loss, seed=3):
     def batch(k):
         g = torch.Generator().manual_seed(k)
         x = torch.randn(8, C, generator=g)
-        y = torch.randint(0, C, (8,), generator=g) if loss.mode == "softmax" else (torch.rand(8, C, generator=g) < .3).float()
-        return x, y
+        if loss.mode == "softmax":
+            return x, torch.randint(0, C, (8,), generator=g)
+        return x, (torch.rand(8, C, generator=g) < 0.3).float()
 
     return RunContext(epochs=2, steps_per_epoch=4, num_classes=C, gamma=1.5, model=model,
                       val_source=[batch(1), batch(2)], train_source=[batch(3), batch(4)],

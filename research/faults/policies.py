@@ -232,7 +232,8 @@ def _bandit_resumed_twice() -> dict:
             optimizer.step()
             policy.step()
             trace.append(float(loss.gamma))
-        return trace, _state_text({k: policy.state_dict()[k] for k in ("log_weights", "start_loss", "last_reward")}), kept
+        final = policy.state_dict()
+        return trace, _state_text({k: final[k] for k in ("log_weights", "start_loss", "last_reward")}), kept
 
     (full, end, _), (twice, end_twice, kept) = run(()), run((5, 5, 8))  # twice in a row at step 5, again at 8
     same = full == twice and end == end_twice
