@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -65,7 +65,7 @@ class RunContext:
     """What a policy may need to know about the run it drives, for :meth:`GammaPolicy.run_defaults`.
 
     Every field defaults to None (unknown). A policy's ``requires`` names the fields it cannot be built without
-    through a context.
+    through a context. The run's objects (model, sources, optimizer) are left out of ``repr`` and ``==``.
 
     Attributes:
         epochs: the number of training epochs.
@@ -91,10 +91,10 @@ class RunContext:
     steps_per_epoch: int | None = None
     num_classes: int | None = None
     gamma: float | None = None
-    model: Any = None
-    val_source: Any = None
-    train_source: Any = None
-    optimizer: Any = None
+    model: Any = field(default=None, repr=False, compare=False)
+    val_source: Any = field(default=None, repr=False, compare=False)
+    train_source: Any = field(default=None, repr=False, compare=False)
+    optimizer: Any = field(default=None, repr=False, compare=False)
     seed: int | None = None
 
     def __post_init__(self) -> None:
