@@ -544,7 +544,8 @@ def test_distributed_ranks_agree_with_the_whole_validation_set(tmp_path):
 def sigmoid_confidence_bins(logits: torch.Tensor, target: torch.Tensor, edges: torch.Tensor,
                             ignore_index=None) -> dict[str, torch.Tensor]:
     """Independent reference for the per-confidence-bin fields of sigmoid statistics: every non-ignored element
-    with p = sigmoid(x) has confidence max(p, 1 - p) and is correct when (p >= 0.5) == (t >= 0.5); bins of
+    with p = sigmoid(x) has confidence max(p, 1 - p) and is correct when (p > 0.5) == (t >= 0.5) or p = 0.5 (a
+    tie, correct as for softmax); bins of
     ``edges`` as everywhere (edges[b] <= conf < edges[b + 1], the last bin closed); the class of an element is its
     index along dim 1."""
     with torch.no_grad():
@@ -554,7 +555,7 @@ def sigmoid_confidence_bins(logits: torch.Tensor, target: torch.Tensor, edges: t
         c = x2.shape[1]
         p = torch.sigmoid(x2)
         conf = torch.maximum(p, 1 - p)
-        correct = ((p >= 0.5) == (t2 >= 0.5)).double()
+        correct = (((p > 0.5) == (t2 >= 0.5)) | (p == 0.5)).double()
         valid = torch.ones_like(p, dtype=torch.bool) if ignore_index is None else t2 != ignore_index
         cls = torch.arange(c).view([1, c] + [1] * (x2.dim() - 2)).expand(x2.shape)
         b = edges.numel() - 1

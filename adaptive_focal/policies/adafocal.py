@@ -53,14 +53,15 @@ table. Validation statistics that are not finite are skipped (the table stays), 
 
 Sigmoid losses (binary and multi-label). Every element of a sigmoid output is a binary prediction, the same as a
 two-class softmax over the logits ``(0, x)``: its class probabilities are ``(1 - p, p)``. AdaFocal's calibration
-is top-label calibration (Guo et al., 2017, the ECE the paper reports and adapts to), whose confidence is the
-largest class probability and whose accuracy is whether that class is the target, so for an element:
+is top-label calibration (the expected calibration error of Guo et al., 2017, "On Calibration of Modern Neural
+Networks", which the paper reports and whose bins it adapts), whose confidence is the largest class probability
+and whose accuracy is whether that class is the target, so for an element:
 
 * confidence ``max(p, 1 - p)`` (in [0.5, 1]), not ``p`` of the positive class: the positive-class probability
   would describe calibration of the label's frequency (a reliability diagram of p), a different quantity from the
   one the paper's gap ``E_b`` measures and from the softmax case;
-* correct when ``(p >= 0.5) == (t >= 0.5)`` (the raw target; p = 0.5 counts as correct, as a tie does for
-  softmax);
+* correct when the predicted class (1 for p > 0.5, 0 for p < 0.5) is the target's (raw target t >= 0.5); at
+  p = 0.5 it counts as correct, as a tie for the top probability does for softmax;
 * the training lookup is by the element's p_t, as for softmax samples.
 
 So a binary problem gives exactly the gaps and gammas of the same problem written as a two-class softmax. What
@@ -218,12 +219,10 @@ class _AdaFocalBase(GammaPolicy):
             mode = _stats_mode(stats)
             what = ("per-element confidence max(p, 1 - p) bins" if mode == "sigmoid"
                     else "per-sample confidence max_c q_c bins")
-            raise ValueError(
-                f"the {self.name!r} policy needs val_stats with {', '.join(missing)} ({what}); these {mode} "
-                f"statistics do not carry them" + (" (sigmoid statistics gain them in the loss's statistics pass; "
-                                                   "see adaptive_focal/policies/adafocal.py)" if mode == "sigmoid"
-                                                   else "")
-            )
+            hint = (" (the sigmoid statistics pass does not compute them yet; their definition is in the "
+                    "docstring of adaptive_focal.policies.adafocal)" if mode == "sigmoid" else "")
+            raise ValueError(f"the {self.name!r} policy needs val_stats with {', '.join(missing)} ({what}); these "
+                             f"{mode} statistics do not carry them{hint}")
         for f in self._fields:
             value = getattr(stats, f)
             shape = self.values.shape if f.startswith("class_") else (self.num_bins,)
