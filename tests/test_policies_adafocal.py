@@ -641,7 +641,9 @@ def test_sigmoid_classwise_adafocal_per_label_hand_computed():
 def test_sigmoid_reference_bins_agree_with_the_softmax_statistics_for_two_classes(gen):
     # the reference's definitions (confidence, correctness, binning) are those of the softmax statistics
     x = torch.randn(200, generator=gen) * 3
+    x[:6] = 0.0  # p = 0.5: a tie, correct whatever the target
     t = (torch.rand(200, generator=gen) < 0.4).float()
+    t[:3] = 0.0
     edges = torch.tensor([0.0, 0.5, 0.6, 0.75, 0.9, 1.0])
     ref = sigmoid_confidence_bins(x, t, edges)
     _, soft = af.softmax_focal_loss(torch.stack([torch.zeros_like(x), x], 1), t.long(),
