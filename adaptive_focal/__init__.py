@@ -11,16 +11,13 @@ from . import metrics
 from .functional import sigmoid_focal_loss, softmax_focal_loss
 from .gamma_forms import AsymmetricGamma, FocalMixture, GammaForm, GammaTable
 from .loss import FocalLoss
-from .policy import GammaPolicy, create_policy, list_policies, policy_class, register_policy
+from .policies import (  # the policies register themselves on import
+    FLSD53, AdaFocal, AdaptiveAsymmetry, AutomatedGamma, BanditGamma, Categorical, ClasswiseAdaFocal, ConstantGamma,
+    CosineGamma, CyclicalFocal, EqualizedFocal, ExponentialGamma, FLSc531, Float, GammaNet, GammaPolicy,
+    HypergradientGamma, Int, LinearGamma, PIGamma, RunContext, SequentialGamma, StepGamma, create_policy,
+    list_policies, policy_class, register_policy,
+)
 from .stats import BatchStats
-from .schedules import (  # noqa: E402  (registers the schedules)
-    ConstantGamma, CosineGamma, CyclicalFocal, ExponentialGamma, FLSc531, LinearGamma, SequentialGamma, StepGamma,
-)
-from .controllers import (  # noqa: E402  (registers the controllers)
-    AdaptiveAsymmetry, AutomatedGamma, EqualizedFocal, FLSD53, PIGamma,
-)
-from .controllers_adafocal import AdaFocal, ClasswiseAdaFocal  # noqa: E402
-from .learned import BanditGamma, GammaNet, HypergradientGamma  # noqa: E402  (registers the learned controllers)
 
 __version__ = "0.1.0"
 
@@ -31,6 +28,7 @@ __all__ = [
     "AutomatedGamma",
     "BanditGamma",
     "BatchStats",
+    "Categorical",
     "ClasswiseAdaFocal",
     "ConstantGamma",
     "CosineGamma",
@@ -39,6 +37,7 @@ __all__ = [
     "ExponentialGamma",
     "FLSD53",
     "FLSc531",
+    "Float",
     "FocalLoss",
     "FocalMixture",
     "GammaForm",
@@ -46,8 +45,10 @@ __all__ = [
     "GammaPolicy",
     "GammaTable",
     "HypergradientGamma",
+    "Int",
     "LinearGamma",
     "PIGamma",
+    "RunContext",
     "SequentialGamma",
     "StepGamma",
     "__version__",

@@ -40,7 +40,7 @@ import torch
 
 from .gamma_forms import gamma_record, gamma_scalars
 from .metrics import ece_from_stats
-from .policy import GammaPolicy
+from .policies import GammaPolicy
 from .stats import BatchStats
 
 __all__ = ["GammaCallback", "GammaLogger", "JSONLinesLogger", "MemoryLogger", "gamma_record", "gamma_scalars",

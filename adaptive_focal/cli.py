@@ -100,8 +100,8 @@ def parser() -> argparse.ArgumentParser:
                       help="arm names: gamma=<number>, gamma=tpe, policy=<name>, policy=<name>+tpe (a tuned arm may "
                            "end in @seeds); default: the gamma grid, gamma=tpe and every policy for --mode")
     cmp_.add_argument("--learned", action="store_true",
-                      help="include the learned controllers in the default arms (your function passes model= and "
-                           "val_source= to run.make_policy)")
+                      help="include the learned controllers in the default arms (your function passes model=, "
+                           "val_source= and optimizer= to run.make_policy)")
     cmp_.add_argument("--name", help="the study's name (default: the function's name)")
     cmp_.add_argument("--seeds", type=int, default=3, metavar="K", help="seeds per arm (default 3)")
     cmp_.add_argument("--trials", type=int, default=10, metavar="N", help="TPE trials per tuned arm and seed "

@@ -153,46 +153,19 @@ def resolve_config(overrides: dict | None = None, base: Config | None = None) ->
 def _loss_mode(cfg: Config, task: str) -> str:
     if cfg.loss_mode != "auto":
         return cfg.loss_mode
-    sigmoid_policy = cfg.policy != "none" and af.policy_class(cfg.policy).stats_mode == "sigmoid"
+    sigmoid_policy = cfg.policy != "none" and not af.policy_class(cfg.policy).applies_to("softmax")
     return "sigmoid" if task == "multilabel-dense" or sigmoid_policy else "softmax"
-
-
-def _policy_defaults(name: str, epochs: int, steps_per_epoch: int, num_classes: int, gamma: float) -> dict:
-    """Hyperparameters that depend on the run's length and size; the policies' own defaults otherwise."""
-    total = epochs * steps_per_epoch
-    return {
-        "constant": {"gamma": gamma},
-        "linear": {"start": 0.0, "end": gamma, "total": max(1, total // 2)},
-        "cosine": {"start": 2.0 * gamma, "end": gamma / 2.0, "total": total},
-        "step": {"start": 2.0 * gamma, "milestones": [max(1, epochs // 2)], "factor": 0.5, "unit": "epoch"},
-        "exponential": {"start": 2.0 * gamma, "factor": 0.25 ** (1.0 / max(1, total)), "gamma_min": 0.0},
-        "flsc531": {"milestones": (max(1, epochs // 3), max(2, (2 * epochs) // 3))},
-        "cyclical": {"total": epochs},
-        "classwise_adafocal": {"num_classes": num_classes},
-        "efl": {"num_classes": num_classes},
-    }.get(name, {})
-
-
-_LEARNED = ("hypergradient", "gammanet", "bandit")
 
 
 def _build_policy(cfg: Config, focal: af.FocalLoss, steps_per_epoch: int, num_classes: int, *, model, optimizer,
                   val_batches):
+    """The config's gamma policy for ``focal``: the policy class's defaults for this run (its length, classes, base
+    gamma, model, validation batches, optimizer and seed; ``GammaPolicy.run_defaults``) under ``policy_kwargs``."""
     if cfg.policy == "none":
         return None
-    kwargs = {**_policy_defaults(cfg.policy, cfg.epochs, steps_per_epoch, num_classes, cfg.gamma),
-              **cfg.policy_kwargs}
-    if cfg.policy in _LEARNED:  # learned controllers see the model and held-out batches (adaptive_focal/learned.py)
-        kwargs = {"model": model, "val_source": val_batches, **kwargs}
-        if cfg.policy != "bandit":
-            kwargs.setdefault("lr", optimizer)
-        if cfg.policy == "gammanet":
-            kwargs.setdefault("num_classes", num_classes)
-    if cfg.policy == "sequential":  # a warm-up into a controller unless the config builds its own
-        warmup = af.create_policy("linear", focal, start=0.0, end=cfg.gamma, total=steps_per_epoch)
-        controller = af.create_policy("automated", focal)
-        kwargs = {"policies": [warmup, controller], "milestones": [steps_per_epoch], **cfg.policy_kwargs}
-    return af.create_policy(cfg.policy, focal, **kwargs)
+    context = af.RunContext(epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, num_classes=num_classes,
+                            gamma=cfg.gamma, model=model, val_source=val_batches, optimizer=optimizer, seed=cfg.seed)
+    return af.create_policy(cfg.policy, focal, context=context, **cfg.policy_kwargs)
 
 
 def _build_loss(cfg: Config, data, mode: str) -> torch.nn.Module:

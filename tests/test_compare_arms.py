@@ -170,7 +170,7 @@ def test_run_builds_the_arms_loss_and_policy_for_the_run_length():
     assert tuned.make_policy(tuned.make_loss(), epochs=1, steps_per_epoch=1).setpoint == 0.4
     with pytest.raises(ValueError, match="make_policy: epochs must be a positive integer, got 0"):
         lin.make_policy(lin.make_loss(), epochs=0, steps_per_epoch=1)
-    with pytest.raises(ValueError, match="policy 'gammanet' needs model, val_source in run.make_policy"):
+    with pytest.raises(ValueError, match="policy 'gammanet' needs model, val_source, optimizer in run.make_policy"):
         g = _run("policy=gammanet")
         g.make_policy(g.make_loss(), epochs=1, steps_per_epoch=1, num_classes=3)
     with pytest.raises(ValueError, match="make_loss needs the loss mode"):

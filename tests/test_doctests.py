@@ -8,8 +8,11 @@ import pytest
 MODULES = [
     "adaptive_focal.functional", "adaptive_focal.loss", "adaptive_focal.table", "adaptive_focal.gamma_forms",
     "adaptive_focal.stats",
-    "adaptive_focal.policy", "adaptive_focal.schedules", "adaptive_focal.controllers",
-    "adaptive_focal.controllers_adafocal", "adaptive_focal.learned", "adaptive_focal.metrics", "adaptive_focal.callbacks",
+    "adaptive_focal.policies", "adaptive_focal.policies.base", "adaptive_focal.policies.space",
+    "adaptive_focal.policies.schedules", "adaptive_focal.policies.sequential", "adaptive_focal.policies.feedback",
+    "adaptive_focal.policies.adafocal", "adaptive_focal.policies.learned.hypergradient",
+    "adaptive_focal.policies.learned.gammanet", "adaptive_focal.policies.learned.bandit",
+    "adaptive_focal.metrics", "adaptive_focal.callbacks",
     "adaptive_focal.integrations.optuna", "adaptive_focal.integrations.wandb",
     "adaptive_focal.integrations.lightning", "adaptive_focal.integrations.transformers",
     "adaptive_focal.integrations.wandb_report",

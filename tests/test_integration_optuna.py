@@ -98,3 +98,61 @@ def test_missing_optuna_gives_an_install_hint():
             "try:\n    import adaptive_focal.integrations.optuna\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install 'adaptive_focal[optuna]'" in out.stdout, out.stderr
+
+
+# -- which policies are offered, and for which run ------------------------------------------------------------------
+def _offered(loss, **kwargs):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    suggest_policy(trial, loss, **kwargs)
+    return set(trial.distributions["policy"].choices)
+
+
+def test_only_policies_of_the_losss_mode_are_offered():
+    # a softmax loss used to be offered the sigmoid-only efl and asl_adaptive
+    softmax = _offered(af.FocalLoss("softmax"))
+    sigmoid = _offered(af.FocalLoss("sigmoid"))
+    assert not {"efl", "asl_adaptive"} & softmax and {"efl", "asl_adaptive"} <= sigmoid
+    assert softmax == {n for n in default_candidates() if af.policy_class(n).applies_to("softmax")}
+    assert "constant" in softmax and "pi" in softmax and "adafocal" in sigmoid
+
+
+def test_a_requested_policy_that_does_not_apply_is_a_clear_error():
+    trial = optuna.trial.FixedTrial({"policy": "constant", "constant.gamma": 1.0})
+    with pytest.raises(ValueError, match="policy 'efl' cannot be offered for this softmax loss: it applies to "
+                                         "sigmoid losses, not softmax"):
+        suggest_policy(trial, af.FocalLoss("softmax"), policies=["pi", "efl"])
+    with pytest.raises(ValueError, match=r"policy 'sequential' cannot be offered .*needs fixed=.*"
+                                         r"context=RunContext\(steps_per_epoch=...\)"):
+        suggest_policy(trial, af.FocalLoss("softmax"), policies=["sequential"])
+
+
+def test_the_run_context_places_schedules_on_the_run():
+    # without a context the schedules kept their own run lengths (1000 steps; FLSc-531 at epochs 100 and 250)
+    context = af.RunContext(epochs=6, steps_per_epoch=50, num_classes=4, gamma=1.0)
+    trial = optuna.trial.FixedTrial({"policy": "linear", "linear.start": 0.5, "linear.end": 3.0})
+    policy = suggest_policy(trial, af.FocalLoss("softmax"), policies=["linear"], context=context)
+    assert (policy.start, policy.end, policy.total) == (0.5, 3.0, 150)  # sampled values, the run's length
+    policy = suggest_policy(optuna.trial.FixedTrial({"policy": "flsc531"}), af.FocalLoss("softmax"),
+                            policies=["flsc531"], context=context)
+    assert policy.milestones == (2, 4)
+    # the context makes policies that need it available; fixed arguments still win
+    assert "classwise_adafocal" in _offered(af.FocalLoss("softmax"), context=context)
+    assert "sequential" in _offered(af.FocalLoss("softmax"), context=context)
+    trial = optuna.trial.FixedTrial({"policy": "cosine", "cosine.start": 2.0, "cosine.end": 1.0})
+    policy = suggest_policy(trial, af.FocalLoss("softmax"), policies=["cosine"], context=context,
+                            fixed={"cosine": {"total": 7, "end": 0.5}})
+    assert (policy.start, policy.end, policy.total) == (2.0, 0.5, 7)
+
+
+def test_the_learned_controllers_are_offered_with_a_model_and_validation_batches():
+    import torch
+
+    model = torch.nn.Linear(6, 3)
+    val = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))]
+    context = af.RunContext(epochs=2, steps_per_epoch=3, num_classes=3, model=model, val_source=val,
+                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), seed=5)
+    assert {"hypergradient", "gammanet", "bandit"} <= _offered(af.FocalLoss("softmax"), context=context)
+    trial = optuna.trial.FixedTrial({"policy": "bandit", "bandit.exploration": 0.1, "bandit.every": 10})
+    policy = suggest_policy(trial, af.FocalLoss("softmax"), policies=["bandit"], context=context)
+    assert policy.model is model and policy.seed == 5 and policy.every == 10

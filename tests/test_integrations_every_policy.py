@@ -20,7 +20,7 @@ import torch
 import adaptive_focal as af
 from adaptive_focal.callbacks import GammaCallback, JSONLinesLogger
 from adaptive_focal.gamma_forms import GammaForm, gamma_scalars
-from _policies import FEATURES, NUM_CLASSES, Run, batches, loss_mode, make_policy, policy_kwargs
+from helpers.policies import FEATURES, NUM_CLASSES, Run, batches, extra_kwargs, loss_mode, make_policy
 
 POLICIES = af.list_policies()
 EPOCHS = 2
@@ -239,8 +239,8 @@ def test_optuna_search_space(name):
 
     def objective(trial):
         model, optimizer, loss, train, val, run = _setup(name)
-        fixed = {k: v for k, v in policy_kwargs(name, loss, run).items() if k not in space}
-        policy = suggest_policy(trial, loss, policies=[name], fixed={name: fixed})
+        fixed = {k: v for k, v in extra_kwargs(name, run).items() if k not in space}
+        policy = suggest_policy(trial, loss, policies=[name], fixed={name: fixed}, context=run.context())
         assert type(policy) is af.policy_class(name)
         for x, y in train:
             value, stats = loss(model(x), y, return_stats=True)

@@ -2,12 +2,15 @@
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
 
 import adaptive_focal as af
-from adaptive_focal import FocalLoss, create_policy, list_policies
+from adaptive_focal import FocalLoss, RunContext, create_policy, list_policies
+from adaptive_focal.policies import LearnedPolicy, SequentialGamma
+from adaptive_focal.policies.space import Categorical, Float, Int, as_param
 
 C = 4
 
@@ -130,6 +133,65 @@ def _build(name, device="cpu"):
     return mode, loss, factory(loss)
 
 
+def _state_repr(state: dict, counters: bool = True) -> str:
+    """A state as text (tensors by value), without the step / epoch / skip counters unless ``counters``."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()
+                    if counters or k not in ("step_count", "epoch", "skipped_batches", "val_source", "train_source",
+                                             "window_steps")}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, torch.Tensor):
+            return ("tensor", str(value.dtype), tuple(value.shape), value.tolist())
+        return value
+    return repr(clean(state))
+
+
+def _full_context(loss, seed=3):
+    """Every RunContext field known: a tiny model, validation and training batches, an optimizer."""
+    model = torch.nn.Linear(C, C).to(loss.gamma.device)
+
+    def batch(k):
+        g = torch.Generator().manual_seed(k)
+        x = torch.randn(8, C, generator=g)
+        if loss.mode == "softmax":
+            return x, torch.randint(0, C, (8,), generator=g)
+        return x, (torch.rand(8, C, generator=g) < 0.3).float()
+
+    return RunContext(epochs=2, steps_per_epoch=4, num_classes=C, gamma=1.5, model=model,
+                      val_source=[batch(1), batch(2)], train_source=[batch(3), batch(4)],
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1), seed=seed)
+
+
+def _corrupted_states(good: dict):
+    """(what, state) pairs that must be refused: every required key missing, bad counters and versions,
+    non-finite or mis-shaped gammas, NaN in every floating tensor of the policy's own state."""
+    out = [("not a dict", [good]), ("no policy key", {k: v for k, v in good.items() if k != "policy"})]
+    for key in good:
+        if key not in ("skipped_batches",):  # every other key existed since the policy's first release
+            out.append((f"missing {key}", {k: v for k, v in good.items() if k != key}))
+    for key, value in [("epoch", -1), ("epoch", 1.5), ("epoch", "3"), ("step_count", None), ("step_count", True),
+                       ("version", 99), ("version", 0), ("skipped_batches", -2)]:
+        out.append((f"{key}={value!r}", {**good, key: value}))
+    last = good["last_gamma"]
+    if isinstance(last, dict):
+        for k, v in last.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                out.append((f"NaN last_gamma[{k}]", {**good, "last_gamma": {**last, k: torch.full_like(v, math.nan)}}))
+        out.append(("last_gamma as a tensor", {**good, "last_gamma": torch.ones(7)}))
+    else:
+        out.append(("NaN last_gamma", {**good, "last_gamma": math.nan if isinstance(last, float)
+                                       else torch.full_like(torch.as_tensor(last, dtype=torch.float32), math.nan)}))
+        out.append(("last_gamma of another shape", {**good, "last_gamma": torch.ones(7)}))
+    for key, value in good.items():
+        if key in ("last_gamma", "start_loss") or not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue  # (the bandit's start_loss is a measured loss: infinite when the model diverged)
+        out.append((f"NaN {key}", {**good, key: torch.full_like(value, math.nan)}))
+        out.append((f"{key} of another shape", {**good, key: torch.zeros(value.numel() + 3, dtype=value.dtype)}))
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 class TestPolicyContract:
     def test_gamma_finite_and_bounded(self, name):
@@ -182,6 +244,91 @@ class TestPolicyContract:
         state["policy"] = "something-else"
         with pytest.raises(ValueError, match="state is for the 'something-else' policy"):
             policy.load_state_dict(state)
+
+    def test_state_saved_right_after_a_load_is_the_loaded_state(self, name):
+        # a resumed run can be saved and resumed again (the bandit's saved position used to move back one batch
+        # at each load); and the twice-resumed run continues the uninterrupted trajectory
+        mode, loss, policy = _build(name)
+        full = _run(mode, policy, loss, 12)
+        mode, loss_a, first = _build(name)
+        head = _run(mode, first, loss_a, 6)
+        saved = first.state_dict()
+        mode, loss_b, second = _build(name)
+        second.load_state_dict(saved)
+        again = second.state_dict()
+        assert _state_repr(again) == _state_repr(saved)
+        mode, loss_c, third = _build(name)
+        third.load_state_dict(again)
+        _same(full, head + _run(mode, third, loss_c, 12, start=6))
+
+    def test_non_finite_statistics_are_skipped(self, name):
+        mode, loss, policy = _build(name)
+        if not (policy.needs_stats or policy.needs_validation):
+            pytest.skip("reads no statistics")
+        reference_loss = FocalLoss(mode, gamma=2.0)
+        reference = CASES[name][1](reference_loss)
+        _run(mode, policy, loss, 5)
+        want = _run(mode, reference, reference_loss, 12)[6:]  # the steps after 5 (and the epoch end at step 8)
+        before, gamma = _state_repr(policy.state_dict(), counters=False), _gamma_snapshot(loss)
+        x, y = _batch(mode, 99, "cpu")
+        x[1, 2] = float("nan")
+        _, bad = loss(x, y, return_stats=True)
+        assert not math.isfinite(float(bad.sum_loss))
+        call = policy.step if policy.needs_stats else policy.epoch_end
+        leader = policy.current.name if isinstance(policy, SequentialGamma) else policy.name  # who reads them
+        with pytest.warns(RuntimeWarning, match=f"the {leader!r} policy: the (validation )?statistics of "
+                                                f"(step|epoch) [0-9]+ are not finite") as record:
+            call(bad)
+        assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # one warning, not one per batch
+            call(bad)
+        assert policy.skipped_batches == 2 and policy.state_dict()["skipped_batches"] == 2
+        after = _gamma_snapshot(loss)
+        for v in after[1:]:
+            assert torch.isfinite(v).all()
+        if not isinstance(policy, LearnedPolicy):  # (a learned controller's meta step may fall on these steps)
+            _same([gamma], [after])
+            assert _state_repr(policy.state_dict(), counters=False) == before
+        got = _run(mode, policy, loss, 12, start=5)
+        for kind, *values in got:
+            for v in values:
+                assert torch.isfinite(v).all()
+        if not isinstance(policy, (LearnedPolicy, SequentialGamma)):  # their clocks count the skipped steps
+            _same(want, got)  # training goes on as if the bad batches had never come
+        resumed = CASES[name][1](FocalLoss(mode, gamma=2.0))
+        resumed.load_state_dict(policy.state_dict())
+        assert resumed.skipped_batches == 2
+
+    def test_a_state_that_cannot_be_loaded_changes_nothing(self, name):
+        mode, loss, policy = _build(name)
+        _run(mode, policy, loss, 5)
+        good = policy.state_dict()
+        before, gamma = _state_repr(good), _gamma_snapshot(loss)
+        for what, bad in _corrupted_states(good):
+            with pytest.raises((ValueError, TypeError)):
+                policy.load_state_dict(bad)
+            assert _state_repr(policy.state_dict()) == before, what
+            _same([gamma], [_gamma_snapshot(loss)])
+        policy.load_state_dict(good)  # and the good one still loads
+
+    def test_search_space_is_valid_parameters(self, name):
+        cls = type(_build(name)[2])
+        for param, spec in cls.search_space.items():
+            assert isinstance(spec, (Float, Int, Categorical)), (param, spec)
+            assert as_param(spec.as_tuple()) == spec and as_param(list(spec.as_tuple())) == spec
+            assert tuple(spec) == spec.as_tuple()
+
+    def test_search_space_corners_build_with_a_full_context(self, name):
+        mode = CASES[name][0]
+        cls = type(_build(name)[2])
+        for corner in ("low", "high"):
+            values = {k: (getattr(v, corner) if not isinstance(v, Categorical) else v.choices[0])
+                      for k, v in cls.search_space.items()}
+            loss = FocalLoss(mode)
+            policy = create_policy(cls.name, loss, context=_full_context(loss), **values)
+            _run(mode, policy, loss, 4)
+            assert torch.isfinite(_gamma_snapshot(loss)[1]).all()
 
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
     def test_cuda_step_does_not_synchronise(self, name):
@@ -413,3 +560,160 @@ def test_schedule_figure_is_up_to_date(tmp_path):
     fresh = main(["--out", str(tmp_path / "schedules.svg")]).read_text()
     committed = (Path(__file__).resolve().parents[1] / "docs" / "schedules.svg").read_text()
     assert fresh == committed, "docs/schedules.svg is stale: run `make docs`"
+
+
+# -- reliability: what one bad batch or one bad state used to do ------------------------------------------------
+@pytest.mark.parametrize("name, mode, kwargs", [
+    ("pi", "softmax", {"setpoint": 0.6}),
+    ("pi", "sigmoid", {"signal": "easy_fraction", "easy_threshold": 0.8, "setpoint": 0.5}),
+    ("automated", "softmax", {"momentum": 0.5}),
+    ("efl", "sigmoid", {}),
+    ("asl_adaptive", "sigmoid", {"rate": 0.5}),
+])
+def test_a_nan_logit_never_reaches_gamma_nor_freezes_it(name, mode, kwargs):
+    # a NaN logit used to write NaN into gamma (pi, efl; the next loss call raises and efl's saved state did not
+    # load again) or to freeze it (automated fell back to gamma_init for good)
+    loss = FocalLoss(mode, gamma=2.0)
+    policy = create_policy(name, loss, **kwargs)
+    x, y = _batch(mode, 0, "cpu")
+    policy.step(loss(x, y, return_stats=True)[1])
+    x[0, 1] = float("nan")
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        policy.step(loss(x, y, return_stats=True)[1])
+    seen = []
+    for step in range(1, 5):
+        xb, yb = _batch(mode, step, "cpu")
+        value = loss(xb, yb)  # the loss still computes
+        assert torch.isfinite(value)
+        policy.step(loss(xb, yb, return_stats=True)[1])
+        seen.append(_gamma_snapshot(loss))
+    for _, *values in seen:
+        for v in values:
+            assert torch.isfinite(v).all()
+    assert len({repr(s) for s in seen}) > 1  # gamma still follows the statistics
+    fresh = create_policy(name, FocalLoss(mode, gamma=2.0), **kwargs)
+    fresh.load_state_dict(policy.state_dict())
+    assert fresh.skipped_batches == 1
+
+
+def test_sequential_skips_a_nan_batch_while_pi_leads():
+    loss = FocalLoss("softmax", gamma=2.0)
+    policy = _sequential(loss)
+    for step in range(4):
+        policy.step(loss(*_batch("softmax", step, "cpu"), return_stats=True)[1])
+    x, y = _batch("softmax", 4, "cpu")
+    x[2, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="the 'pi' policy"):
+        policy.step(loss(x, y, return_stats=True)[1])
+    assert torch.isfinite(loss.gamma).all() and policy.skipped_batches == 1
+
+
+def _built(name):
+    mode, factory = FACTORIES[name]
+    loss = FocalLoss(mode, gamma=2.0)
+    return loss, factory(loss)
+
+
+def test_no_policy_loads_another_policys_state():
+    # 18 x 17 pairs; without the 'policy' key most of them used to load (194 of 306)
+    names = sorted(FACTORIES)
+    states = {}
+    for name in names:
+        loss, policy = _built(name)
+        _run(FACTORIES[name][0], policy, loss, 5)
+        states[name] = policy.state_dict()
+    loaded = []
+    for target in names:
+        loss, policy = _built(target)
+        before, gamma = _state_repr(policy.state_dict()), _gamma_snapshot(loss)
+        for source in names:
+            if source == target:
+                continue
+            for state in (states[source], {k: v for k, v in states[source].items() if k != "policy"}):
+                try:
+                    policy.load_state_dict(state)
+                except (ValueError, TypeError):
+                    continue
+                loaded.append((source, target, "policy" in state))
+        assert _state_repr(policy.state_dict()) == before and repr(_gamma_snapshot(loss)) == repr(gamma)
+    assert loaded == []
+    assert len(names) * (len(names) - 1) == 306
+
+
+def test_states_of_the_first_layout_still_load():
+    # version 1 had no skipped_batches: it loads with 0
+    loss, policy = _built("pi")
+    _run("softmax", policy, loss, 3)
+    state = policy.state_dict()
+    old = {k: v for k, v in state.items() if k != "skipped_batches"}
+    old["version"] = 1
+    fresh_loss, fresh = _built("pi")
+    fresh.load_state_dict(old)
+    assert fresh.skipped_batches == 0 and torch.equal(fresh.integral, policy.integral)
+    torch.testing.assert_close(fresh_loss.gamma, loss.gamma, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, mode, kwargs", [
+    ("automated", "softmax", {"momentum": 0.5}),
+    ("pi", "softmax", {"setpoint": 0.6}),
+    ("pi", "softmax", {"setpoint": 0.6, "per_class": True, "num_classes": C}),
+    ("efl", "sigmoid", {}),
+    ("asl_adaptive", "sigmoid", {"rate": 0.5}),
+    ("adafocal", "softmax", {"num_bins": 5}),
+])
+def test_the_accelerator_path_of_the_finite_check(name, mode, kwargs, monkeypatch):
+    """What runs on a GPU, forced on the CPU: the check and the controllers' tensor paths, with torch.where and no
+    read of a value; the skip is counted on the device and warned about at the next epoch end."""
+    from adaptive_focal.policies import base, feedback
+
+    monkeypatch.setattr(base.GammaPolicy, "_finite_or_empty", lambda self, stats, fields, validation: (
+        self._finite_or_empty_on_device(stats, af.BatchStats._SUMMED if fields is None else fields)))
+    monkeypatch.setattr(feedback, "_HOST_CLASSES", 0)
+    loss = FocalLoss(mode, gamma=2.0)
+    policy = create_policy(name, loss, **kwargs)
+    if hasattr(policy, "_compute_tensor"):
+        policy._compute_host = policy._compute_tensor
+    call = policy.epoch_end if policy.needs_validation else policy.step
+    call(loss(*_batch(mode, 0, "cpu"), return_stats=True)[1])
+    before, gamma = _state_repr(policy.state_dict(), counters=False), _gamma_snapshot(loss)
+    x, y = _batch(mode, 1, "cpu")
+    x[0, 0] = float("nan")
+    if policy.needs_validation:  # the epoch end reads the device's count: the warning comes with it
+        with pytest.warns(RuntimeWarning, match=r"1 batch\(es\) had statistics that are not finite"):
+            call(loss(x, y, return_stats=True)[1])
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing is read back at the step itself
+            call(loss(x, y, return_stats=True)[1])
+    _same([gamma], [_gamma_snapshot(loss)])
+    if policy.needs_validation:
+        after = policy.state_dict()
+    else:
+        with pytest.warns(RuntimeWarning, match="had statistics that are not finite"):  # a save reads the count
+            after = policy.state_dict()
+    assert _state_repr(after, counters=False) == before and after["skipped_batches"] == 1
+    assert policy.skipped_batches == 1 and isinstance(policy._skipped_device, torch.Tensor)
+    call(loss(*_batch(mode, 2, "cpu"), return_stats=True)[1])
+    assert policy.skipped_batches == 1 and repr(_gamma_snapshot(loss)) != repr(gamma)  # the next batch counts
+
+
+def test_skips_counted_on_the_device_are_warned_about_at_the_epoch_end(monkeypatch):
+    from adaptive_focal.policies import base
+
+    monkeypatch.setattr(base.GammaPolicy, "_finite_or_empty", lambda self, stats, fields, validation: (
+        self._finite_or_empty_on_device(stats, fields)))
+    loss = FocalLoss("softmax", gamma=2.0)
+    policy = create_policy("automated", loss)
+    x, y = _batch("softmax", 1, "cpu")
+    x[0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.step(loss(x, y, return_stats=True)[1])
+        policy.step(loss(x, y, return_stats=True)[1])
+    with pytest.warns(RuntimeWarning, match=r"the 'automated' policy: 2 batch\(es\) had statistics that are not "
+                                            r"finite"):
+        policy.epoch_end()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.epoch_end()  # once
+    assert policy.state_dict()["skipped_batches"] == 2

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import adaptive_focal as af
-from adaptive_focal.controllers_adafocal import (
+from adaptive_focal.policies.adafocal import (
     AdaFocal, ClasswiseAdaFocal, adafocal_update, equal_mass_edges,
 )
 
@@ -86,7 +86,7 @@ def test_registered_and_initial_table():
     assert {"adafocal", "classwise_adafocal"} <= set(af.list_policies())
     loss = af.FocalLoss("softmax", gamma=2.0)
     policy = af.create_policy("adafocal", loss)
-    assert isinstance(policy, AdaFocal) and policy.needs_validation and policy.stats_mode == "softmax"
+    assert isinstance(policy, AdaFocal) and policy.needs_validation and policy.modes == ("sigmoid", "softmax")
     table = loss.gamma
     assert isinstance(table, af.GammaTable) and policy.get_last_gamma() is table
     torch.testing.assert_close(table.edges, torch.linspace(0, 1, 16))  # the published 15 bins, equal width first
@@ -307,14 +307,6 @@ def test_load_state_dict_bad_state_changes_nothing():
 # ---------------------------------------------------------------------------------------------------------------
 # bad input: raised before any state changes
 # ---------------------------------------------------------------------------------------------------------------
-def test_sigmoid_loss_refused():
-    loss = af.FocalLoss("sigmoid", gamma=2.0)
-    for name, kw in (("adafocal", {}), ("classwise_adafocal", {"num_classes": 3})):
-        with pytest.raises(ValueError, match="softmax"):
-            af.create_policy(name, loss, **kw)
-        assert float(loss.gamma) == 2.0  # nothing written
-
-
 @pytest.mark.parametrize("kwargs, match", [
     ({"lam": 0.0}, "lam"), ({"lam": -1.0}, "lam"), ({"lam": float("inf")}, "lam"), ({"lam": float("nan")}, "lam"),
     ({"lam": "1"}, "lam"), ({"gamma_min": 5.0, "gamma_max": 2.0}, "gamma_max"), ({"gamma_init": 30.0}, "gamma_init"),
@@ -351,12 +343,28 @@ def test_epoch_end_bad_val_stats_changes_nothing():
     _, other = af.softmax_focal_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), return_stats=True)
     with pytest.raises(ValueError, match="edges"):  # 15 default bins, not the table's 3
         policy.epoch_end(other)
-    _, nan = loss(torch.tensor([[float("nan"), 0.0, 0.0]]), torch.tensor([0]), return_stats=True)
-    with pytest.raises(ValueError, match="finite"):
-        policy.epoch_end(nan)
     assert_unchanged(policy, before)
     policy.step()  # step ignores statistics and changes no gamma
     assert torch.equal(loss.gamma.values, before[5])
+
+
+def test_non_finite_validation_stats_are_skipped():
+    # a NaN validation logit used to be an error at epoch_end; now the epoch's statistics are skipped: the table
+    # stays, the epoch counts, skipped_batches counts, one warning
+    loss = af.FocalLoss("softmax")
+    policy = AdaFocal(loss, num_bins=3)
+    good = val_stats_from_probs(loss, [[0.9, 0.1], [0.6, 0.4]], [1, 0])
+    policy.epoch_end(good)
+    before = snapshot(policy)
+    _, nan = loss(torch.tensor([[float("nan"), 0.0, 0.0], [2.0, 0.0, 0.0]]), torch.tensor([0, 0]), return_stats=True)
+    assert not bool(torch.isfinite(nan.conf_sum).all())
+    with pytest.warns(RuntimeWarning, match="'adafocal' policy: the validation statistics of epoch 2 are not finite"):
+        policy.epoch_end(nan)
+    assert policy.epoch == 2 and policy.skipped_batches == 1
+    for a, b in zip(before[2:], snapshot(policy)[2:]):
+        assert torch.equal(a, b)
+    policy.epoch_end(val_stats_from_probs(loss, [[0.9, 0.1], [0.6, 0.4]], [1, 0]))  # and goes on
+    assert not torch.equal(policy.values, before[3])
 
 
 def test_classwise_without_per_class_fields_changes_nothing():
@@ -528,3 +536,145 @@ def test_distributed_ranks_agree_with_the_whole_validation_set(tmp_path):
             for u, v, w in zip(a, b, want):
                 torch.testing.assert_close(u, v, rtol=0, atol=0)
                 torch.testing.assert_close(u, w, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sigmoid losses: every element a binary prediction with confidence max(p, 1 - p)
+# ---------------------------------------------------------------------------------------------------------------
+def sigmoid_confidence_bins(logits: torch.Tensor, target: torch.Tensor, edges: torch.Tensor,
+                            ignore_index=None) -> dict[str, torch.Tensor]:
+    """Independent reference for the per-confidence-bin fields of sigmoid statistics: every non-ignored element
+    with p = sigmoid(x) has confidence max(p, 1 - p) and is correct when (p > 0.5) == (t >= 0.5) or p = 0.5 (a
+    tie, correct as for softmax); bins of
+    ``edges`` as everywhere (edges[b] <= conf < edges[b + 1], the last bin closed); the class of an element is its
+    index along dim 1."""
+    with torch.no_grad():
+        x = logits.detach().double()
+        x2 = x.unsqueeze(1) if x.dim() == 1 else x
+        t2 = target.double().reshape(x2.shape)
+        c = x2.shape[1]
+        p = torch.sigmoid(x2)
+        conf = torch.maximum(p, 1 - p)
+        correct = (((p > 0.5) == (t2 >= 0.5)) | (p == 0.5)).double()
+        valid = torch.ones_like(p, dtype=torch.bool) if ignore_index is None else t2 != ignore_index
+        cls = torch.arange(c).view([1, c] + [1] * (x2.dim() - 2)).expand(x2.shape)
+        b = edges.numel() - 1
+        idx = torch.bucketize(conf.float(), edges[1:-1].float(), right=True)
+        flat = (cls * b + idx)[valid]
+
+        def scatter(w, dtype):
+            return torch.zeros(c * b, dtype=torch.float64).scatter_add_(0, flat, w[valid]).view(c, b).to(dtype)
+
+        per_class = {"class_conf_count": scatter(torch.ones_like(p), torch.int64),
+                     "class_conf_sum": scatter(conf, torch.float32),
+                     "class_correct_sum": scatter(correct, torch.float32)}
+    return {"conf_count": per_class["class_conf_count"].sum(0), "conf_sum": per_class["class_conf_sum"].sum(0),
+            "correct_sum": per_class["class_correct_sum"].sum(0), **per_class}
+
+
+def sigmoid_val_stats(loss, logits, target):
+    """The sigmoid loss's statistics with the per-confidence-bin fields (from the reference above when the loss's
+    own statistics do not carry them yet)."""
+    _, stats = loss(logits, target, return_stats=True)
+    if stats.conf_count is None:
+        stats = dataclasses.replace(stats, **sigmoid_confidence_bins(logits, target, stats.edges))
+    return stats
+
+
+def _logit(p):
+    p = torch.as_tensor(p, dtype=torch.float64)
+    return (p.log() - (1 - p).log()).float()
+
+
+def test_sigmoid_adafocal_moves_gamma_on_over_confident_validation_hand_computed():
+    loss = af.FocalLoss("sigmoid")
+    policy = af.create_policy("adafocal", loss, num_bins=2, rebin=False)  # bins [0, 0.5), [0.5, 1]
+    # two labels per sample; p of the positive class and the targets:
+    #   0.9 / 0 (wrong, conf 0.9), 0.95 / 1 (right, 0.95), 0.2 / 0 (right, 0.8), 0.3 / 1 (wrong, 0.7)
+    logits = _logit([[0.9, 0.95], [0.2, 0.3]])
+    target = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    policy.epoch_end(sigmoid_val_stats(loss, logits, target))
+    gap = (0.9 + 0.95 + 0.8 + 0.7) / 4 - 2 / 4  # over-confident: mean confidence 0.8375, accuracy 0.5
+    torch.testing.assert_close(loss.gamma.values, torch.tensor([1.0, math.exp(gap)]))  # bin 0 never has a value
+    assert float(loss.gamma.values[1]) > 1.0  # focal mode: an over-confident bin's gamma grows
+    # training elements are looked up by their p_t, as for softmax samples
+    assert loss.gamma.lookup(torch.tensor([0.3, 0.7])).tolist() == pytest.approx([1.0, math.exp(gap)], rel=1e-6)
+
+
+def test_sigmoid_binary_adafocal_equals_two_class_softmax(gen):
+    """A sigmoid output is a two-class softmax over (0, x): the same gaps, rebinned edges and gammas."""
+    sig, soft = af.FocalLoss("sigmoid"), af.FocalLoss("softmax")
+    a, b = af.create_policy("adafocal", sig, num_bins=6), af.create_policy("adafocal", soft, num_bins=6)
+    for epoch in range(4):
+        x = torch.randn(300, generator=gen) * (1.0 + epoch)
+        t = (torch.rand(300, generator=gen) < torch.sigmoid(0.5 * x)).float()  # over-confident as the scale grows
+        a.epoch_end(sigmoid_val_stats(sig, x, t))
+        _, stats = soft(torch.stack([torch.zeros_like(x), x], 1), t.long(), return_stats=True)
+        b.epoch_end(stats)
+        torch.testing.assert_close(a.edges, b.edges, rtol=0, atol=2e-6)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a.values, torch.ones_like(a.values))
+
+
+def test_sigmoid_rebin_floor_is_one_half():
+    # confidences of binary elements are >= 0.5: bin [1/3, 2/3) holding three of 0.55 is modelled on [0.5, 0.6]
+    # (a softmax floor of 1 / C = 1/3 would give [0.433, 0.667]); three of 0.9 in [2/3, 1] on [0.8, 1.0].
+    # Quantiles at 2 and 4 of 6: 0.5 + 2/3 * 0.1 and 0.8 + 1/3 * 0.2
+    loss = af.FocalLoss("sigmoid")
+    policy = af.create_policy("adafocal", loss, num_bins=3)
+    logits = _logit([[0.55, 0.45, 0.55], [0.9, 0.1, 0.9]])
+    policy.epoch_end(sigmoid_val_stats(loss, logits, torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]])))
+    torch.testing.assert_close(loss.gamma.edges, torch.tensor([0.0, 0.5 + 0.2 / 3, 0.8 + 0.2 / 3, 1.0]))
+
+
+def test_sigmoid_classwise_adafocal_per_label_hand_computed():
+    loss = af.FocalLoss("sigmoid")
+    policy = af.create_policy("classwise_adafocal", loss, num_classes=2, num_bins=2, rebin=False)
+    # label 0: p 0.9 / t 0 and 0.8 / t 0: both wrong, E = 0.85 - 0;  label 1: p 0.7 / t 1 and 0.4 / t 0: right,
+    # E = (0.7 + 0.6) / 2 - 1
+    logits = _logit([[0.9, 0.7], [0.8, 0.4]])
+    policy.epoch_end(sigmoid_val_stats(loss, logits, torch.tensor([[0.0, 1.0], [0.0, 0.0]])))
+    expected = torch.tensor([[1.0, math.exp(0.85)], [1.0, math.exp(0.65 - 1.0)]])
+    torch.testing.assert_close(loss.gamma.values, expected)
+
+
+def test_sigmoid_reference_bins_agree_with_the_softmax_statistics_for_two_classes(gen):
+    # the reference's definitions (confidence, correctness, binning) are those of the softmax statistics
+    x = torch.randn(200, generator=gen) * 3
+    x[:6] = 0.0  # p = 0.5: a tie, correct whatever the target
+    t = (torch.rand(200, generator=gen) < 0.4).float()
+    t[:3] = 0.0
+    edges = torch.tensor([0.0, 0.5, 0.6, 0.75, 0.9, 1.0])
+    ref = sigmoid_confidence_bins(x, t, edges)
+    _, soft = af.softmax_focal_loss(torch.stack([torch.zeros_like(x), x], 1), t.long(),
+                                    gamma=af.GammaTable(edges, torch.ones(5)), return_stats=True)
+    assert torch.equal(ref["conf_count"], soft.conf_count)
+    torch.testing.assert_close(ref["conf_sum"], soft.conf_sum)
+    torch.testing.assert_close(ref["correct_sum"], soft.correct_sum)
+
+
+def test_sigmoid_statistics_without_confidence_bins_say_what_is_missing():
+    loss = af.FocalLoss("sigmoid")
+    policy = af.create_policy("adafocal", loss, num_bins=3)
+    before = snapshot(policy)
+    _, stats = loss(torch.randn(4, 3), (torch.rand(4, 3) < 0.5).float(), return_stats=True)
+    stats = dataclasses.replace(stats, conf_count=None, conf_sum=None, correct_sum=None)
+    with pytest.raises(ValueError, match=r"needs val_stats with conf_count, conf_sum, correct_sum \(per-element "
+                                         r"confidence max\(p, 1 - p\) bins\); these sigmoid statistics"):
+        policy.epoch_end(stats)
+    assert_unchanged(policy, before)
+
+
+def test_sigmoid_adafocal_state_round_trip(gen):
+    loss_a, loss_b = af.FocalLoss("sigmoid"), af.FocalLoss("sigmoid")
+    a, b = (af.create_policy("classwise_adafocal", lo, num_classes=3, num_bins=4) for lo in (loss_a, loss_b))
+    batches = [(torch.randn(32, 3, generator=gen) * 3, (torch.rand(32, 3, generator=gen) < 0.3).float())
+               for _ in range(5)]
+    for x, t in batches[:2]:
+        a.epoch_end(sigmoid_val_stats(loss_a, x, t))
+    b.load_state_dict(a.state_dict())
+    for x, t in batches[2:]:
+        a.epoch_end(sigmoid_val_stats(loss_a, x, t))
+        b.epoch_end(sigmoid_val_stats(loss_b, x, t))
+        assert torch.equal(loss_a.gamma.values, loss_b.gamma.values)
+        assert torch.equal(loss_a.gamma.edges, loss_b.gamma.edges)

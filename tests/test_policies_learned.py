@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import adaptive_focal as af
 from adaptive_focal import FocalLoss, GammaTable, create_policy
-from adaptive_focal.learned import _lookahead_focal
+from adaptive_focal.policies.learned.common import _lookahead_focal
 
 C, D = 3, 5
 
@@ -492,7 +492,14 @@ def test_optuna_leaves_out_the_learned_controllers_unless_given_a_model():
     from adaptive_focal.integrations.optuna import default_candidates
 
     assert not {"hypergradient", "gammanet", "bandit"} & set(default_candidates())
-    assert "bandit" in default_candidates({"bandit": {"model": object()}})
+    # the bandit requires the model and validation batches, from fixed arguments or from the run's context
+    assert "bandit" not in default_candidates({"bandit": {"model": object()}})
+    assert "bandit" in default_candidates({"bandit": {"model": object(), "val_source": []}})
+    context = af.RunContext(model=_model(), val_source=_val())
+    assert "bandit" in default_candidates(context=context)
+    # the look-ahead controllers also need a learning rate: the context's optimizer or a fixed lr
+    assert not {"hypergradient", "gammanet"} & set(default_candidates(context=context))
+    assert "hypergradient" in default_candidates({"hypergradient": {"lr": 0.1}}, context=context)
 
 
 # -- torch.distributed ----------------------------------------------------------------------------------------------

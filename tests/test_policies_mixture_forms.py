@@ -183,7 +183,7 @@ def test_efl_load_state_dict_does_not_alias_the_callers_tensors(gen):
 
 def test_efl_python_and_tensor_arithmetic_agree_bit_for_bit(gen, monkeypatch):
     # few classes on the CPU take Python numbers, many (or a GPU) tensor operations: the same float64 formula
-    import adaptive_focal.controllers as controllers
+    import adaptive_focal.policies.feedback as controllers
 
     losses = [FocalLoss("sigmoid", alpha=0.25) for _ in range(2)]
     policies = [create_policy("efl", lo, num_classes=6) for lo in losses]
@@ -203,7 +203,7 @@ def test_efl_python_and_tensor_arithmetic_agree_bit_for_bit(gen, monkeypatch):
 def test_efl_marks_its_gammas_and_moves_between_python_and_tensor_sums(gen, monkeypatch):
     # the Python path vouches for the gammas it writes (finite, >= gamma_b); a run that switches paths (for
     # instance after a state saved on the tensor path) carries its sums over exactly
-    import adaptive_focal.controllers as controllers
+    import adaptive_focal.policies.feedback as controllers
 
     x = [torch.randn(30, 4, generator=gen) * 2 for _ in range(4)]
     t = [(torch.rand(30, 4, generator=gen) < torch.linspace(0.5, 0.05, 4)).float() for _ in range(4)]
@@ -219,3 +219,20 @@ def test_efl_marks_its_gammas_and_moves_between_python_and_tensor_sums(gen, monk
     assert a.pos_grad.dtype == torch.float64 and a.pos_grad.shape == (4,)
     assert torch.equal(loss_a.gamma.gammas, loss_b.gamma.gammas)
     assert loss_a.gamma._known_nonneg() and bool((loss_a.gamma.gammas >= 2.0).all())
+
+
+@pytest.mark.parametrize("host_classes", [256, 0])  # Python numbers / tensor operations
+def test_efl_class_without_any_gradient_keeps_gamma_b(host_classes, monkeypatch, gen):
+    # a class none of whose elements counted yet (all ignored; or an empty or skipped batch) has g = 1 as before
+    # any statistics, not the ratio 0 / 1e-10 = 0 and the largest gamma
+    import adaptive_focal.policies.feedback as feedback
+
+    monkeypatch.setattr(feedback, "_HOST_CLASSES", host_classes)
+    loss = FocalLoss("sigmoid", ignore_index=-1.0)
+    policy = create_policy("efl", loss, num_classes=3, gamma_b=2.0, scale=8.0)
+    t = (torch.rand(20, 3, generator=gen) < 0.3).float()
+    t[:, 2] = -1.0  # class 2 ignored everywhere
+    policy.step(loss(torch.randn(20, 3, generator=gen), t, return_stats=True)[1])
+    g = loss.gamma.gammas[0]
+    assert float(g[2]) == 2.0 and float(loss.gamma.weights[0, 2]) == 1.0
+    assert bool((g[:2] > 2.0).all())  # the others moved

@@ -11,7 +11,10 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, tmp_path, monkeypatch):
+    from adaptive_focal.policies import base
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # a policy an example registers stays there
     exec(compile(BLOCKS[index], f"README.md example {index + 1}", "exec"), {"__name__": "__readme__"})
 
 

@@ -86,8 +86,8 @@ def compare(objective, *, mode: str, metric: str, direction: str = "maximize", s
         trials: TPE trials per tuned arm and seed.
         arms: arm names (``"gamma=2"``, ``"gamma=tpe"``, ``"policy=pi"``, ``"policy=pi+tpe"``, ...) or
             :class:`Arm` objects; default: :func:`~adaptive_focal.compare.default_arms` for ``mode``.
-        learned: include the learned controllers in the default arms (the objective must pass ``model=`` and
-            ``val_source=`` to ``run.make_policy``).
+        learned: include the learned controllers in the default arms (the objective must pass ``model=``,
+            ``val_source=`` and ``optimizer=`` to ``run.make_policy``).
         name: the study's name (default: the function's name).
         storage: journal file or database URL (default ``runs/compare/<name>.log``); the same call again
             resumes.

@@ -41,13 +41,10 @@ _ACROSS = "@seeds"
 def spec_tuple(spec) -> tuple:
     """A search-space entry in the tuple form study manifests store: ``("float", low, high, log)``,
     ``("int", low, high)`` or ``("categorical", choices)``; ``spec`` is such a tuple (or list) or a search-space
-    parameter of :mod:`adaptive_focal.policies.space`."""
-    if hasattr(spec, "as_tuple"):
-        return tuple(spec.as_tuple())
-    if isinstance(spec, (tuple, list)) and spec and spec[0] in ("float", "int", "categorical"):
-        return tuple(tuple(v) if isinstance(v, list) else v for v in spec)
-    raise ValueError(f"a search-space entry must be ('float', low, high, log), ('int', low, high), "
-                     f"('categorical', choices) or a search-space parameter, got {spec!r}")
+    parameter (:mod:`adaptive_focal.policies.space`)."""
+    from ..policies.space import as_param
+
+    return tuple(as_param(spec).as_tuple())
 
 
 @dataclass(frozen=True)
@@ -202,15 +199,10 @@ def default_arms(mode: str | None = None, *, learned: bool = True, exclude=(), g
         cls = policy_class(name)
         if name in _NOT_ARMS or name in exclude:
             continue
-        if mode is not None and not _applies(cls, mode):
+        if mode is not None and not cls.applies_to(mode):
             continue
         if not learned and "model" in getattr(cls, "requires", ()):
             continue
         arms += _policy_arms(name)
     return arms
 
-
-def _applies(cls, mode: str) -> bool:
-    if hasattr(cls, "applies_to"):
-        return cls.applies_to(mode)
-    return cls.stats_mode in (None, mode)

@@ -13,8 +13,8 @@
 ``run.seed`` seeds everything random in the run (data order, initialisation): arms are compared seed by seed, so
 seed k of every arm must see the same data. Tuned arms select on ``"val"`` only; ``"test"`` is reported, never
 used to choose. The learned controllers (``hypergradient``, ``gammanet``, ``bandit``) also need the model and
-held-out batches: pass ``model=`` and ``val_source=`` to ``run.make_policy`` (and run the comparison with
-learned arms, ``--learned``); an objective that does not is never given such an arm by default.
+held-out batches: pass ``model=``, ``val_source=`` and ``optimizer=`` to ``run.make_policy`` (and run the
+comparison with learned arms, ``--learned``); an objective that does not is never given such an arm by default.
 
 An objective is named by an import string: ``"package.module:function"`` (importable from ``sys.path``) or
 ``"path/to/file.py:function"``. A file inside a package (its folder holds ``__init__.py``) is imported as part
@@ -193,15 +193,15 @@ class Run:
         for key, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"make_policy: {key} must be a positive integer, got {value!r}")
-        missing = [k for k in policy_class(name).requires
-                   if {"model": model, "val_source": val_source, "num_classes": num_classes}.get(k, 0) is None]
-        if missing:
-            raise ValueError(f"arm {self.arm!r}: policy {name!r} needs {', '.join(missing)} in run.make_policy(...); "
-                             "pass them, or leave this arm out")
         context = RunContext(epochs=epochs, steps_per_epoch=steps_per_epoch, num_classes=num_classes,
                              gamma=self.gamma, model=model, val_source=val_source, train_source=train_source,
                              optimizer=optimizer, seed=self.seed)
-        self._policy = create_policy(name, loss, context=context, **dict(self.config.get("policy_kwargs") or {}))
+        kwargs = dict(self.config.get("policy_kwargs") or {})
+        missing = policy_class(name).missing_requirements(context, kwargs)
+        if missing:
+            raise ValueError(f"arm {self.arm!r}: policy {name!r} needs {', '.join(missing)} in run.make_policy(...); "
+                             "pass them, or leave this arm out")
+        self._policy = create_policy(name, loss, context=context, **kwargs)
         return self._policy
 
     def report(self, step: int, value: float) -> None:

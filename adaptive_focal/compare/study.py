@@ -102,9 +102,7 @@ class Study:
         if self.mode is not None and arm.policy is not None:
             from ..policies import policy_class
 
-            cls = policy_class(arm.policy)
-            applies = cls.applies_to(self.mode) if hasattr(cls, "applies_to") else cls.stats_mode in (None, self.mode)
-            if not applies:
+            if not policy_class(arm.policy).applies_to(self.mode):
                 raise ValueError(f"policy {arm.policy!r} does not apply to mode={self.mode!r} losses")
 
     def with_settings(self, **settings) -> Study:

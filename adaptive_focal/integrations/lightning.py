@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from ..callbacks import stats_record
 from ..gamma_forms import gamma_scalars
-from ..policy import GammaPolicy
+from ..policies import GammaPolicy
 from ..stats import BatchStats
 from ._optional import require
 

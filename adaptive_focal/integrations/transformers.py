@@ -40,7 +40,7 @@ from ..callbacks import GammaCallback, stats_record
 from ..gamma_forms import gamma_scalars
 from ..functional import sigmoid_focal_loss, softmax_focal_loss
 from ..loss import FocalLoss
-from ..policy import GammaPolicy
+from ..policies import GammaPolicy
 from ..stats import BatchStats
 from ._optional import require
 
