@@ -185,7 +185,7 @@ def default_arms(mode: str | None = None, *, learned: bool = True, exclude=(), g
         mode: ``"softmax"`` or ``"sigmoid"`` keeps only the policies that apply to that loss mode; None keeps
             every policy (an objective that picks the loss mode per policy).
         learned: include the policies that need the model and held-out data (``requires`` names ``model``): the
-            objective must pass ``model=`` and ``val_data=`` to ``run.make_policy`` for them.
+            objective must pass ``model=``, ``val_source=`` and ``optimizer=`` to ``run.make_policy`` for them.
         exclude: policy names to leave out.
         grid: the fixed gammas.
     """
