@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..gamma_forms import FocalMixture
 from ..stats import BatchStats
-from ._checks import with_class_weight
+from ._checks import on_host, with_class_weight
 from ._gamma import FULL, PER_CLASS, SCALAR, TABLE, Gamma, check_mixture
 from ._stats import histogram
 
@@ -51,13 +51,55 @@ def _modulator(log_base_pos: torch.Tensor, log_base_neg_fn, gamma: torch.Tensor,
     return m
 
 
+#: where an infinite logit is computed (the same in every path of the library): exp(-1e4) is 0 in float32 and
+#: float64, so every quantity of the loss equals its limit there, and autograd's products stay far from overflow
+SATURATED = 1e4
+
+
+class _Saturate(torch.autograd.Function):
+    """``x`` with +-inf replaced by +-``SATURATED`` (finite values and NaN kept), differentiated as the identity:
+    the gradient an infinite logit receives is the limit of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.where(torch.isinf(x), torch.copysign(torch.full_like(x, SATURATED), x), x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _infinite(x: torch.Tensor) -> torch.Tensor | None:
+    """Where ``x`` is infinite, or None when it is known to have no infinity (read only where that costs no
+    device synchronisation)."""
+    if on_host(x) and not bool(torch.isinf(x).any()):
+        return None
+    return torch.isinf(x)
+
+
+def _loss_limit(loss: torch.Tensor, infinite: torch.Tensor) -> torch.Tensor:
+    """What to add to the losses computed at saturated logits to make them their limits: +-inf where the logit
+    is infinite and the loss is not 0 (a loss that grows without bound), else 0. A constant: the gradient stays
+    that of the saturated logit."""
+    lost = loss.detach()
+    return torch.where(infinite & (lost != 0), lost.sign() * float("inf"), torch.zeros_like(lost))
+
+
 def reference(x, t, g: Gamma, gval, alpha, weight, ignore_index, ls, detach, edges, need_stats):
-    """Element losses (N, C, S) by plain autograd on a log-space formula, and the statistics (or None)."""
+    """Element losses (N, C, S) by plain autograd on a log-space formula, and the statistics (or None).
+
+    Non-finite logits follow the kernels' rule (``adaptive_focal/_kernels/__init__.py``): an ignored element has
+    loss and gradient 0 whatever its logit; an infinite one gives the limits of the loss and of its gradient; a
+    NaN one gives NaN, and NaN statistics."""
     n, c, s = x.shape
     valid = None
     if ignore_index is not None:
         valid = t != ignore_index
         t = torch.where(valid, t, torch.zeros_like(t))
+        x = torch.where(valid, x, torch.zeros_like(x))  # nothing of an ignored element's logit gets through
+    infinite = _infinite(x)
+    if infinite is not None:
+        x = _Saturate.apply(x)
     ts = t * (1.0 - ls) + 0.5 * ls if ls else t
     ce = F.binary_cross_entropy_with_logits(x, ts, reduction="none")
     log_p, log_pm = F.logsigmoid(x), F.logsigmoid(-x)
@@ -87,20 +129,25 @@ def reference(x, t, g: Gamma, gval, alpha, weight, ignore_index, ls, detach, edg
         loss = loss * alpha_t
     if weight is not None:
         loss = loss * weight
+    if infinite is not None:
+        loss = loss + _loss_limit(loss, infinite)
     if valid is not None:
         loss = torch.where(valid, loss, torch.zeros_like(loss))
     stats = None
     if need_stats:
         with torch.no_grad():
             v = torch.ones_like(p_t) if valid is None else valid.to(p_t.dtype)
-            pos = (t >= 0.5).to(v.dtype) * v
+            positive = t >= 0.5 if valid is None else (t >= 0.5) & valid
+            pos = positive.to(v.dtype)
             f32 = torch.float32
             # |dl/dx| per element (0 where ignored), split by the raw target
             grad = _elem_grad(p, p_t, ts, ce, log_p, log_pm, log_q, m, gam, g.nonneg, detach, alpha_t,
                               weight).abs() * v
             # seven per-element quantities summed per class in one reduction (this runs every training step);
             # float64 sums keep the counts exact however many elements a batch has
-            per_class = torch.stack([v, pos, p_t * v, p_t * pos, (p - ts).abs() * v, grad * t, grad * (1.0 - t)]
+            # (p_t over the positives is selected, not multiplied by 0/1, so that a negative's NaN stays out of it)
+            per_class = torch.stack([v, pos, p_t * v, torch.where(positive, p_t, 0.0), (p - ts).abs() * v, grad * t,
+                                     grad * (1.0 - t)]
                                     ).sum((1, 3), dtype=torch.float64)  # (7, C)
             total = per_class.sum(1)
             ints = torch.cat([total[:2], per_class[0]]).to(torch.int64)  # count, n_pos, then per class

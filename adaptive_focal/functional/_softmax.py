@@ -17,7 +17,9 @@ class FocalTerm(torch.autograd.Function):
 
     The derivative is written out: ``df/dl = m * (1 + gamma * q * k)`` with ``k = l / (1 - q)`` for gamma >= 0
     (tending to 1 as q -> 1) and ``k = l / (1 + q)`` for gamma < 0. Unlike autograd through ``(1 - q)**gamma``,
-    it never forms ``(1 - q)**(gamma - 1)``, so it is finite at q = 1 for every gamma >= 0.
+    it never forms ``(1 - q)**(gamma - 1)``, so it is finite at q = 1 for every gamma >= 0. At q = 0 (l = inf, a
+    logit of -inf) ``q * k`` and ``d m / d gamma * l`` take their limit 0: the gradient is that of
+    ``F.cross_entropy`` there, not ``0 * inf``.
     """
 
     @staticmethod
@@ -36,6 +38,7 @@ class FocalTerm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         ell, gamma = ctx.saved_tensors
+        ell = ell.clamp(max=torch.finfo(ell.dtype).max)  # l = inf (q = 0): the finite limits below; NaN kept
         q = torch.exp(-ell)
         one_minus_q = -torch.expm1(-ell)
         if ctx.inverse:
@@ -106,14 +109,20 @@ def _mixed(terms, loss_of):
     return out
 
 
-def _all_terms(logp, y, terms, alpha, weight, detach):
-    """Per-sample loss summing every class term against the target distribution ``y`` (shaped like logp)."""
+def _all_terms(logp, y, terms, alpha, weight, detach, sparse: bool):
+    """Per-sample loss summing every class term against the target distribution ``y`` (shaped like logp).
+
+    ``sparse``: ``y`` may hold zeros (probability targets without smoothing); such a term is then 0 whatever its
+    loss, so that a class of probability 0 at a logit of -inf (l = inf) adds nothing rather than ``0 * inf``."""
     cshape = (1, logp.shape[1]) + (1,) * (logp.dim() - 2)
     ell = -logp
+    present = y != 0 if sparse else None
 
     def loss_of(g: Gamma):
         gam = torch.broadcast_to(_class_term_gamma(g, logp, cshape), ell.shape)
         out = FocalTerm.apply(ell, gam, detach, not g.nonneg) * y
+        if present is not None:
+            out = torch.where(present, out, 0.0)
         if alpha is not None:
             out = out * alpha.view(cshape)
         if weight is not None:
@@ -133,7 +142,7 @@ def reference(logp, target, valid, terms, alpha, weight, ls: float, detach: bool
     num_classes = logp.shape[1]
     if valid is None:
         y = target * (1.0 - ls) + ls / num_classes if ls else target
-        per_sample = _all_terms(logp, y, terms, alpha, weight, detach)
+        per_sample = _all_terms(logp, y, terms, alpha, weight, detach, sparse=not ls)
         return per_sample, torch.tensor(float(per_sample.numel()), device=logp.device, dtype=logp.dtype)
     cls = target
     w_y = None if weight is None else weight[cls]
@@ -147,7 +156,8 @@ def reference(logp, target, valid, terms, alpha, weight, ls: float, detach: bool
             per_sample = per_sample * w_y
     else:
         onehot = torch.zeros_like(logp).scatter_(1, cls.unsqueeze(1), 1.0)
-        per_sample = _all_terms(logp, onehot * (1.0 - ls) + ls / num_classes, terms, alpha, weight, detach)
+        per_sample = _all_terms(logp, onehot * (1.0 - ls) + ls / num_classes, terms, alpha, weight, detach,
+                                sparse=False)
     per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
     denom = valid.to(logp.dtype).sum() if w_y is None else (w_y * valid).sum()
     return per_sample, denom

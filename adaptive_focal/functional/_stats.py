@@ -122,8 +122,10 @@ def softmax_stats(logp, target, prob_target, valid, per_sample, edges, num_class
         cell = cls * bins + torch.bucketize(conf, inner, right=True)
         index = torch.stack([cell, cell, cell, cell, torch.bucketize(p_t, inner, right=True)]).reshape(5, -1)
         correct = (logp_y >= conf_log).to(p_t.dtype)
-        # float64 keeps the counts exact however many samples (pixels) a batch has
-        weights = (torch.stack([v, conf, correct, p_t, v]) * v).reshape(5, -1).to(torch.float64)
+        # float64 keeps the counts exact however many samples (pixels) a batch has; ignored samples add exact
+        # zeros, whatever their logits
+        weights = torch.stack([v, conf, correct, p_t, v])
+        weights = (weights if valid is None else torch.where(valid, weights, 0.0)).reshape(5, -1).to(torch.float64)
         cells = torch.zeros(5, num_classes * bins, device=logp.device, dtype=torch.float64)
         cells.scatter_add_(1, index, weights)
         per_class = cells[:4].view(4, num_classes, bins)
