@@ -92,7 +92,8 @@ class FocalLoss(nn.Module):
             super().__setattr__(name, value)
 
     def _set_gamma(self, value, check: bool = True) -> None:
-        """Assigns gamma; ``check=False`` skips the NaN check (for policies, whose values are finite by design)."""
+        """Assigns gamma; ``check=False`` skips the finiteness check (for policies, whose values are finite by
+        design)."""
         if isinstance(value, GAMMA_MODULES):
             if isinstance(value, AsymmetricGamma) and self.mode != "sigmoid":
                 raise ValueError("gamma: AsymmetricGamma is for mode='sigmoid' (positive vs negative targets), "
@@ -103,8 +104,8 @@ class FocalLoss(nn.Module):
             return
         old = self._buffers.get("gamma")
         if isinstance(value, Real) and not isinstance(value, bool):
-            if check and math.isnan(value):
-                raise ValueError(f"gamma must not be NaN, got {value!r}")
+            if check and not math.isfinite(value):
+                raise ValueError(f"gamma must {'not be NaN' if math.isnan(value) else 'be finite'}, got {value!r}")
             if old is not None and old.dim() == 0:
                 old.fill_(float(value))  # the per-step path of schedules: in place, no new tensor (buffers never
                 return                    # require grad, so no autograd context is needed)
@@ -116,8 +117,8 @@ class FocalLoss(nn.Module):
                 "gamma must be a float, a tensor, a GammaTable, a FocalMixture or an AsymmetricGamma, "
                 f"got {type(value).__name__}"
             )
-        if check and new.device.type == "cpu" and torch.isnan(new).any():  # reading a device tensor would synchronise
-            raise ValueError(f"gamma must not be NaN, got {value!r}")
+        if check and new.device.type == "cpu" and not torch.isfinite(new).all():  # a device tensor: no sync
+            raise ValueError(f"gamma must {'not be NaN' if torch.isnan(new).any() else 'be finite'}, got {value!r}")
         if old is not None and old.shape == new.shape:
             with torch.no_grad():
                 old.copy_(new)  # in place: same tensor, no recompilation, optimisers keep their reference

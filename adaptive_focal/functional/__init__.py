@@ -84,6 +84,7 @@ def sigmoid_focal_loss(
         0.075133
     """
     _checks.check_input(input)
+    _checks.check_finite_weight(weight)
     known_nonneg = False
     if isinstance(gamma, FocalMixture):
         _gamma.check_mixture(gamma, "sigmoid", input)
@@ -248,6 +249,7 @@ def softmax_focal_loss(
     terms = _gamma.softmax_terms(g, mix, input, dtype)
     a = _checks.resolve_alpha(alpha, num_classes, device, dtype, "softmax", True)
     w = None if weight is None else _checks.as_class_vector(weight, "weight", num_classes, device, dtype)
+    _checks.check_finite_weight(w)
     check_bins(stat_bins)
     if prob_target:
         y, valid = target.detach().to(dtype), None

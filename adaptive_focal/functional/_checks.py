@@ -7,6 +7,7 @@ on the CPU, outside ``torch.compile`` tracing.
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
 import torch
@@ -109,6 +110,15 @@ def with_class_weight(weight, class_weight: torch.Tensor, input: torch.Tensor) -
     return class_w if weight is None else torch.as_tensor(weight, device=input.device) * class_w
 
 
+def check_finite_weight(weight) -> None:
+    """A weight tensor must be finite (checked where that reads no device value)."""
+    if isinstance(weight, torch.Tensor) and on_host(weight) and weight.numel() and not bool(
+            torch.isfinite(weight).all()):
+        bad = weight[~torch.isfinite(weight)]
+        raise ValueError(f"weight must be finite, got a tensor of shape {tuple(weight.shape)} containing "
+                         f"{bad[0].item()!r}")
+
+
 def sigmoid_weight(weight, input: torch.Tensor, dtype) -> torch.Tensor | None:
     """The sigmoid element weight broadcast to the input's shape, in the compute dtype."""
     if weight is None:
@@ -125,8 +135,10 @@ def sigmoid_weight(weight, input: torch.Tensor, dtype) -> torch.Tensor | None:
 
 
 def check_sigmoid_ignore_index(ignore_index) -> None:
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, Real)):
-        raise ValueError(f"ignore_index must be None or a number, got {ignore_index!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, Real)
+                                     or math.isnan(ignore_index)):
+        raise ValueError(f"ignore_index must be None or a number other than NaN (no target equals NaN), "
+                         f"got {ignore_index!r}")
 
 
 def check_softmax_ignore_index(ignore_index) -> None:
@@ -146,8 +158,8 @@ def check_sigmoid_target_values(t: torch.Tensor, ignore_index) -> None:
     if not (on_host(t) and t.numel()):
         return
     lo, hi = torch.aminmax(t)
-    if lo < 0 or hi > 1:
-        bad = (t < 0) | (t > 1)
+    if not (lo >= 0 and hi <= 1):  # also when NaN, which aminmax propagates
+        bad = ~((t >= 0) & (t <= 1))
         if ignore_index is not None:
             bad &= t != ignore_index
         if bool(bad.any()):
@@ -178,8 +190,12 @@ def check_softmax_target(input: torch.Tensor, target: torch.Tensor, sample_shape
 
 
 def check_probability_target_values(t: torch.Tensor) -> None:
-    if on_host(t) and t.numel() and bool(((t < 0) | (t > 1)).any()):
-        raise ValueError("target of class probabilities must hold values in [0, 1]")
+    if not (on_host(t) and t.numel()):
+        return
+    bad = ~((t >= 0) & (t <= 1))  # NaN too
+    if bool(bad.any()):
+        raise ValueError(f"target of class probabilities must hold values in [0, 1], got values such as "
+                         f"{t[bad][0].item()!r}")
 
 
 def check_class_indices(tgt: torch.Tensor, valid: torch.Tensor, num_classes: int, ignore_index) -> None:

@@ -30,23 +30,78 @@ class Gamma:
     nonneg: bool = False
 
 
-def _nonneg(values: torch.Tensor) -> bool:
-    return on_host(values) and not values.requires_grad and bool((values >= 0).all())
+def _checked_table(table: GammaTable) -> bool:
+    """Checks that a GammaTable's values are finite (where that reads no device value); returns whether they are
+    known to be >= 0."""
+    values = table.values
+    if not on_host(values):
+        return False
+    low, high = (float(v) for v in torch.aminmax(values.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):  # aminmax propagates NaN
+        raise ValueError(f"gamma: GammaTable values must be finite, got {values.tolist()}")
+    return low >= 0 and not values.requires_grad
+
+
+def _checked_tensor(gamma: torch.Tensor, known_nonneg: bool) -> bool:
+    """Checks that a tensor gamma is finite (where that reads no device value); returns whether it is known to be
+    >= 0. ``known_nonneg``: the caller vouches for both, so nothing is read."""
+    if known_nonneg and not gamma.requires_grad:
+        return True
+    if not (on_host(gamma) and gamma.numel()):
+        return False  # unknown without reading the values
+    if gamma.dim() == 0:  # read directly
+        low = high = float(gamma.detach())
+    else:
+        low, high = (float(v) for v in torch.aminmax(gamma.detach()))
+    if math.isnan(low):  # aminmax propagates NaN
+        raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"gamma must be finite, got a tensor of shape {tuple(gamma.shape)} containing "
+                         f"{low if math.isinf(low) else high}")
+    return low >= 0 and not gamma.requires_grad
+
+
+def _shape_error(gamma: torch.Tensor, input: torch.Tensor, mode: str) -> ValueError:
+    shape, gshape = tuple(input.shape), tuple(gamma.shape)
+    if mode == "sigmoid":
+        return ValueError(
+            f"gamma must be a float, a 0-d tensor, a (C,) per-class tensor, a GammaTable, or a tensor broadcastable "
+            f"to the input shape {shape}, got shape {gshape}"
+        )
+    per_sample = (shape[0], 1) + shape[2:]
+    if gshape == (shape[0],) + shape[2:]:  # the target's shape: meant per sample, or per class term
+        readings = ("a 1-D gamma is one value per class and needs length C = " f"{shape[1]}" if gamma.dim() == 1
+                    else "(N, d1, ...) could be one gamma per sample or, broadcast from the right, one per class term")
+        return ValueError(
+            f"gamma of shape {gshape} does not say what it means for softmax_focal_loss with input {shape}: "
+            f"{readings}; give one gamma per sample the input's {input.dim()} dimensions, shape {per_sample} "
+            f"(gamma.unsqueeze(1)), and one per class term a shape broadcastable to {shape}"
+        )
+    return ValueError(
+        f"gamma must be a float, a 0-d tensor, a (C,) per-class tensor, a GammaTable, or a tensor with the input's "
+        f"{input.dim()} dimensions broadcastable to its shape {shape} (one value per class term; {per_sample} for "
+        f"one per sample), got shape {gshape}"
+    )
 
 
 def resolve(gamma, input: torch.Tensor, mode: str, dtype, known_nonneg: bool = False) -> Gamma:
     """Brings every accepted form of gamma into one of the four kinds of the kernel contract.
+
+    A 1-D gamma of length C is per class (along dim 1). Otherwise a tensor gamma is broadcast to the input, and
+    for softmax it must have the input's number of dimensions: ``(N, 1, d1, ...)`` is one gamma per sample.
+    Non-finite values are errors (checked where that reads no device value).
 
     ``known_nonneg``: the caller vouches that a tensor gamma is finite and >= 0 (``FocalMixture._known_nonneg``),
     so its values are not read back to check.
     """
     device = input.device
     if isinstance(gamma, GammaTable):
-        return Gamma(TABLE, gamma.values, gamma, nonneg=_nonneg(gamma.values))
+        return Gamma(TABLE, gamma.values, gamma, nonneg=_checked_table(gamma))
     if isinstance(gamma, Real) and not isinstance(gamma, bool):
-        if math.isnan(float(gamma)):
-            raise ValueError("gamma must not be NaN, got nan")
-        return Gamma(SCALAR, torch.tensor(float(gamma), device=device, dtype=dtype), nonneg=float(gamma) >= 0)
+        value = float(gamma)
+        if not math.isfinite(value):
+            raise ValueError(f"gamma must {'not be NaN' if math.isnan(value) else 'be finite'}, got {value!r}")
+        return Gamma(SCALAR, torch.tensor(value, device=device, dtype=dtype), nonneg=value >= 0)
     if not isinstance(gamma, torch.Tensor):
         raise TypeError(
             "gamma must be a float, a tensor, a GammaTable, a FocalMixture or an AsymmetricGamma, "
@@ -54,29 +109,18 @@ def resolve(gamma, input: torch.Tensor, mode: str, dtype, known_nonneg: bool = F
         )
     if not gamma.is_floating_point():
         gamma = gamma.to(dtype)
-    nonneg = known_nonneg and not gamma.requires_grad  # else unknown without reading the values
-    if not nonneg and on_host(gamma) and gamma.numel():
-        # one value for both checks (min propagates NaN); a 0-d gamma is read directly
-        low = float(gamma.detach()) if gamma.dim() == 0 else float(gamma.detach().min())
-        if low != low:
-            raise ValueError(f"gamma must not be NaN, got a tensor of shape {tuple(gamma.shape)} containing NaN")
-        nonneg = low >= 0 and not gamma.requires_grad
+    nonneg = _checked_tensor(gamma, known_nonneg)
     g = gamma.to(device=device, dtype=dtype)
     if g.dim() == 0:
         return Gamma(SCALAR, g, nonneg=nonneg)
     if input.dim() >= 2 and g.dim() == 1 and g.numel() == input.shape[1]:
         return Gamma(PER_CLASS, g, nonneg=nonneg)
-    shape = input.shape
-    if mode == "softmax" and g.dim() == input.dim() - 1 and input.dim() >= 2:
-        g = g.unsqueeze(1)  # per sample: (N, d1, ...) -> (N, 1, d1, ...)
+    if mode == "softmax" and g.dim() < input.dim():
+        raise _shape_error(gamma, input, mode)
     try:
-        full = torch.broadcast_to(g, shape)
+        full = torch.broadcast_to(g, input.shape)
     except RuntimeError:
-        what = "the input shape" if mode == "sigmoid" else "the input shape (per class term) or (N, 1, d1, ...) (per sample)"
-        raise ValueError(
-            f"gamma must be a float, a 0-d tensor, a (C,) per-class tensor, a GammaTable, or a tensor broadcastable "
-            f"to {what} {tuple(shape)}, got shape {tuple(gamma.shape)}"
-        ) from None
+        raise _shape_error(gamma, input, mode) from None
     return Gamma(FULL, full, nonneg=nonneg)
 
 
