@@ -8,7 +8,7 @@ used.
 """
 
 from . import metrics
-from .functional import sigmoid_focal_loss, softmax_focal_loss
+from .functional import class_balanced_weights, sigmoid_focal_loss, softmax_focal_loss
 from .gamma_forms import AsymmetricGamma, FocalMixture
 from .loss import FocalLoss
 from .policy import GammaPolicy, create_policy, list_policies, policy_class, register_policy

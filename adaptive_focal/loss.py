@@ -37,6 +37,9 @@ class FocalLoss(nn.Module):
         alpha, weight: as in the functions; tensors are registered as buffers.
         reduction, label_smoothing, detach_modulator, stat_bins: as in the functions.
         ignore_index: as in the functions; defaults to None for sigmoid and -100 for softmax.
+        class_priors, tau: logit adjustment (Menon et al., 2021), as in the functions: softmax priors are class
+            counts or frequencies, sigmoid priors the per-class positive fractions in (0, 1). The priors are a
+            float64 buffer (they are read in float64, so that counts and frequencies stay exact); tau a float.
 
     Example:
         >>> import torch
@@ -47,6 +50,12 @@ class FocalLoss(nn.Module):
         >>> criterion.gamma = 1.0  # e.g. what a schedule does after a step
         >>> float(criterion.gamma)
         1.0
+
+        The logit-adjusted focal loss of a long-tailed training set, from its class counts:
+
+        >>> counts = torch.tensor([500, 200, 100, 50, 10])
+        >>> adjusted = FocalLoss("softmax", gamma=2.0, class_priors=counts, tau=1.0)
+        >>> value = adjusted(logits, target)
     """
 
     gamma: torch.Tensor | GammaTable | FocalMixture | AsymmetricGamma
@@ -62,6 +71,9 @@ class FocalLoss(nn.Module):
         ignore_index=_UNSET,
         detach_modulator: bool = False,
         stat_bins: int = 15,
+        *,
+        class_priors=None,
+        tau: float = 1.0,
     ) -> None:
         super().__init__()
         if mode not in _MODES:
@@ -80,6 +92,12 @@ class FocalLoss(nn.Module):
             self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32).detach().clone())
         else:
             self.weight = None
+        if class_priors is not None:
+            self.register_buffer("class_priors",
+                                 torch.as_tensor(class_priors, dtype=torch.float64).detach().clone())
+        else:
+            self.class_priors = None
+        self.tau = tau
         self.gamma = gamma
         # Validate every setting once, now, on a tiny input rather than at the first training step.
         self._check_settings()
@@ -134,6 +152,8 @@ class FocalLoss(nn.Module):
             c = self.alpha.numel()
         elif self.mode == "softmax" and self.weight is not None:
             c = self.weight.numel()
+        elif self.class_priors is not None:
+            c = self.class_priors.numel()
         elif isinstance(self.gamma, GammaTable) and self.gamma.per_class:
             c = self.gamma.values.shape[0]
         elif isinstance(self.gamma, torch.Tensor) and self.gamma.dim() == 1:
@@ -152,7 +172,8 @@ class FocalLoss(nn.Module):
         return fn(
             input, target, gamma=gamma, alpha=self.alpha, weight=weight, reduction=self.reduction,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index, return_stats=return_stats,
-            detach_modulator=self.detach_modulator, stat_bins=self.stat_bins,
+            detach_modulator=self.detach_modulator, stat_bins=self.stat_bins, class_priors=self.class_priors,
+            tau=self.tau,
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, return_stats: bool = False):
@@ -163,4 +184,5 @@ class FocalLoss(nn.Module):
         g = f"{gamma.item():g}" if isinstance(gamma, torch.Tensor) and gamma.dim() == 0 else (
             f"tensor{tuple(gamma.shape)}" if isinstance(gamma, torch.Tensor) else type(gamma).__name__
         )
-        return f"mode={self.mode!r}, gamma={g}, reduction={self.reduction!r}"
+        priors = "" if self.class_priors is None else f", class_priors=({self.class_priors.numel()},), tau={self.tau:g}"
+        return f"mode={self.mode!r}, gamma={g}, reduction={self.reduction!r}{priors}"
