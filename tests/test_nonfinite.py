@@ -55,8 +55,10 @@ SIGMOID_PATHS = ["reference_float32", "reference_float64", "kernel"]
 @pytest.mark.parametrize("alpha", [None, 0.25])
 @pytest.mark.parametrize("targets,ls", [([0.0, 1.0], 0.0), ([0.0, 1.0, 0.3], 0.0), ([0.0, 1.0], 0.1)],
                          ids=["hard", "soft", "smoothed"])
-def test_sigmoid_limits_on_every_path(path, gamma, alpha, targets, ls):
+@pytest.mark.parametrize("form", ["scalar", "table"])
+def test_sigmoid_limits_on_every_path(path, gamma, alpha, targets, ls, form):
     x, t = _cases(targets)
+    lib_gamma = gamma if form == "scalar" else af.GammaTable([0.0, 1.0], [gamma])  # one bin: the table's code
     if path == "kernel":
         if not kernel_available("cpu"):
             pytest.skip("no C compiler for the CPU kernel")
@@ -66,7 +68,7 @@ def test_sigmoid_limits_on_every_path(path, gamma, alpha, targets, ls):
         x, t = x.unsqueeze(0), t.unsqueeze(0)
         if path == "reference_float64":
             x, t = x.double(), t.double()
-    loss, grad = _value_and_grad(x, t, gamma=gamma, alpha=alpha, label_smoothing=ls)
+    loss, grad = _value_and_grad(x, t, gamma=lib_gamma, alpha=alpha, label_smoothing=ls)
     n = 2 * len(targets)
     for j in range(n):
         want_loss, want_grad = sigmoid_limit(float(x[0, j]), targets[j // 2], gamma, alpha, ls)

@@ -23,10 +23,12 @@
  *
  * Non-finite logits (the rule of adaptive_focal/_kernels/__init__.py, shared with the Triton kernel and the
  * PyTorch path): an ignored element has loss and gradient 0 whatever its logit; an infinite logit is computed as
- * +-1e4 (see saturate), where exp(-|x|) is 0 and every quantity above equals its limit, and its loss is then set
- * to +-inf unless it is 0 (the limit of a loss that grows without bound); a NaN logit gives a NaN loss and gradient
- * and is kept in the statistics (its p_t is NaN: the sums over it are NaN, and the histogram counts it in the
- * last bin, as torch.bucketize does).
+ * +-1e4, where exp(-|x|) is 0 and every quantity above equals its limit, and its loss is then set to +-inf unless
+ * it is 0 (the limit of a loss that grows without bound): a block holding one, which the main loops give a
+ * non-finite loss sum, is computed again from a saturated copy of its logits (process_block), so that finite
+ * blocks pay nothing for the rule; a NaN logit gives a NaN loss and
+ * gradient and is kept in the statistics (its p_t is NaN: the sums over it are NaN, and the histogram counts it
+ * in the last bin, as torch.bucketize does).
  */
 #include <math.h>
 #include <stdint.h>
@@ -71,16 +73,11 @@ typedef struct {
 
 static inline float bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 
+static inline int infinite(float x) { return x > F32_MAX || x < -F32_MAX; }
+
 /* The logit computed for x: +-inf becomes +-SATURATED, where exp(-|x|) is 0 and p, 1 - p, 1 - p_t, the
    modulating factor and the gradient are exactly their limits; finite logits and NaN are unchanged. */
 static inline float saturate(float x) { return x > F32_MAX ? SATURATED : (x < -F32_MAX ? -SATURATED : x); }
-
-/* The element loss of an infinite logit x: the loss computed at +-SATURATED is finite, the limit is infinite
-   unless the loss is 0 there (a target the logit agrees with, or a zero weight). */
-static inline float loss_limit(float x, float loss) {
-    const int inf = x > F32_MAX || x < -F32_MAX;
-    return inf && loss != 0.0f ? (loss > 0.0f ? __builtin_inff() : -__builtin_inff()) : loss;
-}
 static inline int32_t float_to_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 
 /* exp(x); exactly 0 below -87.3 (where the result would be subnormal), finite for x <= 88, NaN for NaN (the
@@ -152,6 +149,11 @@ typedef struct {
     float s_pt[BLOCK];
     float s_gpos[BLOCK], s_gneg[BLOCK]; /* |dloss/dx| t and |dloss/dx| (1 - t), t the raw target */
     int32_t s_count[BLOCK];             /* kept only with an ignore_index (else counted per unit in run_range) */
+    /* the block's logits and element losses as the main loops read and write them: the input and output, or,
+       for a block with an infinite logit, a saturated copy and (without an output) a scratch buffer */
+    const float *x;
+    float *elem;
+    float xs[BLOCK], el[BLOCK];
 #ifdef HIST_AVX512
     hist_state hist;
 #endif
@@ -191,11 +193,11 @@ static void fold_sums(const focal_args *a, block_buf *b, int64_t len, double *ac
 
 /* p_t of each element (-1 where ignored), for the table lookup that must precede the main loop. */
 static void block_pt(const focal_args *a, block_buf *b, int64_t off, int32_t len) {
-    const float *x = a->x + off, *t = a->t + off;
+    const float *x = b->x, *t = a->t + off;
     const float ls = a->smoothing, ign = a->ignore_value;
     const int has_ign = a->has_ignore;
     for (int32_t j = 0; j < len; ++j) {
-        float xv = saturate(x[j]), tv = t[j];
+        float xv = x[j], tv = t[j];
         float ts = tv * (1.0f - ls) + 0.5f * ls;
         float e = f_exp(-(xv < 0.0f ? -xv : xv));
         float s = 1.0f / (1.0f + e);
@@ -234,8 +236,8 @@ static void hist_cumulative(const float *restrict pt, int32_t len, int32_t nb, c
  *     so one comparison with each of the bin's two edges (looked up with vpermps) makes it exact;
  *   - other edges: a branchless binary search over the interior edges (four lookups and comparisons).
  * Both compare with the edges exactly as the definition does (p_t >= edges[k]). Lanes with p_t < 0 (ignored) get
- * index 255, lanes with a NaN p_t the last bin. The indices are packed into bytes, 64 at a time, and counted without a per-bin pass:
- * vpshufb turns each index into a one-hot byte (bins 0-7 in one vector, 8-15 in another; 255 gives 0), gf2p8affine
+ * index 255, lanes with a NaN p_t the last bin. The indices are packed into bytes, 64 at a time, and counted
+ * without a per-bin pass: vpshufb turns each index into a one-hot byte (bins 0-7 in one vector, 8-15 in another; 255 gives 0), gf2p8affine
  * transposes each group of 8 such bytes (an 8 x 8 bit matrix), so that byte j holds one bit per element of the
  * group saying whether it is in bin j, and vpopcntb counts them. Each byte counter grows by at most 8 per 64
  * elements, at most 64 per block: no overflow.
@@ -343,18 +345,17 @@ static int32_t equal_width_edges(const float *edges, int32_t nb) {
 static inline __attribute__((always_inline)) void fused_loop(
     const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int hard,
     const int neg, const int stats, block_sums *out) {
-    const float *restrict x = a->x + off, *restrict t = a->t + off;
+    const float *restrict x = b->x, *restrict t = a->t + off;
     const float ls = a->smoothing, ign = a->ignore_value;
     const int has_ign = a->has_ignore, use_alpha = a->alpha != NULL, detach = a->detach;
     const float *restrict w = a->weight ? a->weight + off : NULL;
-    float *restrict grad = a->grad + off, *restrict elem = a->elem ? a->elem + off : NULL;
+    float *restrict grad = a->grad + off, *restrict elem = b->elem;
     double loss = 0.0;
     float absd = 0.0f;
     int32_t count = 0, n_pos = 0;
 #pragma omp simd reduction(+ : loss, absd, count, n_pos)
     for (int32_t j = 0; j < len; ++j) {
-        float xr = x[j], tv = t[j];
-        float xv = saturate(xr);
+        float xv = x[j], tv = t[j];
         int valid = !(has_ign && tv == ign);
         float ts = valid ? tv * (1.0f - ls) + 0.5f * ls : 0.0f;  /* keeps ignored lanes in range */
         float ax = xv < 0.0f ? -xv : xv;
@@ -390,7 +391,7 @@ static inline __attribute__((always_inline)) void fused_loop(
         float al = use_alpha ? b->a_pos[j] * ts + (1.0f - b->a_pos[j]) * (1.0f - ts) : 1.0f;
         float wa = (w ? w[j] : 1.0f) * al;
         float dmod = detach ? 0.0f : g * r * (1.0f - 2.0f * ts) * l;
-        float el = valid ? loss_limit(xr, wa * m * l) : 0.0f;
+        float el = valid ? wa * m * l : 0.0f;
         float gv = valid ? wa * m * ((p - ts) + dmod) : 0.0f;
         int pos = valid & (tv >= 0.5f);
         grad[j] = gv;
@@ -416,18 +417,17 @@ static inline __attribute__((always_inline)) void fused_loop(
 static inline __attribute__((always_inline)) void hard_loop(
     const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int has_w,
     const int stats, block_sums *out) {
-    const float *restrict x = a->x + off, *restrict t = a->t + off;
+    const float *restrict x = b->x, *restrict t = a->t + off;
     const float *restrict w = has_w ? a->weight + off : NULL;
     const float ign = a->ignore_value, keep = a->detach ? 0.0f : 1.0f, a_neg_base = a->alpha ? 1.0f : 2.0f;
     const int has_ign = a->has_ignore;
-    float *restrict grad = a->grad + off, *restrict elem = a->elem ? a->elem + off : NULL;
+    float *restrict grad = a->grad + off, *restrict elem = b->elem;
     double loss = 0.0;
     float absd = 0.0f;
     int32_t count = 0, n_pos = 0;
 #pragma omp simd reduction(+ : loss, absd, count, n_pos)
     for (int32_t j = 0; j < len; ++j) {
-        float xr = x[j], tv = t[j];
-        float xv = saturate(xr);
+        float xv = x[j], tv = t[j];
         int valid = !(has_ign && tv == ign);
         int pos = tv != 0.0f;
         float sg = pos ? 1.0f : -1.0f;
@@ -447,7 +447,7 @@ static inline __attribute__((always_inline)) void hard_loop(
         float at = pos ? ap : a_neg_base - ap;  /* 1 - alpha, or 2 - 1 = 1 without alpha */
         if (has_w) at *= w[j];
         float atm = at * m;
-        float el = valid ? loss_limit(xr, atm * ce) : 0.0f;
+        float el = valid ? atm * ce : 0.0f;
         float gv = valid ? -sg * atm * (q + keep * g * pt * ce) : 0.0f;
         grad[j] = gv;
         if (elem) elem[j] = el;
@@ -551,20 +551,10 @@ static void block_stats(const focal_args *a, block_buf *b, int64_t off, int32_t 
     hist_cumulative(b->pt, len, nb, a->stat_edges, acc + 5);
 }
 
-/* One block of len elements: `width` is the row length of the statistics' columns (see block_stats). */
-static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, int32_t width, double *acc) {
+/* The main loop of a block, the variant for its kind of targets and gamma and the outputs asked for. */
+static void block_loop(const focal_args *a, block_buf *b, int64_t off, int32_t len, int hard, block_sums *o) {
     const int stats = a->need_stats, neg = a->gamma_negative;
     const float *gp = a->gamma_kind == 2 ? a->gamma + off : b->gamma;
-    block_sums sums = {0.0, 0.0, 0, 0};
-    int hard = a->smoothing == 0.0f;
-    if (hard) {
-        const float *t = a->t + off;
-        const float ign = a->ignore_value;
-        const int has_ign = a->has_ignore;
-        int32_t soft = 0;
-        for (int32_t j = 0; j < len; ++j) soft += (t[j] != 0.0f) & (t[j] != 1.0f) & !(has_ign && t[j] == ign);
-        hard = soft == 0;
-    }
     if (a->gamma_kind == 3) {
         /* table: gamma from the bin of p_t, which needs p_t first */
         const int32_t tb = a->table_bins;
@@ -575,7 +565,6 @@ static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_
         }
         gp = b->g;
     }
-    block_sums *o = &sums;
     if (hard && !neg) {
         if (a->weight) { if (stats) hard_loop(a, b, off, len, gp, 1, 1, o); else hard_loop(a, b, off, len, gp, 1, 0, o); }
         else           { if (stats) hard_loop(a, b, off, len, gp, 0, 1, o); else hard_loop(a, b, off, len, gp, 0, 0, o); }
@@ -585,11 +574,56 @@ static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_
         if (neg) { if (stats) fused_loop(a, b, off, len, gp, 0, 1, 1, o); else fused_loop(a, b, off, len, gp, 0, 1, 0, o); }
         else     { if (stats) fused_loop(a, b, off, len, gp, 0, 0, 1, o); else fused_loop(a, b, off, len, gp, 0, 0, 0, o); }
     }
+}
+
+/* After a block ran on saturated logits: the loss of each infinite logit becomes +-inf unless it is 0 (the limit
+   of a loss that grows without bound); returns what that adds to the block's loss sum. */
+static double infinite_limits(const float *x, float *elem, int32_t len) {
+    double added = 0.0;
+    for (int32_t j = 0; j < len; ++j) {
+        if (infinite(x[j]) && elem[j] != 0.0f) {
+            elem[j] = elem[j] > 0.0f ? __builtin_inff() : -__builtin_inff();
+            added += elem[j];
+        }
+    }
+    return added;
+}
+
+/* One block of len elements: `width` is the row length of the statistics' columns (see block_stats). */
+static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, int32_t width, double *acc) {
+    const float *x = a->x + off;
+    block_sums sums = {0.0, 0.0, 0, 0};
+    int hard = a->smoothing == 0.0f;
+    if (hard) {
+        const float *t = a->t + off;
+        const float ign = a->ignore_value;
+        const int has_ign = a->has_ignore;
+        int32_t soft = 0;
+        for (int32_t j = 0; j < len; ++j) soft += (t[j] != 0.0f) & (t[j] != 1.0f) & !(has_ign && t[j] == ign);
+        hard = soft == 0;
+    }
+    b->x = x;
+    b->elem = a->elem ? a->elem + off : NULL;
+    block_loop(a, b, off, len, hard, &sums);
+    if (!__builtin_isfinite(sums.loss)) {
+        /* an infinite logit of a counted element makes the loss sum inf or NaN (as do NaN logits and overflow):
+           if there is one, the block runs again on saturated logits, and the losses' limits are restored */
+        int32_t n_inf = 0;
+        for (int32_t j = 0; j < len; ++j) n_inf += infinite(x[j]);
+        if (n_inf) {
+            for (int32_t j = 0; j < len; ++j) b->xs[j] = saturate(x[j]);
+            b->x = b->xs;
+            if (!b->elem) b->elem = b->el;
+            sums = (block_sums){0.0, 0.0, 0, 0};
+            block_loop(a, b, off, len, hard, &sums);  /* overwrites the block's outputs */
+            sums.loss += infinite_limits(x, b->elem, len);
+        }
+    }
     acc[0] += sums.loss;
     acc[1] += (double)sums.count;
     acc[2] += (double)sums.n_pos;
     acc[4] += sums.absd;
-    if (stats) block_stats(a, b, off, len, width, acc);
+    if (a->need_stats) block_stats(a, b, off, len, width, acc);
 }
 
 /* Runs units [unit_begin, unit_end) of a->... on the calling thread. */

@@ -111,8 +111,15 @@ def with_class_weight(weight, class_weight: torch.Tensor, input: torch.Tensor) -
 
 
 def check_finite_weight(weight) -> None:
-    """A weight tensor must be finite (checked where that reads no device value)."""
-    if isinstance(weight, torch.Tensor) and on_host(weight) and weight.numel() and not bool(
+    """A weight must be finite (checked where that reads no device value)."""
+    if weight is None:
+        return
+    if not isinstance(weight, torch.Tensor):
+        try:
+            weight = torch.as_tensor(weight)
+        except (TypeError, ValueError, RuntimeError):
+            return  # not numbers: the shape checks report it
+    if on_host(weight) and weight.is_floating_point() and weight.numel() and not bool(
             torch.isfinite(weight).all()):
         bad = weight[~torch.isfinite(weight)]
         raise ValueError(f"weight must be finite, got a tensor of shape {tuple(weight.shape)} containing "

@@ -160,7 +160,8 @@ def check_mixture(mix: FocalMixture, mode: str, input: torch.Tensor) -> int | No
         num_classes = (input.shape[1] if input.dim() >= 2 else input.shape[0]) if has_class_dim else None
         if num_classes != c:
             where = "a 1-D input has no class dimension" if num_classes is None else f"the input has C = {num_classes}"
-            raise ValueError(f"gamma: FocalMixture with per-class gammas or weights of length {c} does not fit: {where}")
+            raise ValueError(
+                f"gamma: FocalMixture with per-class gammas or weights of length {c} does not fit: {where}")
     if mode == "softmax" and mix.weights.dim() == 2:
         raise ValueError(
             "gamma: a FocalMixture with per-class weights is for sigmoid_focal_loss (its weights scale each "
