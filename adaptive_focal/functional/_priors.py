@@ -70,8 +70,9 @@ def logit_offsets(class_priors, tau, num_classes: int, mode: str, device, dtype)
             )
     if tau == 0.0:
         return None
-    log_odds = torch.log(p / p.sum()) if mode == "softmax" else torch.log(p) - torch.log1p(-p)
-    return (tau * log_odds).to(dtype)
+    # softmax: the log priors (normalised); sigmoid: the log odds of each class's positives
+    shift = torch.log(p / p.sum()) if mode == "softmax" else torch.log(p) - torch.log1p(-p)
+    return (tau * shift).to(dtype)
 
 
 def along_dim1(offsets: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
