@@ -8,7 +8,7 @@ used.
 """
 
 from . import metrics
-from .functional import sigmoid_focal_loss, softmax_focal_loss
+from .functional import class_balanced_weights, sigmoid_focal_loss, softmax_focal_loss
 from .gamma_forms import AsymmetricGamma, FocalMixture, GammaForm, GammaTable
 from .loss import FocalLoss
 from .policies import (  # the policies register themselves on import
@@ -52,6 +52,7 @@ __all__ = [
     "SequentialGamma",
     "StepGamma",
     "__version__",
+    "class_balanced_weights",
     "create_policy",
     "list_policies",
     "metrics",

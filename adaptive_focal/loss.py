@@ -37,6 +37,9 @@ class FocalLoss(nn.Module):
         alpha, weight: as in the functions; tensors are registered as buffers.
         reduction, label_smoothing, detach_modulator, stat_bins: as in the functions.
         ignore_index: as in the functions; defaults to None for sigmoid and -100 for softmax.
+        class_priors, tau: logit adjustment (Menon et al., 2021), as in the functions: softmax priors are class
+            counts or frequencies, sigmoid priors the per-class positive fractions in (0, 1). The priors are a
+            float64 buffer (they are read in float64, so that counts and frequencies stay exact); tau a float.
 
     Example:
         >>> import torch
@@ -47,6 +50,12 @@ class FocalLoss(nn.Module):
         >>> criterion.gamma = 1.0  # e.g. what a schedule does after a step
         >>> float(criterion.gamma)
         1.0
+
+        The logit-adjusted focal loss of a long-tailed training set, from its class counts:
+
+        >>> counts = torch.tensor([500, 200, 100, 50, 10])
+        >>> adjusted = FocalLoss("softmax", gamma=2.0, class_priors=counts, tau=1.0)
+        >>> value = adjusted(logits, target)
     """
 
     gamma: torch.Tensor | GammaTable | FocalMixture | AsymmetricGamma
@@ -62,6 +71,9 @@ class FocalLoss(nn.Module):
         ignore_index=_UNSET,
         detach_modulator: bool = False,
         stat_bins: int = 15,
+        *,
+        class_priors=None,
+        tau: float = 1.0,
     ) -> None:
         super().__init__()
         if mode not in _MODES:
@@ -80,6 +92,12 @@ class FocalLoss(nn.Module):
             self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32).detach().clone())
         else:
             self.weight = None
+        if class_priors is not None:
+            self.register_buffer("class_priors",
+                                 torch.as_tensor(class_priors, dtype=torch.float64).detach().clone())
+        else:
+            self.class_priors = None
+        self.tau = tau
         self.gamma = gamma
         # Validate every setting once, now, on a tiny input rather than at the first training step.
         self._check_settings()
@@ -92,7 +110,8 @@ class FocalLoss(nn.Module):
             super().__setattr__(name, value)
 
     def _set_gamma(self, value, check: bool = True) -> None:
-        """Assigns gamma; ``check=False`` skips the NaN check (for policies, whose values are finite by design)."""
+        """Assigns gamma; ``check=False`` skips the finiteness check (for policies, whose values are finite by
+        design)."""
         if isinstance(value, GAMMA_MODULES):
             if isinstance(value, AsymmetricGamma) and self.mode != "sigmoid":
                 raise ValueError("gamma: AsymmetricGamma is for mode='sigmoid' (positive vs negative targets), "
@@ -103,8 +122,8 @@ class FocalLoss(nn.Module):
             return
         old = self._buffers.get("gamma")
         if isinstance(value, Real) and not isinstance(value, bool):
-            if check and math.isnan(value):
-                raise ValueError(f"gamma must not be NaN, got {value!r}")
+            if check and not math.isfinite(value):
+                raise ValueError(f"gamma must {'not be NaN' if math.isnan(value) else 'be finite'}, got {value!r}")
             if old is not None and old.dim() == 0:
                 old.fill_(float(value))  # the per-step path of schedules: in place, no new tensor (buffers never
                 return                    # require grad, so no autograd context is needed)
@@ -116,8 +135,8 @@ class FocalLoss(nn.Module):
                 "gamma must be a float, a tensor, a GammaTable, a FocalMixture or an AsymmetricGamma, "
                 f"got {type(value).__name__}"
             )
-        if check and new.device.type == "cpu" and torch.isnan(new).any():  # reading a device tensor would synchronise
-            raise ValueError(f"gamma must not be NaN, got {value!r}")
+        if check and new.device.type == "cpu" and not torch.isfinite(new).all():  # a device tensor: no sync
+            raise ValueError(f"gamma must {'not be NaN' if torch.isnan(new).any() else 'be finite'}, got {value!r}")
         if old is not None and old.shape == new.shape:
             with torch.no_grad():
                 old.copy_(new)  # in place: same tensor, no recompilation, optimisers keep their reference
@@ -133,6 +152,8 @@ class FocalLoss(nn.Module):
             c = self.alpha.numel()
         elif self.mode == "softmax" and self.weight is not None:
             c = self.weight.numel()
+        elif self.class_priors is not None:
+            c = self.class_priors.numel()
         elif isinstance(self.gamma, GammaTable) and self.gamma.per_class:
             c = self.gamma.values.shape[0]
         elif isinstance(self.gamma, torch.Tensor) and self.gamma.dim() == 1:
@@ -151,7 +172,8 @@ class FocalLoss(nn.Module):
         return fn(
             input, target, gamma=gamma, alpha=self.alpha, weight=weight, reduction=self.reduction,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index, return_stats=return_stats,
-            detach_modulator=self.detach_modulator, stat_bins=self.stat_bins,
+            detach_modulator=self.detach_modulator, stat_bins=self.stat_bins, class_priors=self.class_priors,
+            tau=self.tau,
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, return_stats: bool = False):
@@ -162,4 +184,5 @@ class FocalLoss(nn.Module):
         g = f"{gamma.item():g}" if isinstance(gamma, torch.Tensor) and gamma.dim() == 0 else (
             f"tensor{tuple(gamma.shape)}" if isinstance(gamma, torch.Tensor) else type(gamma).__name__
         )
-        return f"mode={self.mode!r}, gamma={g}, reduction={self.reduction!r}"
+        priors = "" if self.class_priors is None else f", class_priors=({self.class_priors.numel()},), tau={self.tau:g}"
+        return f"mode={self.mode!r}, gamma={g}, reduction={self.reduction!r}{priors}"

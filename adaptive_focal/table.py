@@ -14,32 +14,18 @@ Example:
 
 from __future__ import annotations
 
-import sys
-
 __all__ = ["GammaTable"]
 
 _MOVED = {"GammaTable": "adaptive_focal.gamma_forms"}
 
 
-def _caller_in_package() -> bool:
-    """Whether the import comes from another adaptive_focal module: modules that still import this path (they
-    are switched to adaptive_focal.gamma_forms as their owners move them) must not make ``import adaptive_focal``
-    warn. Import machinery frames are skipped."""
-    frame = sys._getframe(2)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
-        frame = frame.f_back
-    name = "" if frame is None else frame.f_globals.get("__name__", "")
-    return name.startswith("adaptive_focal.") and name != __name__
-
-
 def __getattr__(name: str):
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if not _caller_in_package():
-        import warnings
+    import warnings
 
-        warnings.warn(f"adaptive_focal.table is deprecated: import {name} from adaptive_focal or {_MOVED[name]}",
-                      DeprecationWarning, stacklevel=2)
+    warnings.warn(f"adaptive_focal.table is deprecated: import {name} from adaptive_focal or {_MOVED[name]}",
+                  DeprecationWarning, stacklevel=2)
     from . import gamma_forms
 
     return getattr(gamma_forms, name)

@@ -8,9 +8,11 @@ Small, exact torch building blocks that a training script selects by name (:func
 baseline                    reference
 ==========================  =====================================================================================
 class-balanced weights      Cui, Jia, Lin, Song, Belongie, "Class-Balanced Loss Based on Effective Number of
-                            Samples", CVPR 2019: :func:`class_balanced_weights`, :class:`ClassBalancedLoss`
+                            Samples", CVPR 2019: :class:`ClassBalancedLoss` (the weights are the library's
+                            :func:`adaptive_focal.class_balanced_weights`, re-exported here)
 logit adjustment            Menon, Jayasumana, Rawat, Jain, Veit, Kumar, "Long-tail learning via logit
-                            adjustment", ICLR 2021: :func:`logit_adjusted_loss`, :func:`posthoc_logit_adjust`
+                            adjustment", ICLR 2021: :func:`logit_adjusted_loss`, :func:`posthoc_logit_adjust`,
+                            :class:`LogitAdjustedLoss` (the library's ``class_priors`` / ``tau`` options)
 GHM-C                       Li, Liu, Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019:
                             :class:`GHMCLoss`, :func:`ghm_weights`
 re-sampling                 Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition",
@@ -46,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from adaptive_focal import FocalLoss, softmax_focal_loss
+from adaptive_focal import FocalLoss, class_balanced_weights, softmax_focal_loss
 
 __all__ = [
     "LOSS_NAMES",
@@ -154,51 +156,6 @@ def _as_counts(class_counts_, name: str = "class_counts") -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # 1. class-balanced weights (Cui et al., CVPR 2019)
 # ---------------------------------------------------------------------------------------------------------------
-def class_balanced_weights(class_counts, beta: float = 0.9999, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Class-balanced weights from the effective number of samples (Cui et al., CVPR 2019).
-
-    The effective number of samples of class c is ``E_c = (1 - beta**n_c) / (1 - beta)``; its weight is
-    ``w_c = 1 / E_c = (1 - beta) / (1 - beta**n_c)``, normalised so that the weights sum to ``C`` (as the paper's
-    code does). ``beta = 0`` gives uniform weights (no re-weighting); ``beta -> 1`` tends to inverse class
-    frequency ``w_c ∝ 1 / n_c``, and ``beta = 1`` is accepted as that limit. The paper uses beta in
-    {0.9, 0.99, 0.999, 0.9999}.
-
-    The weights are computed in float64 as ``(1 - beta) / -expm1(n_c * log(beta))``, accurate for beta
-    close to 1 and large counts.
-
-    Args:
-        class_counts: ``(C,)`` number of training samples per class (integers or floats >= 1).
-        beta: in [0, 1].
-        dtype: dtype of the result.
-
-    Raises:
-        ValueError: a class with count 0 (its effective number is 0 and its weight infinite; such a class never
-            appears as a target, so drop it from ``class_counts`` or give it a count of 1 knowingly), or beta
-            outside [0, 1].
-
-    Example:
-        >>> import torch
-        >>> class_balanced_weights([1, 2], beta=0.5, dtype=torch.float64).tolist()  # ∝ (0.5 / 0.5, 0.5 / 0.75)
-        [1.2000000000000002, 0.8]
-    """
-    beta = _check_real("beta", beta, 0.0, 1.0)
-    n = _as_counts(class_counts)
-    if bool((n == 0).any()):
-        zero = [int(i) for i in torch.nonzero(n == 0).flatten()]
-        raise ValueError(
-            f"class_counts must be >= 1 for every class: a class with 0 samples has effective number 0 and an "
-            f"infinite class-balanced weight; got 0 for class(es) {zero} in {n.tolist()}"
-        )
-    if beta == 0.0:
-        w = torch.ones_like(n)
-    elif beta == 1.0:
-        w = 1.0 / n
-    else:
-        w = (1.0 - beta) / -torch.expm1(n * math.log(beta))
-    w = w * (n.numel() / w.sum())
-    return w.to(dtype)
-
-
 def _class_weighted_reduce(per_item: torch.Tensor, item_weight: torch.Tensor | None, count, reduction: str):
     """``reduction`` of ``per_item * item_weight``; the mean divides by ``count`` (never 0 / 0)."""
     loss = per_item if item_weight is None else per_item * item_weight
@@ -243,7 +200,8 @@ class ClassWeightedLoss(nn.Module):
         num_classes: C.
         mode: ``"softmax"`` or ``"sigmoid"``.
         gamma: focusing parameter of the focal loss (0 = cross-entropy); any form ``FocalLoss`` accepts.
-        class_weights: None or ``(C,)`` non-negative weights ``w_c`` (e.g. :func:`class_balanced_weights`).
+        class_weights: None or ``(C,)`` non-negative weights ``w_c`` (e.g.
+            :func:`adaptive_focal.class_balanced_weights`).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per sample for softmax, per element for sigmoid).
         label_smoothing: as ``FocalLoss``.
         ignore_index: softmax only (default -100; None ignores nothing).
@@ -330,7 +288,8 @@ def _sigmoid_targets(logits: torch.Tensor, target: torch.Tensor, num_classes: in
 
 
 class ClassBalancedLoss(ClassWeightedLoss):
-    """Class-balanced loss (Cui et al., CVPR 2019): :class:`ClassWeightedLoss` with :func:`class_balanced_weights`.
+    """Class-balanced loss (Cui et al., CVPR 2019): :class:`ClassWeightedLoss` with
+    :func:`adaptive_focal.class_balanced_weights`.
 
     ``gamma = 0`` gives CB cross-entropy (softmax) or CB sigmoid cross-entropy, ``gamma > 0`` CB focal loss (the
     paper's CB focal loss is the sigmoid one, without RetinaNet's ``alpha_t``). ``beta = 0`` is the unweighted
@@ -412,9 +371,12 @@ def logit_adjusted_focal_loss(logits: torch.Tensor, target: torch.Tensor, class_
 
     A combination, not from the paper: the modulating factor ``(1 - q_y)**gamma`` reads the *adjusted*
     probability, so a tail-class sample counts as harder than with the raw logits. ``gamma = 0`` is
-    :func:`logit_adjusted_loss`. ``focal_kwargs`` go to :func:`adaptive_focal.softmax_focal_loss`.
+    :func:`logit_adjusted_loss`. This is :func:`adaptive_focal.softmax_focal_loss` with its ``class_priors`` and
+    ``tau``; ``focal_kwargs`` go to it.
     """
-    return softmax_focal_loss(logits + _offsets_for(logits, class_priors, tau), target, gamma=gamma, **focal_kwargs)
+    _offsets_for(logits, class_priors, tau)  # the checks and messages of the other logit-adjustment functions
+    return softmax_focal_loss(logits, target, gamma=gamma, class_priors=_as_counts(class_priors, "class_priors"),
+                              tau=tau, **focal_kwargs)
 
 
 def posthoc_logit_adjust(logits: torch.Tensor, class_priors, tau: float = 1.0) -> torch.Tensor:
@@ -434,9 +396,10 @@ def posthoc_logit_adjust(logits: torch.Tensor, class_priors, tau: float = 1.0) -
 class LogitAdjustedLoss(nn.Module):
     """Logit-adjusted softmax loss (Menon et al., ICLR 2021) as a module: cross-entropy, or focal with ``gamma > 0``.
 
-    ``forward(logits, target)`` is ``FocalLoss("softmax", gamma)(logits + tau * log pi, target)``; with ``gamma = 0``
-    it equals :func:`logit_adjusted_loss`. The offsets are the buffer ``offsets``; the focal loss is ``focal``.
-    Softmax only: the paper adjusts the softmax over classes (a sigmoid analogue is not defined there).
+    ``forward(logits, target)`` is ``FocalLoss("softmax", gamma, class_priors=pi, tau=tau)(logits, target)``, the
+    focal loss of ``logits + tau * log pi``; with ``gamma = 0`` it equals :func:`logit_adjusted_loss`. The focal loss
+    is ``focal`` (its priors the buffer ``focal.class_priors``), so a gamma policy can drive it. This module keeps
+    to the paper's softmax; the library's sigmoid loss also takes ``class_priors`` (one-vs-rest).
     """
 
     def __init__(self, class_priors, tau: float = 1.0, gamma=0.0, reduction: str = "mean",
@@ -444,19 +407,23 @@ class LogitAdjustedLoss(nn.Module):
         super().__init__()
         _check_choice("reduction", reduction, _REDUCTIONS)
         self.tau = _check_real("tau", tau)
-        self.register_buffer("offsets", logit_adjustment(class_priors, tau))
+        priors = _as_counts(class_priors, "class_priors")
+        logit_adjustment(priors, tau)  # the checks and messages of the other logit-adjustment functions
         self.focal = FocalLoss("softmax", gamma=gamma, reduction=reduction, label_smoothing=label_smoothing,
-                               ignore_index=ignore_index)
+                               ignore_index=ignore_index, class_priors=priors, tau=self.tau)
+
+    @property
+    def num_classes(self) -> int:
+        return self.focal.class_priors.numel()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, return_stats: bool = False):
         _check_logits(logits)
-        if logits.dim() < 2 or logits.shape[1] != self.offsets.numel():
-            raise ValueError(f"logits must have shape (N, C={self.offsets.numel()}, ...), got {tuple(logits.shape)}")
-        off = self.offsets.to(logits.dtype).view((1, -1) + (1,) * (logits.dim() - 2))
-        return self.focal(logits + off, target, return_stats=return_stats)
+        if logits.dim() < 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must have shape (N, C={self.num_classes}, ...), got {tuple(logits.shape)}")
+        return self.focal(logits, target, return_stats=return_stats)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.offsets.numel()}, tau={self.tau:g}"
+        return f"num_classes={self.num_classes}, tau={self.tau:g}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Gamma descriptions used by the tests (``GammaSpec``) are turned into the library
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -185,6 +186,23 @@ def stable_ref_sigmoid(x, target, gamma=2.0, alpha=None, weight=None, reduction=
     if weight is not None:
         elem = elem * weight.to(torch.float64)
     return _reduce_sigmoid(elem, valid, t_raw, reduction)
+
+
+def sigmoid_limit(sign: float, t: float, gamma: float, alpha, ls: float):
+    """(loss, d loss / dx) of one element as its logit tends to sign * inf.
+
+    With t' = t (1 - ls) + ls / 2: at +inf p = 1, p_t = t', 1 - p_t = 1 - t'; at -inf p = 0, p_t = 1 - t'. The
+    factor m is (1 - p_t)**gamma (gamma >= 0) or (1 + p_t)**-gamma; the gradient A m (p - t') (A = alpha_t), since
+    the modulator's own derivative p (1 - p) / (1 - p_t) * BCE tends to 0; the loss A m BCE is 0 where BCE -> 0
+    (t' equal to p) or A m = 0, else it grows without bound."""
+    ts = t * (1 - ls) + ls / 2
+    p = 1.0 if sign > 0 else 0.0
+    p_t = p * ts + (1 - p) * (1 - ts)
+    m = (1 - p_t) ** gamma if gamma >= 0 else (1 + p_t) ** -gamma
+    a = 1.0 if alpha is None else alpha * ts + (1 - alpha) * (1 - ts)
+    grad = a * m * (p - ts)
+    loss = 0.0 if (ts == p or a * m == 0) else math.inf
+    return loss, grad
 
 
 # --------------------------------------------------------------------------------------------

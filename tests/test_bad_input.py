@@ -347,3 +347,117 @@ def test_functional_arguments_unchanged_after_failing_call():
         SIG(x, t, gamma=g, alpha=a, weight=w, label_smoothing=2.0)
     for v, c in zip((g, a, w, x, t), copies):
         assert torch.equal(v, c)
+
+
+# ------------------------------------------------------------------ non-finite arguments are errors naming them
+
+
+@pytest.mark.parametrize("fn", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("form", ["float", "0d", "per_class", "elem", "table"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_infinite_gamma(fn, form, value):
+    # an infinite gamma made the gradient NaN; it is an error like a NaN gamma
+    g = {"float": value, "0d": torch.tensor(value), "per_class": torch.tensor([1.0, value, 2.0]),
+         "elem": torch.where(torch.arange(12).view(4, 3) == 5, value, 1.0),
+         "table": af.GammaTable([0.0, 0.5, 1.0], [1.0, value])}[form]
+    with pytest.raises(ValueError) as ei:
+        if fn == "sigmoid":
+            SIG(_x((4, 3)), _t01((4, 3)), gamma=g)
+        else:
+            SMX(_x((4, 3)), _ti(4, 3), gamma=g)
+    check(ei, "gamma", r"(?i)\binf")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_module_rejects_nonfinite_gamma(value):
+    with pytest.raises(ValueError) as ei:
+        af.FocalLoss("softmax", gamma=value)
+    check(ei, "gamma", r"(?i)nan|inf")
+    m = af.FocalLoss("softmax", gamma=torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError) as ei:
+        m.gamma = torch.tensor([1.0, value, 3.0])
+    check(ei, "gamma", r"(?i)nan|inf")
+    assert m.gamma.tolist() == [1.0, 2.0, 3.0]  # unchanged
+
+
+@pytest.mark.parametrize("ignore_index", [None, -1.0])
+def test_sigmoid_nan_target(ignore_index):
+    t = _t01((4, 3))
+    t[1, 2] = float("nan")
+    with pytest.raises(ValueError) as ei:
+        SIG(_x((4, 3)), t, ignore_index=ignore_index)
+    check(ei, "target", r"(?i)nan")
+
+
+def test_softmax_nan_probability_target():
+    t = torch.full((4, 3), 1 / 3)
+    t[2, 0] = float("nan")
+    with pytest.raises(ValueError) as ei:
+        SMX(_x((4, 3)), t)
+    check(ei, "target", r"(?i)nan")
+
+
+def test_sigmoid_nan_ignore_index():
+    # no target equals NaN: such an ignore_index would silently ignore nothing
+    with pytest.raises(ValueError) as ei:
+        SIG(_x(), _t01(), ignore_index=float("nan"))
+    check(ei, "ignore_index", r"(?i)nan")
+
+
+@pytest.mark.parametrize("fn", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_nonfinite_weight(fn, value):
+    w = torch.tensor([1.0, value, 2.0])
+    with pytest.raises(ValueError) as ei:
+        if fn == "sigmoid":
+            SIG(_x((4, 3)), _t01((4, 3)), weight=w)
+        else:
+            SMX(_x((4, 3)), _ti(4, 3), weight=w)
+    check(ei, "weight", r"(?i)nan|inf")
+
+
+# ------------------------------------------------------------ softmax gamma shapes: one meaning per shape
+
+
+def test_softmax_1d_gamma_of_length_n_names_both_readings():
+    # a (N,) gamma was read per sample when N != C and per class when N == C; a 1-D gamma is now per class
+    # only, and one of length N says how to write either reading
+    with pytest.raises(ValueError) as ei:
+        SMX(_x((5, 3)), _ti(5, 3), gamma=torch.rand(5))
+    check(ei, "gamma", SHAPE_RX(5), r"per class", r"per sample", SHAPE_RX(5, 1), r"unsqueeze\(1\)")
+
+
+def test_softmax_per_sample_gamma_needs_the_class_dimension():
+    # (N, d1) could be per sample or (broadcast from the right) per class term: the class dimension says which
+    with pytest.raises(ValueError) as ei:
+        SMX(_x((2, 3, 4)), torch.randint(0, 3, (2, 4)), gamma=torch.rand(2, 4))
+    check(ei, "gamma", SHAPE_RX(2, 4), r"per sample", r"per class term", SHAPE_RX(2, 1, 4))
+
+
+def test_softmax_1d_gamma_is_per_class_whatever_the_batch_size(gen):
+    # with N == C a (C,) gamma is per class, as for any N: the same loss as the (1, C) per-class-term form, not
+    # the per-sample (N, 1) one
+    x = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (4,), generator=gen)
+    g = torch.tensor([0.0, 1.0, 2.0, 4.0], dtype=torch.float64)
+    per_class = SMX(x, y, gamma=g, reduction="none")
+    torch.testing.assert_close(per_class, SMX(x, y, gamma=g.view(1, 4), reduction="none"))
+    assert not torch.allclose(per_class, SMX(x, y, gamma=g.view(4, 1), reduction="none"))
+    module = af.FocalLoss("softmax", gamma=g.float(), reduction="none")  # a policy's per-class gamma
+    torch.testing.assert_close(module(x.float(), y), per_class.float())
+
+
+def test_value_checks_never_read_device_values():
+    # on an accelerator the value checks are skipped (no host synchronisation per call); meta tensors have no
+    # data, so any value read (bool(), .item(), .tolist()) raises here
+    meta = dict(device="meta")
+    x, t = torch.empty(8, 3, **meta), torch.empty(8, 3, **meta)
+    g, a, w = torch.empty(3, **meta), torch.empty(3, **meta), torch.empty(8, 3, **meta)
+    loss, stats = SIG(x, t, gamma=g, alpha=a, weight=w, ignore_index=-1.0, return_stats=True)
+    assert loss.device.type == "meta" and stats.sum_pt.device.type == "meta"
+    table = af.GammaTable([0.0, 0.5, 1.0], [2.0, 1.0]).to("meta")
+    loss, stats = SMX(x, torch.empty(8, dtype=torch.long, **meta), gamma=table, alpha=a, weight=a,
+                      return_stats=True)
+    assert loss.device.type == "meta" and stats.conf_sum.device.type == "meta"
+    loss = SMX(x, torch.empty(8, 3, **meta), gamma=torch.empty(8, 1, **meta), label_smoothing=0.1)
+    assert loss.device.type == "meta"

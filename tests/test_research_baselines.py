@@ -248,6 +248,94 @@ def test_logit_adjustment_errors():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the baselines on the library's class_balanced_weights / class_priors: the values of their old formulas
+# ---------------------------------------------------------------------------------------------------------------
+def _old_cb_weights(counts, beta):
+    """research/baselines.class_balanced_weights as it was before the library had one."""
+    n = torch.as_tensor(counts, dtype=f64)
+    if beta == 0.0:
+        w = torch.ones_like(n)
+    elif beta == 1.0:
+        w = 1.0 / n
+    else:
+        w = (1.0 - beta) / -torch.expm1(n * math.log(beta))
+    return (w * (n.numel() / w.sum())).to(torch.float32)
+
+
+def _old_class_weighted(x, y, w, mode, gamma, reduction, label_smoothing, ignore_index):
+    """ClassWeightedLoss's formula: the unreduced focal loss times the sample's class weight, plain mean."""
+    if mode == "softmax":
+        per = FocalLoss("softmax", gamma=gamma, reduction="none", label_smoothing=label_smoothing,
+                        ignore_index=ignore_index)(x, y)
+        valid = y != ignore_index
+        item_w, count = w[torch.where(valid, y, torch.zeros_like(y))], valid.sum()
+    else:
+        per = FocalLoss("sigmoid", gamma=gamma, reduction="none", label_smoothing=label_smoothing)(
+            x, F.one_hot(y, x.shape[1]).to(x.dtype))
+        item_w, count = w[y].unsqueeze(1), per.numel()
+    loss = per * item_w
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    return total / torch.clamp(torch.as_tensor(count, dtype=total.dtype, device=total.device), min=1.0)
+
+
+def _old_logit_adjusted(x, y, counts, tau, gamma, reduction, label_smoothing, ignore_index):
+    """LogitAdjustedLoss's formula: float32 offsets tau * log(pi) (pi from float64 counts) added to the logits."""
+    p = torch.as_tensor(counts, dtype=f64)
+    off = (tau * torch.log(p / p.sum())).to(torch.float32).to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2))
+    return FocalLoss("softmax", gamma=gamma, reduction=reduction, label_smoothing=label_smoothing,
+                     ignore_index=ignore_index)(x + off, y)
+
+
+def _bitwise(new, old, x):
+    """The same values and the same gradient, bit for bit."""
+    assert torch.equal(new(x), old(x))
+    assert torch.equal(grad_of(lambda z: new(z).sum(), x), grad_of(lambda z: old(z).sum(), x))
+
+
+@pytest.mark.parametrize("name", ["cb_ce", "cb_focal"])
+@pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("beta", [0.0, 0.99, 0.9999, 1.0])
+def test_cb_baselines_are_bit_for_bit_their_old_formulas(name, mode, reduction, label_smoothing, beta, gen):
+    counts = [400, 90, 25, 5]
+    x, y = _data(gen, n=16)
+    if mode == "softmax":
+        y[::5] = -100
+    gamma = 2.0 if name == "cb_focal" else 0.0
+    assert torch.equal(B.class_balanced_weights(counts, beta=beta), _old_cb_weights(counts, beta))
+    new = B.make_loss(name, 4, class_counts=counts, beta=beta, mode=mode, reduction=reduction,
+                      label_smoothing=label_smoothing)
+    w = _old_cb_weights(counts, beta)
+    _bitwise(lambda z: new(z, y),
+             lambda z: _old_class_weighted(z, y, w, mode, gamma, reduction, label_smoothing, -100), x)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_logit_adjusted_baseline_is_bit_for_bit_its_old_formula(gamma, tau, reduction, label_smoothing, gen):
+    """Bit for bit for float32 logits; the offsets are computed in float64 either way (for float64 logits the
+    old module rounded them to float32 first, now they keep float64: equal within that rounding)."""
+    counts = [400, 90, 25, 5]
+    x, y = _data(gen, n=16)
+    y[::5] = -100
+    new = B.make_loss("logit_adjusted", 4, class_counts=counts, tau=tau, gamma=gamma, reduction=reduction,
+                      label_smoothing=label_smoothing)
+    old = lambda z: _old_logit_adjusted(z, y, counts, tau, gamma, reduction, label_smoothing, -100)  # noqa: E731
+    _bitwise(lambda z: new(z, y), old, x)
+    _bitwise(lambda z: B.logit_adjusted_focal_loss(z, y, counts, tau=tau, gamma=gamma, reduction=reduction,
+                                                   label_smoothing=label_smoothing), old, x)
+    close(new(x.double(), y), old(x.double()), rtol=1e-7)
+    assert isinstance(new.focal, FocalLoss) and new.focal.tau == tau and "focal.class_priors" in new.state_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # GHM-C
 # ---------------------------------------------------------------------------------------------------------------
 # logits whose sigmoid is exact enough: p = 0.95 (x = log 19), 0.5 (x = 0), 0.75 (x = log 3)

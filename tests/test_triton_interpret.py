@@ -346,6 +346,48 @@ def test_saturated_logits_finite(gamma, ls, alpha_on):
         assert grad.reshape(12, 3)[0, 0] == 0 and grad.reshape(12, 3)[1, 1] == 0
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, -1.5])
+@pytest.mark.parametrize("ls,alpha_on", [(0.0, False), (0.1, True)])
+def test_nonfinite_logits_follow_the_library_rule(gamma, ls, alpha_on):
+    """The rule of adaptive_focal/_kernels/__init__.py, as the C kernel and the PyTorch path apply it: +-inf gives
+    the limits of the loss and gradient, NaN gives NaN and stays in the statistics (NaN sums, the last bin),
+    ignored elements give 0 whatever their logit."""
+    from _reference import sigmoid_limit
+
+    inf, nan = math.inf, math.nan
+    targets = [0.0, 1.0, 0.3]
+    row_x = [inf, -inf] * 3 + [nan, nan, inf, -inf, nan, 0.5]
+    row_t = [0.0, 0.0, 1.0, 1.0, 0.3, 0.3] + [1.0, 0.0, -1.0, -1.0, -1.0, 1.0]
+    x, t = torch.tensor([row_x] * 3), torch.tensor([row_t] * 3)  # (3, 12): three rows alike
+    alpha = torch.full((12,), 0.25) if alpha_on else None
+    case = dict(x=x, t=t, gamma=torch.tensor(gamma), gamma_kind=0, table_edges=None, alpha=alpha, weight=None,
+                ignore_index=-1.0, label_smoothing=ls, detach_modulator=False)
+    elem, grad, acc = (v.cpu() for v in run_kernel(case, _tile=16, _programs=2))
+    elem, grad = elem.view(3, 12), grad.view(3, 12)
+    for j in range(6):
+        want_loss, want_grad = sigmoid_limit(row_x[j], targets[j // 2], gamma, 0.25 if alpha_on else None, ls)
+        assert torch.all(elem[:, j] == want_loss), (j, elem[0, j].item(), want_loss)
+        torch.testing.assert_close(grad[:, j], torch.full((3,), want_grad), msg=f"column {j}")
+    assert elem[:, 6:8].isnan().all() and grad[:, 6:8].isnan().all()
+    assert torch.all(elem[:, 8:11] == 0) and torch.all(grad[:, 8:11] == 0)  # ignored: exactly 0
+    B, C = STAT_EDGES.numel() - 1, 12
+    assert acc[1] == 27 and acc[0].isnan()                          # count (9 per row), sum_loss
+    assert acc[3].isnan() and acc[4].isnan()                        # sum_pt, sum |p - t'|
+    assert acc[5:5 + B].sum() == 27 and acc[5 + B - 1] >= 6        # NaN p_t: the last bin
+    class_sum_pt = acc[5 + B + C:5 + B + 2 * C]
+    assert class_sum_pt.isnan().tolist() == [False] * 6 + [True, True] + [False] * 4
+    assert acc[5 + B + 2 * C].isnan()                               # sum_pt_pos: a positive NaN element
+    from adaptive_focal._kernels import cpu
+    if cpu.available():  # the C kernel gives the same, statistics included
+        args = [case[k] for k in ("x", "t", "gamma", "gamma_kind", "table_edges", "alpha", "weight",
+                                  "ignore_index", "label_smoothing", "detach_modulator")]
+        args[0], args[1] = x.view(3, 12, 1), t.view(3, 12, 1)
+        c_elem, c_grad, c_acc = cpu.sigmoid_focal_forward(*args, STAT_EDGES, True, True)
+        torch.testing.assert_close(elem, c_elem.view(3, 12), equal_nan=True)
+        torch.testing.assert_close(grad, c_grad.view(3, 12), equal_nan=True)
+        torch.testing.assert_close(acc, c_acc, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
 def test_log1p_accuracy():
     u = torch.cat([torch.zeros(1), torch.logspace(-30, 0, 3001), torch.rand(1000),
                    torch.tensor([1e-40, 1.1754944e-38, 5.9604645e-08, 1.1920929e-07, 2.4e-7])])

@@ -20,7 +20,17 @@
  *   loss = w a m l,  dloss/dx = w a m [(p - t') + gamma (p pm / base) (1 - 2t') l].
  * The second gradient term is written with p pm / base (bounded by 1) instead of (1 - p_t)^(gamma - 1), which
  * is what makes 0 <= gamma < 1 safe at saturated logits.
+ *
+ * Non-finite logits (the rule of adaptive_focal/_kernels/__init__.py, shared with the Triton kernel and the
+ * PyTorch path): an ignored element has loss and gradient 0 whatever its logit; an infinite logit is computed as
+ * +-1e4, where exp(-|x|) is 0 and every quantity above equals its limit, and its loss is then set to +-inf unless
+ * it is 0 (the limit of a loss that grows without bound): a block holding one, which the main loops give a
+ * non-finite loss sum, is computed again from a saturated copy of its logits (process_block), so that finite
+ * blocks pay nothing for the rule; a NaN logit gives a NaN loss and
+ * gradient and is kept in the statistics (its p_t is NaN: the sums over it are NaN, and the histogram counts it
+ * in the last bin, as torch.bucketize does).
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -58,10 +68,20 @@ typedef struct {
     int32_t hist_equal;              /* set by sigmoid_focal_cpu: stat_edges are equal-width (hist_avx512) */
 } focal_args;
 
+#define F32_MAX 3.40282347e+38f
+#define SATURATED 1e4f /* where an infinite logit is computed (the same in every path of the library) */
+
 static inline float bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+
+static inline int infinite(float x) { return x > F32_MAX || x < -F32_MAX; }
+
+/* The logit computed for x: +-inf becomes +-SATURATED, where exp(-|x|) is 0 and p, 1 - p, 1 - p_t, the
+   modulating factor and the gradient are exactly their limits; finite logits and NaN are unchanged. */
+static inline float saturate(float x) { return x > F32_MAX ? SATURATED : (x < -F32_MAX ? -SATURATED : x); }
 static inline int32_t float_to_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 
-/* exp(x); exactly 0 below -87.3 (where the result would be subnormal), finite for x <= 88. */
+/* exp(x); exactly 0 below -87.3 (where the result would be subnormal), finite for x <= 88, NaN for NaN (the
+   polynomial y is NaN, whatever the conversion of n gives). */
 static inline float f_exp(float x) {
     float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     float n = __builtin_floorf(xc * 1.44269504088896341f + 0.5f);
@@ -99,10 +119,10 @@ static inline float f_log1p(float u) {
     return d == 0.0f ? u : f_log(w) * (u / d);
 }
 
-/* Index of the bin of v among edges[0..bins]: the number of interior edges <= v. */
+/* Index of the bin of v among edges[0..bins]: the number of interior edges <= v (NaN: the last bin). */
 static inline float bin_of(float v, const float *edges, int32_t bins) {
     float b = 0.0f;
-    for (int32_t k = 1; k < bins; ++k) b += v >= edges[k] ? 1.0f : 0.0f;
+    for (int32_t k = 1; k < bins; ++k) b += v < edges[k] ? 0.0f : 1.0f;
     return b;
 }
 
@@ -129,6 +149,11 @@ typedef struct {
     float s_pt[BLOCK];
     float s_gpos[BLOCK], s_gneg[BLOCK]; /* |dloss/dx| t and |dloss/dx| (1 - t), t the raw target */
     int32_t s_count[BLOCK];             /* kept only with an ignore_index (else counted per unit in run_range) */
+    /* the block's logits and element losses as the main loops read and write them: the input and output, or,
+       for a block with an infinite logit, a saturated copy and (without an output) a scratch buffer */
+    const float *x;
+    float *elem;
+    float xs[BLOCK], el[BLOCK];
 #ifdef HIST_AVX512
     hist_state hist;
 #endif
@@ -168,7 +193,7 @@ static void fold_sums(const focal_args *a, block_buf *b, int64_t len, double *ac
 
 /* p_t of each element (-1 where ignored), for the table lookup that must precede the main loop. */
 static void block_pt(const focal_args *a, block_buf *b, int64_t off, int32_t len) {
-    const float *x = a->x + off, *t = a->t + off;
+    const float *x = b->x, *t = a->t + off;
     const float ls = a->smoothing, ign = a->ignore_value;
     const int has_ign = a->has_ignore;
     for (int32_t j = 0; j < len; ++j) {
@@ -184,16 +209,17 @@ static void block_pt(const focal_args *a, block_buf *b, int64_t off, int32_t len
 
 /*
  * Histogram of p_t over any edges: hist[b] += #(edges[b] <= p_t < edges[b + 1]), from the cumulative counts
- * #(p_t >= edges[k]) (one vectorised integer reduction per interior edge); ignored elements hold p_t = -1.
+ * #(p_t >= edges[k]) (one vectorised integer reduction per interior edge); ignored elements hold p_t = -1. The
+ * comparisons are written !(p_t < edge), so that a NaN p_t counts as above every edge: in the last bin.
  */
 static void hist_cumulative(const float *restrict pt, int32_t len, int32_t nb, const float *edges, double *hist) {
     int32_t prev = 0;
-    for (int32_t j = 0; j < len; ++j) prev += pt[j] >= 0.0f;
+    for (int32_t j = 0; j < len; ++j) prev += !(pt[j] < 0.0f);
     for (int32_t k = 1; k <= nb; ++k) {
         int32_t cum = 0;
         if (k < nb) {
             const float edge = edges[k];
-            for (int32_t j = 0; j < len; ++j) cum += pt[j] >= edge;
+            for (int32_t j = 0; j < len; ++j) cum += !(pt[j] < edge);
         }
         hist[k - 1] += (double)(prev - cum);
         prev = cum;
@@ -209,9 +235,9 @@ static void hist_cumulative(const float *restrict pt, int32_t len, int32_t nb, c
  *     or next to it (p_t nb is rounded by at most 2^-20 and each edge is within nb EDGE_TOL <= 2^-18 bins of k),
  *     so one comparison with each of the bin's two edges (looked up with vpermps) makes it exact;
  *   - other edges: a branchless binary search over the interior edges (four lookups and comparisons).
- * Both compare with the edges exactly as the definition does (p_t >= edges[k]). Lanes with p_t < 0 (ignored) or
- * NaN get index 255. The indices are packed into bytes, 64 at a time, and counted without a per-bin pass:
- * vpshufb turns each index into a one-hot byte (bins 0-7 in one vector, 8-15 in another; 255 gives 0), gf2p8affine
+ * Both compare with the edges exactly as the definition does (p_t >= edges[k]). Lanes with p_t < 0 (ignored) get
+ * index 255, lanes with a NaN p_t the last bin. The indices are packed into bytes, 64 at a time, and counted
+ * without a per-bin pass: vpshufb turns each index into a one-hot byte (bins 0-7 in one vector, 8-15 in another; 255 gives 0), gf2p8affine
  * transposes each group of 8 such bytes (an 8 x 8 bit matrix), so that byte j holds one bit per element of the
  * group saying whether it is in bin j, and vpopcntb counts them. Each byte counter grows by at most 8 per 64
  * elements, at most 64 per block: no overflow.
@@ -223,18 +249,19 @@ static inline __m128i bins_equal16(__m512 v, __m512 lo_tab, __m512 hi_tab, __m51
     const __mmask16 up = _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(g, hi_tab), _CMP_GE_OQ);
     g = _mm512_mask_sub_epi32(g, down, g, _mm512_set1_epi32(1));
     g = _mm512_mask_add_epi32(g, up, g, _mm512_set1_epi32(1));
+    g = _mm512_mask_mov_epi32(g, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), last);  /* NaN: the last bin */
     return _mm512_cvtusepi32_epi8(g);  /* negative (invalid) lanes saturate to 255 */
 }
 
-static inline __m128i bins_search16(__m512 v, __m512 tab) {
+static inline __m128i bins_search16(__m512 v, __m512 tab, __m512i last) {
     __m512i idx = _mm512_setzero_si512();
-    for (int32_t step = 8; step >= 1; step >>= 1) {
+    for (int32_t step = 8; step >= 1; step >>= 1) {  /* !(v < edge): NaN climbs to the top, clamped to last */
         const __m512i cand = _mm512_add_epi32(idx, _mm512_set1_epi32(step));
-        const __mmask16 ge = _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(cand, tab), _CMP_GE_OQ);
+        const __mmask16 ge = _mm512_cmp_ps_mask(v, _mm512_permutexvar_ps(cand, tab), _CMP_NLT_UQ);
         idx = _mm512_mask_mov_epi32(idx, ge, cand);
     }
-    const __mmask16 valid = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
-    return _mm512_cvtepi32_epi8(_mm512_mask_mov_epi32(_mm512_set1_epi32(255), valid, idx));
+    const __mmask16 valid = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NLT_UQ);
+    return _mm512_cvtepi32_epi8(_mm512_mask_mov_epi32(_mm512_set1_epi32(255), valid, _mm512_min_epi32(idx, last)));
 }
 
 static void hist_avx512_init(hist_state *h, int32_t nb, const float *edges) {  /* nb <= 16 */
@@ -265,7 +292,7 @@ static inline __attribute__((always_inline)) void hist_avx512_loop(
         __m128i q[4];
         for (int32_t i = 0; i < 4; ++i) {
             const __m512 v = _mm512_loadu_ps(pt + j0 + 16 * i);
-            q[i] = equal ? bins_equal16(v, vlo, vhi, fb, last) : bins_search16(v, vtab);
+            q[i] = equal ? bins_equal16(v, vlo, vhi, fb, last) : bins_search16(v, vtab, last);
         }
         __m512i idx = _mm512_castsi128_si512(q[0]);
         idx = _mm512_inserti32x4(idx, q[1], 1);
@@ -318,11 +345,11 @@ static int32_t equal_width_edges(const float *edges, int32_t nb) {
 static inline __attribute__((always_inline)) void fused_loop(
     const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int hard,
     const int neg, const int stats, block_sums *out) {
-    const float *restrict x = a->x + off, *restrict t = a->t + off;
+    const float *restrict x = b->x, *restrict t = a->t + off;
     const float ls = a->smoothing, ign = a->ignore_value;
     const int has_ign = a->has_ignore, use_alpha = a->alpha != NULL, detach = a->detach;
     const float *restrict w = a->weight ? a->weight + off : NULL;
-    float *restrict grad = a->grad + off, *restrict elem = a->elem ? a->elem + off : NULL;
+    float *restrict grad = a->grad + off, *restrict elem = b->elem;
     double loss = 0.0;
     float absd = 0.0f;
     int32_t count = 0, n_pos = 0;
@@ -390,11 +417,11 @@ static inline __attribute__((always_inline)) void fused_loop(
 static inline __attribute__((always_inline)) void hard_loop(
     const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int has_w,
     const int stats, block_sums *out) {
-    const float *restrict x = a->x + off, *restrict t = a->t + off;
+    const float *restrict x = b->x, *restrict t = a->t + off;
     const float *restrict w = has_w ? a->weight + off : NULL;
     const float ign = a->ignore_value, keep = a->detach ? 0.0f : 1.0f, a_neg_base = a->alpha ? 1.0f : 2.0f;
     const int has_ign = a->has_ignore;
-    float *restrict grad = a->grad + off, *restrict elem = a->elem ? a->elem + off : NULL;
+    float *restrict grad = a->grad + off, *restrict elem = b->elem;
     double loss = 0.0;
     float absd = 0.0f;
     int32_t count = 0, n_pos = 0;
@@ -460,11 +487,11 @@ static inline __attribute__((always_inline)) void block_stats_loop(
         for (int32_t r = 0; r < rows; ++r) {
             const int32_t j = r * width + c0;
             const __m512 pt = _mm512_mask_loadu_ps(minus_one, m, b->pt + j);  /* lanes past the row: invalid */
-            const __mmask16 valid = _mm512_cmp_ps_mask(pt, zero, _CMP_GE_OQ);
+            const __mmask16 valid = _mm512_cmp_ps_mask(pt, zero, _CMP_NLT_UQ);  /* !(p_t < 0): NaN is valid */
             const __m512 tr = _mm512_maskz_loadu_ps(valid, t + j);            /* the raw target */
             const __m512 ag = _mm512_castsi512_ps(
                 _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, grad + j)), absmask));
-            const __m512 vpt = _mm512_max_ps(pt, zero);
+            const __m512 vpt = _mm512_maskz_mov_ps(valid, pt);  /* keeps NaN */
             pt_pos = _mm512_mask_add_ps(pt_pos, _mm512_cmp_ps_mask(tr, half, _CMP_GE_OQ), pt_pos, vpt);
             if (has_ign) cnt = _mm512_mask_add_epi32(cnt, valid, cnt, ione);
             spt = _mm512_add_ps(spt, vpt);
@@ -493,10 +520,10 @@ static inline __attribute__((always_inline)) void block_stats_loop(
 #pragma omp simd reduction(+ : pt_pos_r)
         for (int32_t c = 0; c < width; ++c) {
             const float pt = ptr[c], tv = tr_[c];
-            const int valid = pt >= 0.0f;
+            const int valid = !(pt < 0.0f);               /* NaN is valid (ignored elements hold -1) */
             const float tr = valid ? tv : 0.0f;           /* the raw target */
             const float ag = __builtin_fabsf(gr[c]);      /* 0 where ignored */
-            const float vpt = pt > 0.0f ? pt : 0.0f;
+            const float vpt = valid ? pt : 0.0f;          /* keeps NaN */
             pt_pos_r += tr >= 0.5f ? vpt : 0.0f;
             if (has_ign) b->s_count[c] += valid ? 1 : 0;
             b->s_pt[c] += vpt;
@@ -524,20 +551,10 @@ static void block_stats(const focal_args *a, block_buf *b, int64_t off, int32_t 
     hist_cumulative(b->pt, len, nb, a->stat_edges, acc + 5);
 }
 
-/* One block of len elements: `width` is the row length of the statistics' columns (see block_stats). */
-static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, int32_t width, double *acc) {
+/* The main loop of a block, the variant for its kind of targets and gamma and the outputs asked for. */
+static void block_loop(const focal_args *a, block_buf *b, int64_t off, int32_t len, int hard, block_sums *o) {
     const int stats = a->need_stats, neg = a->gamma_negative;
     const float *gp = a->gamma_kind == 2 ? a->gamma + off : b->gamma;
-    block_sums sums = {0.0, 0.0, 0, 0};
-    int hard = a->smoothing == 0.0f;
-    if (hard) {
-        const float *t = a->t + off;
-        const float ign = a->ignore_value;
-        const int has_ign = a->has_ignore;
-        int32_t soft = 0;
-        for (int32_t j = 0; j < len; ++j) soft += (t[j] != 0.0f) & (t[j] != 1.0f) & !(has_ign && t[j] == ign);
-        hard = soft == 0;
-    }
     if (a->gamma_kind == 3) {
         /* table: gamma from the bin of p_t, which needs p_t first */
         const int32_t tb = a->table_bins;
@@ -548,7 +565,6 @@ static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_
         }
         gp = b->g;
     }
-    block_sums *o = &sums;
     if (hard && !neg) {
         if (a->weight) { if (stats) hard_loop(a, b, off, len, gp, 1, 1, o); else hard_loop(a, b, off, len, gp, 1, 0, o); }
         else           { if (stats) hard_loop(a, b, off, len, gp, 0, 1, o); else hard_loop(a, b, off, len, gp, 0, 0, o); }
@@ -558,11 +574,56 @@ static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_
         if (neg) { if (stats) fused_loop(a, b, off, len, gp, 0, 1, 1, o); else fused_loop(a, b, off, len, gp, 0, 1, 0, o); }
         else     { if (stats) fused_loop(a, b, off, len, gp, 0, 0, 1, o); else fused_loop(a, b, off, len, gp, 0, 0, 0, o); }
     }
+}
+
+/* After a block ran on saturated logits: the loss of each infinite logit becomes +-inf unless it is 0 (the limit
+   of a loss that grows without bound); returns what that adds to the block's loss sum. */
+static double infinite_limits(const float *x, float *elem, int32_t len) {
+    double added = 0.0;
+    for (int32_t j = 0; j < len; ++j) {
+        if (infinite(x[j]) && elem[j] != 0.0f) {
+            elem[j] = elem[j] > 0.0f ? __builtin_inff() : -__builtin_inff();
+            added += elem[j];
+        }
+    }
+    return added;
+}
+
+/* One block of len elements: `width` is the row length of the statistics' columns (see block_stats). */
+static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_t len, int32_t width, double *acc) {
+    const float *x = a->x + off;
+    block_sums sums = {0.0, 0.0, 0, 0};
+    int hard = a->smoothing == 0.0f;
+    if (hard) {
+        const float *t = a->t + off;
+        const float ign = a->ignore_value;
+        const int has_ign = a->has_ignore;
+        int32_t soft = 0;
+        for (int32_t j = 0; j < len; ++j) soft += (t[j] != 0.0f) & (t[j] != 1.0f) & !(has_ign && t[j] == ign);
+        hard = soft == 0;
+    }
+    b->x = x;
+    b->elem = a->elem ? a->elem + off : NULL;
+    block_loop(a, b, off, len, hard, &sums);
+    if (!__builtin_isfinite(sums.loss)) {
+        /* an infinite logit of a counted element makes the loss sum inf or NaN (as do NaN logits and overflow):
+           if there is one, the block runs again on saturated logits, and the losses' limits are restored */
+        int32_t n_inf = 0;
+        for (int32_t j = 0; j < len; ++j) n_inf += infinite(x[j]);
+        if (n_inf) {
+            for (int32_t j = 0; j < len; ++j) b->xs[j] = saturate(x[j]);
+            b->x = b->xs;
+            if (!b->elem) b->elem = b->el;
+            sums = (block_sums){0.0, 0.0, 0, 0};
+            block_loop(a, b, off, len, hard, &sums);  /* overwrites the block's outputs */
+            sums.loss += infinite_limits(x, b->elem, len);
+        }
+    }
     acc[0] += sums.loss;
     acc[1] += (double)sums.count;
     acc[2] += (double)sums.n_pos;
     acc[4] += sums.absd;
-    if (stats) block_stats(a, b, off, len, width, acc);
+    if (a->need_stats) block_stats(a, b, off, len, width, acc);
 }
 
 /* Runs units [unit_begin, unit_end) of a->... on the calling thread. */
@@ -659,7 +720,8 @@ int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, doubl
 
    logp: log-probabilities (N, C, S) float32, contiguous; target: (N, S) int64; samples whose target equals
    ignore_index (when has_ignore) are left out. inner: the B - 1 inner bin edges, ascending. A value v falls in
-   bin #{e in inner : e <= v} (torch.bucketize(..., right=True)). Confidence is max_c q_c; a sample is correct
+   bin #{e in inner : e <= v} (torch.bucketize(..., right=True); NaN in the last bin, as there). Confidence is
+   max_c q_c (NaN when the sample's log-probabilities are, as log_softmax makes a whole row NaN); a sample is correct
    when its target's log-probability attains the maximum. out (zeroed by the caller), float64, the counts first
    and then the sums, so that the caller converts each group with one operation:
      counts: count, count (n_pos), pt_hist[B], class_count[C], conf_count[B], class_conf_count[C][B]
@@ -669,7 +731,7 @@ int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, doubl
    ------------------------------------------------------------------------------------------------------------ */
 static inline int32_t bucket_right(float v, const float *inner, int32_t m) {
     int32_t k = 0;
-    for (int32_t i = 0; i < m; ++i) k += inner[i] <= v;
+    for (int32_t i = 0; i < m; ++i) k += !(v < inner[i]);  /* NaN: the last bin, as torch.bucketize */
     return k;
 }
 
@@ -689,7 +751,7 @@ int softmax_stats_cpu(const float *logp, const int64_t *target, int64_t n, int64
             float best = row[j];
             for (int64_t k = 1; k < c; ++k) {
                 const float v = row[k * s + j];
-                best = v > best ? v : best;
+                best = v > best || v != v ? v : best;  /* NaN propagates, as in torch.amax */
             }
             const float ly = row[y * s + j];
             const float conf = expf(best), pt = expf(ly);

@@ -50,6 +50,8 @@ __all__ = ["sigmoid_focal_forward_triton", "log1p_triton_check", "plan_blocks"]
 
 _TILE = 1024  # elements per tile (4 warps x 32 threads x 8 elements)
 _NUM_WARPS = 4
+_F32_MAX = tl.constexpr(3.4028234663852886e38)
+_SATURATED = tl.constexpr(1e4)  # where an infinite logit is computed (the same in every path of the library)
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,11 +74,12 @@ def _log1p_small(u):
 @triton.jit
 def _bin_index(v, edges_ptr, NB):
     """Bin of v over edges[0..NB] (edges[b] <= v < edges[b+1], last bin closed): counts the interior
-    edges <= v, so values outside [edges[0], edges[NB]] land in the first/last bin."""
+    edges <= v, so values outside [edges[0], edges[NB]] land in the first/last bin, and NaN (not below
+    any edge) in the last, as torch.bucketize puts it."""
     b = tl.zeros(v.shape, tl.int32)
     for k in range(1, NB):
         ek = tl.load(edges_ptr + k)
-        b += (v >= ek).to(tl.int32)
+        b += ((v >= ek) | (v != v)).to(tl.int32)
     return b
 
 
@@ -156,8 +159,14 @@ def _sigmoid_focal_fwd_kernel(
         # NOTE: x/t are float32 here (the wrapper upcasts half inputs). Loading bf16/fp16 directly
         # and converting in registers (`.to(tl.float32)`) is the next optimisation: it halves the
         # read traffic for mixed-precision training.
-        x = tl.load(x_ptr + offs, mask=inb, other=0.0)
+        x_raw = tl.load(x_ptr + offs, mask=inb, other=0.0)
         t = tl.load(t_ptr + offs, mask=inb, other=0.0)
+        # non-finite logits, as the C kernel and the PyTorch path treat them: +-inf is computed at +-1e4,
+        # where exp(-|x|) is 0 and every quantity below equals its limit, and its loss then set to +-inf
+        # unless 0 (the limit of a loss that grows without bound); NaN stays NaN; ignored elements are 0
+        # whatever their logit
+        x_inf = (x_raw > _F32_MAX) | (x_raw < -_F32_MAX)
+        x = tl.where(x_raw > _F32_MAX, _SATURATED, tl.where(x_raw < -_F32_MAX, -_SATURATED, x_raw))
         if HAS_IGNORE:
             valid = inb & (t != ignore_value)
         else:
@@ -215,6 +224,7 @@ def _sigmoid_focal_fwd_kernel(
         if HAS_ALPHA or HAS_WEIGHT:
             loss = a * loss
             gr = a * gr
+        loss = tl.where(x_inf & (loss != 0.0), tl.where(loss > 0.0, float("inf"), float("-inf")), loss)
         loss = tl.where(valid, loss, 0.0)
         gr = tl.where(valid, gr, 0.0)
 
