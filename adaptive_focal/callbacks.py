@@ -94,9 +94,11 @@ class GammaCallback:
         loggers: objects with ``log_step(record)`` and ``log_epoch(record)`` (see :class:`GammaLogger`).
         log_every: log every this many optimizer steps (reading values back from an accelerator synchronises,
             so keep it above 1 on GPUs). Epoch ends are always logged.
+        max_logger_failures: a logger that raises this many times in a row is dropped for the rest of the run
+            (one that raises and then recovers misses only the records it raised on).
     """
 
-    def __init__(self, policy: GammaPolicy, loggers=(), log_every: int = 10) -> None:
+    def __init__(self, policy: GammaPolicy, loggers=(), log_every: int = 10, max_logger_failures: int = 3) -> None:
         if not isinstance(policy, GammaPolicy):
             raise TypeError(f"policy must be a GammaPolicy (see adaptive_focal.create_policy), got "
                             f"{type(policy).__name__}")
@@ -107,9 +109,13 @@ class GammaCallback:
             if not isinstance(logger, GammaLogger):
                 raise TypeError(f"loggers must have log_step(record) and log_epoch(record), got "
                                 f"{type(logger).__name__}")
+        if isinstance(max_logger_failures, bool) or not isinstance(max_logger_failures, int) or max_logger_failures < 1:
+            raise ValueError(f"max_logger_failures must be a positive integer, got {max_logger_failures!r}")
         self.policy = policy
         self.loggers = loggers
         self.log_every = log_every
+        self.max_logger_failures = max_logger_failures
+        self._failures: dict[int, int] = {}  # id(logger) -> consecutive failures
 
     def on_train_batch_end(self, stats: BatchStats | None = None) -> None:
         """Call after ``optimizer.step()`` with the batch's statistics (``return_stats=True``)."""
@@ -132,13 +138,27 @@ class GammaCallback:
             self._emit("log_epoch", record)
 
     def _emit(self, method: str, record: dict) -> None:
+        """Hands ``record`` to every logger. A logger that raises misses that record and is tried again with the
+        next one (a tracker that drops for a moment loses only what it raised on); after
+        ``max_logger_failures`` failures in a row it is dropped for the rest of the run. A logger warns when it
+        starts failing and when it is dropped; training never stops for a logger."""
         for logger in list(self.loggers):
+            key = id(logger)
             try:
                 getattr(logger, method)(record)
+                self._failures.pop(key, None)
             except Exception as err:  # noqa: BLE001 - a logger must never stop training
-                warnings.warn(f"adaptive_focal: logger {type(logger).__name__} failed ({err!r}); it is dropped "
-                              "for the rest of the run", RuntimeWarning, stacklevel=3)
-                self.loggers.remove(logger)
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                name = type(logger).__name__
+                if failures >= self.max_logger_failures:
+                    warnings.warn(f"adaptive_focal: logger {name} failed {failures} times in a row ({err!r}); it is "
+                                  "dropped for the rest of the run", RuntimeWarning, stacklevel=3)
+                    self.loggers.remove(logger)
+                    self._failures.pop(key, None)
+                elif failures == 1:
+                    warnings.warn(f"adaptive_focal: logger {name} failed ({err!r}); it missed this record and is "
+                                  f"dropped if it fails {self.max_logger_failures} times in a row",
+                                  RuntimeWarning, stacklevel=3)
 
     def state_dict(self) -> dict:
         """The policy's state and each logger's (where it has ``state_dict``), with explicit keys."""

@@ -70,7 +70,7 @@ def test_records_hold_the_statistics_and_validation_ece():
     assert [r["val"]["ece"] for r in history.epochs] == pytest.approx(seen)
 
 
-def test_a_failing_logger_is_dropped_with_one_warning():
+def test_a_failing_logger_is_dropped_after_three_failures_in_a_row():
     class Broken:
         def log_step(self, record):
             raise ConnectionError("tracker is down")
@@ -84,8 +84,35 @@ def test_a_failing_logger_is_dropped_with_one_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _train(model, opt, loss, callback.on_train_batch_end, callback.on_epoch_end)
-    assert len([w for w in caught if "Broken failed" in str(w.message)]) == 1
+    messages = [str(w.message) for w in caught if "Broken failed" in str(w.message)]
+    assert len(messages) == 2 and "missed this record" in messages[0] and "failed 3 times in a row" in messages[1]
+    assert callback.loggers == [history]  # dropped after 3 failures in a row
     assert len(history.steps) == 8 and len(history.epochs) == 2  # training and the other logger went on
+
+
+def test_a_logger_that_fails_for_a_moment_misses_only_those_records():
+    class Blip(MemoryLogger):
+        """A tracker that is down for its 3rd and 4th record."""
+
+        calls = 0
+
+        def log_step(self, record):
+            Blip.calls += 1
+            if Blip.calls in (3, 4):
+                raise ConnectionError("tracker restarting")
+            super().log_step(record)
+
+    model, opt, loss, policy = _setup()
+    blip, history = Blip(), MemoryLogger()
+    callback = GammaCallback(policy, loggers=[blip, history], log_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(model, opt, loss, callback.on_train_batch_end, callback.on_epoch_end)
+    assert len([w for w in caught if "Blip failed" in str(w.message)]) == 1  # once, when it started failing
+    assert callback.loggers == [blip, history]  # kept: it recovered before 3 failures in a row
+    assert [r["step"] for r in blip.steps] == [r["step"] for r in history.steps if r["step"] not in (3, 4)]
+    with pytest.raises(ValueError, match="max_logger_failures must be a positive integer, got 0"):
+        GammaCallback(policy, max_logger_failures=0)
 
 
 def test_resume_from_state_dict_continues_exactly(tmp_path):

@@ -19,7 +19,9 @@ def test_logging_scenarios_survive_and_report_what_was_lost(monkeypatch):
     assert not any(row["training_stopped"] for row in rows)
     for name in ("W&B online without an API key", "W&B server unreachable", "W&B server that never answers"):
         assert by_name[name]["data_lost"] == "none" and "W&B went offline" in by_name[name]["survived"]
-    assert by_name["a logger raises mid-run"]["data_lost"] == "the failing logger's records from its 3rd on (6 of 8)"
+    dead = by_name["a tracker dies mid-run"]
+    assert dead["data_lost"] == "none (every record is in the other loggers; the dead tracker got 2)"
+    assert "dropped after 3 failures in a row with 2 warnings" in dead["survived"]
     forms = [row for row in rows if row["scenario"].endswith("with every gamma form")]
     assert len(forms) == 4
     for row in forms:

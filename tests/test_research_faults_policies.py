@@ -11,6 +11,7 @@ def test_every_policy_scenario_survives():
     assert len(readers) == len(READERS)
     for r in readers:
         assert r["survived"].startswith("gamma finite throughout, skipped_batches=1, 1 warning(s), gamma moves"), r
+        assert r["data_lost"] == "none (the bad batch's statistics skipped, counted)", r
     for r in rows:
         if r["scenario"].startswith("state load"):
             done, total = r["survived"].split(" refused")[0].split("/")

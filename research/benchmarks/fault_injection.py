@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     rows = run_areas(args.areas)
     print(table(rows))
-    failed = [r for r in rows if not r.get("ok", True) or r["data_lost"] not in ("none", "-")
+    failed = [r for r in rows if not r.get("ok", True) or not str(r["data_lost"]).startswith(("none", "-"))
               or r["training_stopped"]]
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "argv": sys.argv[1:]}, indent=1) + "\n")

@@ -354,8 +354,8 @@ def scenarios(calls: int = 3000, seed: int = 0) -> list[dict]:
         row("loss fuzz: bad arguments", "bad",
             f"{counts['bad']} calls with one bad argument (NaN / inf gamma, ambiguous softmax gamma shapes, NaN "
             "targets, bad priors / tau, ...)",
-            "every call raised ValueError or TypeError naming the argument (a run stops at its first step, or "
-            "at FocalLoss construction)", True),
+            "every call raised ValueError or TypeError naming the argument: a bad setting is refused when the "
+            "FocalLoss is built or at the first step, before any training, never half-way", False),
     ]
     problem = nan_batch_statistics()
     rows.append({"scenario": "NaN logit in a training batch", "injected": "one NaN logit in a batch of 32",

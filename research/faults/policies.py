@@ -123,7 +123,8 @@ def _train(label: str, name: str, mode: str, kwargs) -> dict:
     else:
         survived = (f"gamma finite throughout, skipped_batches={policy.skipped_batches}, {warned} warning(s), "
                     f"gamma {'moves' if moved_after else 'holds'} after the bad batch")
-    lost = "that batch's statistics (skipped)" if policy.skipped_batches else "none"
+    # the batch trained as usual; only its statistics, which hold no usable value, did not move gamma
+    lost = "none (the bad batch's statistics skipped, counted)" if policy.skipped_batches else "none"
     return _row(f"non-finite statistics: {label}", f"one NaN logit in {where}", survived, lost, stopped is not None)
 
 

@@ -210,10 +210,13 @@ def _database_restart(tmp: Path) -> dict:
     except pytest.skip.Exception as why:
         return _row("PostgreSQL restarted for 3 s mid-run", "pg_ctl stop, 3 s, start", f"not run ({why})", "-",
                     ok=True)
-    from adaptive_focal.compare.runner import run
+    from adaptive_focal.compare.runner import run, setup
+    from adaptive_focal.compare.storage import open_storage
 
     study = _study("restart", arms=("gamma=0", "gamma=1", "gamma=2", "gamma=3"), seeds=4, pause=0.5)
     try:
+        setup(open_storage(server.url), study, seeds=study.seeds, trials=study.trials)  # the schema, before polling
+
         def restart():
             deadline = time.time() + 120
             while time.time() < deadline and not _some_finished(server.url, "restart"):
