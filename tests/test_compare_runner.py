@@ -337,6 +337,26 @@ def test_study_with_other_settings_is_refused_and_left_intact(tmp_path):
     assert log.read_bytes() == before
 
 
+def test_a_study_of_fresh_seeds(tmp_path):
+    study, log = linear_study(name="fresh", arms=("gamma=0",), tuned_across=("gamma=tpe",), seeds=2, trials=1,
+                              first_seed=1000), tmp_path / "fresh.log"
+    runner.run(study, opts(log))
+    st = open_storage(str(log))
+    names = set(optuna.get_all_study_names(st))
+    assert {"fresh/gamma=0/seed1000", "fresh/gamma=0/seed1001", "fresh/gamma=tpe@seeds/seeds"} <= names
+    assert _unit(log, "fresh/gamma=tpe@seeds/seeds").user_attrs["seeds"] == [1000, 1001]
+    assert optuna.load_study(study_name="fresh", storage=st).user_attrs["first_seed"] == 1000
+    units = results.load_units(st, "fresh")
+    assert sorted(units["units"]["gamma=0"]) == [1000, 1001] and "first_seed" not in units["meta"]
+    assert units["units"]["gamma=0"][1001][0]["val"]["score"] == pytest.approx(0.9 + 10.01)  # the run's seed
+    before = log.read_bytes()
+    with pytest.raises(StudyMismatchError, match="starts at seed 1000; this run asks for seeds from 0"):
+        runner.run(study.replace(first_seed=0), opts(log))
+    assert log.read_bytes() == before
+    with pytest.raises(ValueError, match="first_seed must be a non-negative integer, got -1"):
+        study.replace(first_seed=-1)
+
+
 def test_across_seeds_bad_input_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="arm 'gamma=tpe@seeds': an arm tuned across seeds needs seeds >= 2"):
         linear_study(tuned_across=("gamma=tpe",), seeds=1)

@@ -35,7 +35,16 @@ def test_every_study_definition_loads_with_the_issue_arms():
     main = ["digits-lt", "mnist1d-lt", "gauss-lt", "dense-det", "seg-toy"]
     rho = [f"{d}-rho{r}" for d in ("digits-lt", "gauss-lt") for r in (1, 10, 100)]
     combos = [f"{d}-combos" for d in ("digits-lt", "gauss-lt", "mnist1d-lt")]
-    assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos
+    confirm = [f"{d}-confirm" for d in ("digits-lt",)] + ["digits-lt-confirm-e30", "digits-lt-confirm-e60"] + [
+        f"{d}-confirm" for d in ("gauss-lt", "mnist1d-lt", "dense-det", "seg-toy")]
+    assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos + confirm
+    for name in confirm:  # research/preregistration.md: fresh seeds, the grid, the policy, logit adjustment
+        study = load_study(name)
+        assert study.seed_list() == list(range(1000, 1020)) and study.trials == 1
+        expected = [f"gamma={g:g}" for g in GAMMA_GRID] + ["policy=flsd53"] + (
+            [] if study.dataset == "dense-det" else ["baseline=logit_adjusted"])
+        assert [a.name for a in study.arms] == expected and not any(a.tuned for a in study.arms)
+    assert load_study("digits-lt-confirm-e60").overrides == {"epochs": 60}
     # the engine finds the same studies, in the same order, in the repository's studies folder
     assert find_studies([str(ROOT / "sweeps" / "studies")]).names() == list_studies()
     across = load_study("digits-lt-across-seeds")

@@ -121,7 +121,7 @@ def stored_units(storage, study_name: str):
 
 
 #: manifest keys that are not the objective's settings
-_MANIFEST_OWN = ("format", "directions", "metric", "arms")
+_MANIFEST_OWN = ("format", "directions", "metric", "arms", "first_seed")
 
 
 def _units_from_storage(storage, study_name: str) -> dict:

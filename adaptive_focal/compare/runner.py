@@ -116,7 +116,7 @@ def units_of(study: Study, seeds: int) -> list[tuple]:
         if arm.across_seeds:
             out.append((arm, None, unit_name(study, arm, None)))
         else:
-            out += [(arm, seed, unit_name(study, arm, seed)) for seed in range(seeds)]
+            out += [(arm, seed, unit_name(study, arm, seed)) for seed in study.seed_list(seeds)]
     return out
 
 
@@ -205,8 +205,11 @@ def check_manifest(study: Study, attrs: dict, multi_objective: bool = False) -> 
         raise StudyMismatchError(
             f"study {study.name!r} in this storage was created with other arms ({'; '.join(parts)}). Stored arms: "
             f"{', '.join(stored_arms)}. Use another study name or storage, or the stored arms.")
+    if attrs.get("first_seed", 0) != study.first_seed:
+        raise StudyMismatchError(f"study {study.name!r} in this storage starts at seed {attrs.get('first_seed', 0)}; "
+                                 f"this run asks for seeds from {study.first_seed}")
     for key, value in requested.items():
-        if key == "arms" or (key == "metric" and key not in attrs):
+        if key in ("arms", "first_seed") or (key == "metric" and key not in attrs):
             continue
         if attrs.get(key) != value:
             raise StudyMismatchError(f"study {study.name!r} in this storage was created with {key} "
@@ -220,10 +223,10 @@ def _check_seed_units(storage, study: Study, seeds: int, names: set) -> None:
         if not arm.across_seeds or name not in names:
             continue
         stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("seeds")
-        if stored is not None and stored != list(range(seeds)):
+        if stored is not None and stored != study.seed_list(seeds):
             raise StudyMismatchError(
                 f"arm {arm.name!r} of study {study.name!r} is tuned across seeds {stored} in this storage; this "
-                f"run asks for seeds {list(range(seeds))} (--seeds {seeds}). Its trials' means are over the stored "
+                f"run asks for seeds {study.seed_list(seeds)} (--seeds {seeds}). Its trials' means are over the stored "
                 f"seeds: run with --seeds {len(stored)}, or use another storage or study name.")
 
 
@@ -257,8 +260,8 @@ def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bo
             have = len(unit.get_trials(deepcopy=False, states=_LIVE))
             if seed is None:
                 if unit.user_attrs.get("seeds") is None:
-                    unit.set_user_attr("seeds", list(range(seeds)))
-                attrs = {"arm": arm.name, "seeds": list(range(seeds))}
+                    unit.set_user_attr("seeds", study.seed_list(seeds))
+                attrs = {"arm": arm.name, "seeds": study.seed_list(seeds)}
             else:
                 attrs = {"arm": arm.name, "seed": seed}
             for _ in range(target - have):

@@ -38,7 +38,9 @@ class Study:
         objective: the training function, ``"module:function"`` or ``"file.py:function"``.
         metric: the validation metric that selects (a key of the ``"val"`` dict the objective returns).
         direction: ``"maximize"`` or ``"minimize"`` the metric.
-        seeds: seeds 0 .. seeds-1 per arm.
+        seeds: the number of seeds per arm: ``first_seed``, ``first_seed + 1``, ... (the objective's ``run.seed``).
+        first_seed: the first seed (0; a confirmatory study takes fresh seeds, e.g. 1000). Recorded in the
+            manifest when it is not 0.
         trials: TPE trials per tuned arm and seed (per arm for an arm tuned across seeds).
         mode: the loss mode ``run.make_loss`` builds (``"softmax"`` / ``"sigmoid"``), or None when the objective
             builds its own loss.
@@ -53,6 +55,7 @@ class Study:
     metric: str = ""
     direction: str = "maximize"
     seeds: int = 3
+    first_seed: int = 0
     trials: int = 12
     mode: str | None = None
     meta: dict = field(default_factory=dict)
@@ -80,6 +83,8 @@ class Study:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"{owner}: direction must be one of 'maximize', 'minimize', got {self.direction!r}")
         _positive_int(owner, "seeds", self.seeds)
+        if not isinstance(self.first_seed, int) or isinstance(self.first_seed, bool) or self.first_seed < 0:
+            raise ValueError(f"{owner}: first_seed must be a non-negative integer, got {self.first_seed!r}")
         _positive_int(owner, "trials", self.trials)
         if self.mode not in (None, "softmax", "sigmoid"):
             raise ValueError(f"{owner}: mode must be 'softmax', 'sigmoid' or None, got {self.mode!r}")
@@ -116,6 +121,10 @@ class Study:
         """Names of the arms tuned across seeds."""
         return [a.name for a in self.arms if a.across_seeds]
 
+    def seed_list(self, seeds: int | None = None) -> list[int]:
+        """The seeds of ``seeds`` runs per arm (default: the study's number): ``first_seed`` onwards."""
+        return list(range(self.first_seed, self.first_seed + (self.seeds if seeds is None else seeds)))
+
     def directions(self, multi_objective: bool = False) -> list[str]:
         """The unit studies' directions: the metric's, then ``"minimize"`` (validation ECE) when multi-objective."""
         return [self.direction, "minimize"] if multi_objective else [self.direction]
@@ -124,6 +133,8 @@ class Study:
         """What the storage records of the study, as JSON values (``format`` is added by the runner)."""
         out = {**self.meta, "directions": self.directions(multi_objective), "metric": self.metric,
                "arms": {a.name: a.record() for a in self.arms}}
+        if self.first_seed:  # studies stored before the key existed start at 0 and match without it
+            out["first_seed"] = self.first_seed
         return json.loads(json.dumps(out))
 
     def replace(self, **changes) -> Study:

@@ -1,6 +1,6 @@
 """This repository's study definitions: one module per main study (defining ``STUDY``) and two families of studies
 (defining ``STUDIES``). ``adaptive-focal sweep`` finds them through :data:`STUDIES` (name -> a function that builds
-the study), in this order: the main studies, then the rho and combos families."""
+the study), in this order: the main studies, then the rho, combos and confirm families."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ _MODULES = {
     "digits-lt-across-seeds": "digits_lt_across_seeds",
 }
 #: modules that define families of studies as ``STUDIES`` (name -> Study): the fixed-gamma grid at several
-#: imbalance ratios (``rho.py``: ``<dataset>-rho<rho>``) and focal loss with resampling (``combos.py``:
-#: ``<dataset>-combos``)
-_FAMILIES = ("rho", "combos")
+#: imbalance ratios (``rho.py``: ``<dataset>-rho<rho>``), focal loss with resampling (``combos.py``:
+#: ``<dataset>-combos``) and the pre-registered confirmatory studies (``confirm.py``: ``<dataset>-confirm``)
+_FAMILIES = ("rho", "combos", "confirm")
 
 
 def _module(name: str):
