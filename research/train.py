@@ -326,8 +326,8 @@ def load_data(cfg: Config):
 
 
 def _meta_batches(cfg: Config, data, held_out, mode: str) -> list | None:
-    """The held-out batches of ``meta_data`` in the loss's target form, in a fixed order (None: the training
-    slice when nothing is held out)."""
+    """The held-out batches of ``meta_data`` in the loss's target form, in a fixed order; None for a run that
+    draws none from a training slice it does not hold out."""
     if cfg.meta_data == "val":
         x, y = data.val
     elif held_out is not None:
@@ -490,8 +490,9 @@ def _save_checkpoint(cfg, epoch, model, optimizer, criterion, callback, history)
 def _load_checkpoint(cfg, model, optimizer, criterion, callback):
     state = torch.load(cfg.resume, weights_only=False)
     saved = state["config"]
-    changed = sorted(k for k, v in asdict(cfg).items()
-                     if k not in _RESUME_FREE and saved.get(k, _ADDED_KEYS.get(k)) != v)
+    # meta_data only matters to a run that draws held-out batches
+    free = _RESUME_FREE if draws_held_out_batches(cfg) else (*_RESUME_FREE, "meta_data")
+    changed = sorted(k for k, v in asdict(cfg).items() if k not in free and saved.get(k, _ADDED_KEYS.get(k)) != v)
     if changed:
         raise ValueError(f"resume: the checkpoint was made with a different config for {changed}; "
                          f"checkpoint {[saved.get(k, _ADDED_KEYS.get(k)) for k in changed]}, now "

@@ -498,6 +498,15 @@ def test_a_checkpoint_from_before_the_held_out_keys_resumes(tmp_path):
     assert _same(resumed["metrics"], full["metrics"])
     with pytest.raises(ValueError, match=r"different config for \['holdout_fraction', 'meta_data'\]"):
         main(_tiny("gauss-lt", epochs=2, resume=str(path), policy="gammanet", policy_kwargs={"every": 2}))
+    # a run that draws no held-out batches resumes under the defaults (meta_data does not matter to it)
+    plain = tmp_path / "plain"
+    main(_tiny("gauss-lt", epochs=1, out_dir=str(plain), policy="pi"))
+    state = torch.load(plain / "checkpoint.pt", weights_only=False)
+    for key in ("meta_data", "holdout_fraction", "finetune_every"):
+        del state["config"][key]
+    torch.save(state, plain / "checkpoint.pt")
+    resumed = main(_tiny("gauss-lt", epochs=2, resume=str(plain / "checkpoint.pt"), policy="pi"))
+    assert _same(resumed["metrics"], main(_tiny("gauss-lt", epochs=2, policy="pi"))["metrics"])
 
 
 def _gammanet_weights(seed):
