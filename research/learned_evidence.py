@@ -288,7 +288,8 @@ def time_methods(dataset: str, kwargs: dict, methods: dict, threads: int | None,
         if gamma is not None:
             over["gamma"] = float(gamma)
         cfgs[name] = resolve_config(over)
-        data.setdefault(cfgs[name].holdout_fraction, load_data(cfgs[name]))  # the data set less any held-out slice
+        if cfgs[name].holdout_fraction not in data:  # the data set less any held-out slice
+            data[cfgs[name].holdout_fraction] = load_data(cfgs[name])
     names = list(methods)
     per_step = {n: [] for n in names}
     for r in range(rounds):
