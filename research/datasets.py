@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import numbers
@@ -290,6 +291,73 @@ class Dataset:
         """Shape of one target without the batch dimension: ``()``, ``(C,)`` or ``(H, W)``."""
         return tuple(self.y_train.shape[1:])
 
+    def hold_out(self, fraction: float, seed: int) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:
+        """The data set without a held-out slice of its training set, and that slice ``(x, y)``.
+
+        The slice has the training set's distribution (long-tailed, noisy labels included):
+
+        * ``multiclass``: stratified by class, ``round(fraction * n_c)`` samples of class c, at least one of
+          every class with two or more samples and never the last one (a class with a single sample stays in
+          training);
+        * ``multilabel-dense`` and ``segmentation``: whole images (all ``anchors_per_image`` rows of a
+          dense-det image), ``round(fraction * images)`` of them, at least one and never all.
+
+        The returned data set's ``class_counts`` count what is left for training; its validation and test
+        sets are the same tensors. Per-sample ``info`` entries (gauss-lt's ``y_train_clean`` and ``noisy``)
+        follow the remaining rows and the training counts in ``info`` are recounted (``num_images``,
+        ``num_background``, ``clean_class_counts``); seg-toy's ``instance_counts`` cannot be recounted from
+        the masks and is left out. ``info["held_out"]`` holds ``fraction``, ``seed`` and ``rows``, the held-out
+        rows' indices in the original training set. Features stay standardised with the statistics of the
+        whole training set (inputs only; no label is read). The slice is in random order (classes
+        interleaved); ``seed`` draws it (a numpy Generator, no global state).
+
+        Example:
+            >>> ds = load_dataset("gauss-lt", num_classes=3, n_max=100, imbalance_ratio=10)
+            >>> rest, (x, y) = ds.hold_out(0.1, seed=0)
+            >>> ds.class_counts, rest.class_counts, torch.bincount(y).tolist()
+            ((100, 32, 10), (90, 29, 9), [10, 3, 1])
+            >>> len(rest.y_val) == len(ds.y_val)
+            True
+        """
+        fraction = _check_real("fraction", fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        seed = _check_int("seed", seed, 0)
+        rng = _rng(seed, _HOLD_OUT)
+        n = len(self.y_train)
+        if self.task == "multiclass":
+            y = self.y_train.numpy()
+            parts = []
+            for c in range(self.num_classes):
+                idx = np.flatnonzero(y == c)
+                k = min(max(math.floor(fraction * idx.size + 0.5), 1), idx.size - 1) if idx.size >= 2 else 0
+                parts.append(rng.permutation(idx)[:k])
+            held = rng.permutation(np.concatenate(parts)).astype(np.int64)
+        else:
+            rows = int(self.info.get("anchors_per_image", 1)) if self.task == "multilabel-dense" else 1
+            images = n // rows
+            if images < 2:
+                raise ValueError(f"hold_out: {self.name!r} has {images} training image(s); holding one out "
+                                 "needs at least 2")
+            k = min(max(math.floor(fraction * images + 0.5), 1), images - 1)
+            picked = rng.permutation(images)[:k]
+            held = (picked[:, None] * rows + np.arange(rows)).reshape(-1).astype(np.int64)
+        keep = np.setdiff1d(np.arange(n), held)  # sorted: the remaining rows keep their order
+        held_t, keep_t = torch.from_numpy(held), torch.from_numpy(keep)
+        y_rest = self.y_train[keep_t]
+        info = {k: v for k, v in self.info.items() if k != "instance_counts"}
+        for key in ("y_train_clean", "noisy"):
+            if key in info:
+                info[key] = info[key][keep_t]
+        if "clean_class_counts" in info and "y_train_clean" in info:
+            info["clean_class_counts"] = _counts(info["y_train_clean"].numpy(), self.num_classes)
+        if "num_images" in info:
+            info["num_images"] = {**info["num_images"], "train": len(keep) // rows}
+        if "num_background" in info:
+            info["num_background"] = int((y_rest.sum(1) == 0).sum())
+        info["held_out"] = {"fraction": fraction, "seed": seed, "rows": held_t}
+        rest = dataclasses.replace(self, x_train=self.x_train[keep_t], y_train=y_rest,
+                                   class_counts=_training_counts(self.task, y_rest, self.num_classes), info=info)
+        return rest, (self.x_train[held_t], self.y_train[held_t])
+
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, task={self.task!r}, num_classes={self.num_classes}, "
@@ -397,8 +465,8 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 
 # streams of _rng; the samples of split i (0 train, 1 val, 2 test) use stream _SAMPLES + i, so
-# validation and test sets do not change with imbalance_ratio or n_max
-_SPLIT, _DATA, _NOISE, _SAMPLES = 1, 2, 3, 10
+# validation and test sets do not change with imbalance_ratio or n_max; Dataset.hold_out draws from _HOLD_OUT
+_SPLIT, _DATA, _NOISE, _HOLD_OUT, _SAMPLES = 1, 2, 3, 4, 10
 
 
 def _take_per_class(
@@ -429,6 +497,14 @@ def _take_per_class(
 
 def _counts(y: np.ndarray, num_classes: int) -> tuple[int, ...]:
     return tuple(int(v) for v in np.bincount(y, minlength=num_classes))
+
+
+def _training_counts(task: str, y: torch.Tensor, num_classes: int) -> tuple[int, ...]:
+    """``Dataset.class_counts`` of training targets ``y``: samples (multiclass), positive anchors
+    (multilabel-dense) or pixels (segmentation) per class."""
+    if task == "multilabel-dense":
+        return tuple(int(v) for v in (y >= 0.5).sum(0).tolist())
+    return _counts(y.reshape(-1).numpy(), num_classes)
 
 
 def _multiclass(

@@ -50,6 +50,7 @@ from .train import (
     Config,
     _batches,
     build_run,
+    load_data,
     main,
     resolve_config,
     train_step,
@@ -69,6 +70,10 @@ LEARNED = {
     "hypergradient-pc": ("hypergradient", {"per_class": True, "normalize": True, "meta_lr": 0.05, "clip": 3.0}),
 }
 SEEDED = ("gammanet", "bandit")  # policies with their own seed argument: given the run's seed
+#: where the learned controllers draw their held-out batches from: the class-balanced validation set, as when the
+#: committed table was made (research.train's default is now a slice held out of the training set; research/
+#: README.md, "Fair arms"); ``overrides={"meta_data": "train_slice"}`` measures them under the new default
+META_DATA = "val"
 LOW_RHO, HIGH_RHO = 1.0, 100.0
 LOW_BG, HIGH_BG = 100.0, 1000.0
 START, END = "<!-- learned-evidence:start -->", "<!-- learned-evidence:end -->"
@@ -179,7 +184,7 @@ class Runner:
                gamma: float | None = None) -> dict:
         cfg = {"dataset": dataset, "dataset_kwargs": _normalised(dataset, kwargs), "seed": seed,
                "policy": policy, "policy_kwargs": dict(policy_kwargs or {}), "threads": self.threads,
-               **self.overrides}
+               "meta_data": META_DATA, **self.overrides}
         if gamma is not None:
             cfg["gamma"] = float(gamma)
         if self.epochs is not None:
@@ -244,10 +249,10 @@ def _contrasts(dataset: str, base: dict) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------
 # timing: the training-step loop of research/train.py, methods interleaved
 # ----------------------------------------------------------------------------------------------------------
-def _setup(cfg: Config, data):
+def _setup(cfg: Config, data, held_out):
     """What research.train.main builds before its loop, for ``cfg``: model, loss, optimizer, policy, callback."""
     torch.manual_seed(cfg.seed)
-    run = build_run(cfg, data)
+    run = build_run(cfg, data, held_out)
     from adaptive_focal.callbacks import GammaCallback, MemoryLogger
     callback = None if run.policy is None else GammaCallback(run.policy, loggers=[MemoryLogger()],
                                                              log_every=cfg.log_every)
@@ -255,9 +260,9 @@ def _setup(cfg: Config, data):
     return run.model, run.criterion, run.optimizer, run.policy, callback, x_train, y_train, run.y_fit
 
 
-def _time_steps(cfg: Config, data, warmup: int, steps: int) -> float:
+def _time_steps(cfg: Config, data, held_out, warmup: int, steps: int) -> float:
     """Seconds per training step over ``steps`` steps after ``warmup`` untimed ones (train.py's loop body)."""
-    model, criterion, optimizer, policy, callback, x_train, y_train, y_fit = _setup(cfg, data)
+    model, criterion, optimizer, policy, callback, x_train, y_train, y_fit = _setup(cfg, data, held_out)
     needs_stats = policy is not None and policy.needs_stats
     done, epoch, t0 = 0, 0, None
     while done < warmup + steps:
@@ -276,19 +281,20 @@ def time_methods(dataset: str, kwargs: dict, methods: dict, threads: int | None,
                  steps: int, overrides: dict | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    data = load_dataset(dataset, seed=0, **kwargs)
-    cfgs = {}
+    cfgs, data = {}, {}
     for name, (_, policy, pkw, gamma) in methods.items():
         over = {"dataset": dataset, "dataset_kwargs": kwargs, "seed": 0, "policy": policy, "policy_kwargs": pkw(0),
-                **(overrides or {})}
+                "meta_data": META_DATA, **(overrides or {})}
         if gamma is not None:
             over["gamma"] = float(gamma)
         cfgs[name] = resolve_config(over)
+        if cfgs[name].holdout_fraction not in data:  # the data set less any held-out slice
+            data[cfgs[name].holdout_fraction] = load_data(cfgs[name])
     names = list(methods)
     per_step = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:  # rotating order
-            per_step[n].append(_time_steps(cfgs[n], data, warmup, steps))
+            per_step[n].append(_time_steps(cfgs[n], *data[cfgs[n].holdout_fraction], warmup, steps))
     out = {}
     for n in names:
         ratios = [a / b for a, b in zip(per_step[n], per_step["fixed"])]

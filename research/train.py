@@ -11,6 +11,15 @@ model, loss, policy, the training loop, evaluation, saving.
 strings); an unknown key or a value of the wrong type is an error. With ``--out-dir`` the resolved config, the
 metrics, the per-epoch history and the gamma trajectory are written to ``run.json`` there, and a checkpoint after
 every epoch to ``checkpoint.pt`` (``--set resume=DIR/checkpoint.pt`` continues a run exactly).
+
+Held-out labels. The learned controllers (the policies that require ``val_source``) and the fine-tuning control
+(``finetune_every``) draw labelled batches that the model does not train on. ``meta_data`` says where from:
+``"train_slice"`` (the default), a stratified ``holdout_fraction`` of the training set held out of training, so
+that they see no labels the other arms do not have; or ``"val"``, the class-balanced validation set (the variant
+the controllers were first measured with). ``holdout_fraction`` removes the slice from the training set of any
+run that sets it, whatever its loss and policy: a study sets it for every arm, so that all of them train on the
+same samples. Left unset, a run holds out ``DEFAULT_HOLDOUT`` when it draws from the slice and nothing otherwise,
+so the runs of every other arm train on the data set's training set as before (research/README.md, "Fair arms").
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import adaptive_focal as af
 from adaptive_focal.callbacks import GammaCallback, MemoryLogger
@@ -37,7 +47,8 @@ from .evaluate import evaluate
 from .models import DEFAULT_MODEL, build_model
 
 __all__ = [
-    "Config", "DATASET_DEFAULTS", "Run", "build_run", "main", "parse_args", "resolve_config", "train_step",
+    "Config", "DATASET_DEFAULTS", "DEFAULT_HOLDOUT", "Run", "build_run", "draws_held_out_batches", "finetune_step",
+    "load_data", "main", "parse_args", "resolve_config", "train_step",
 ]
 
 
@@ -58,6 +69,12 @@ class Config:
     gamma: float = 2.0           # the focal losses' gamma (the starting point when a policy moves it)
     policy: str = "none"         # none, or any name of adaptive_focal.list_policies()
     policy_kwargs: dict = field(default_factory=dict)
+    meta_data: str = "train_slice"         # train_slice | val: the held-out labelled batches of the learned
+                                           # controllers and of finetune_every (module docstring)
+    holdout_fraction: float | None = None  # share of the training set held out of training, stratified by class;
+                                           # None: DEFAULT_HOLDOUT if the run draws from the slice, else 0
+    finetune_every: int = 0      # > 0: the fine-tuning control: a plain cross-entropy step on the next held-out
+                                 # batch after every finetune_every-th training step
     sampler: str = "none"        # none | class_balanced | sqrt
     epochs: int | None = None
     batch_size: int | None = None
@@ -87,8 +104,13 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "cifar100-lt": dict(epochs=30, batch_size=128, lr=1e-3, recall_splits=[100, 20]),
 }
 
+#: the share of the training set held out for the held-out batches when ``holdout_fraction`` is unset: 10% of
+#: every class (at least one sample of each class with two or more; :meth:`research.datasets.Dataset.hold_out`)
+DEFAULT_HOLDOUT = 0.1
+
 _CHOICES = {
     "loss_mode": ("auto", "softmax", "sigmoid"),
+    "meta_data": ("train_slice", "val"),
     "optimizer": ("adam", "sgd"),
     "wandb": ("off", "disabled", "offline", "online"),
 }
@@ -144,7 +166,27 @@ def resolve_config(overrides: dict | None = None, base: Config | None = None) ->
             raise ValueError(f"config key {key!r} must be a positive integer, got {getattr(cfg, key)!r}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ValueError(f"config key 'lr' must be a positive number, got {cfg.lr!r}")
+    if cfg.finetune_every < 0:
+        raise ValueError(f"config key 'finetune_every' must be 0 (off) or a positive integer, got "
+                         f"{cfg.finetune_every!r}")
+    from_slice = draws_held_out_batches(cfg) and cfg.meta_data == "train_slice"
+    if cfg.holdout_fraction is None:
+        cfg.holdout_fraction = DEFAULT_HOLDOUT if from_slice else 0.0
+    if not 0.0 <= cfg.holdout_fraction < 1.0:
+        raise ValueError(f"config key 'holdout_fraction' must be in [0, 1), got {cfg.holdout_fraction!r}")
+    if from_slice and cfg.holdout_fraction == 0.0:
+        what = f"policy {cfg.policy!r}" if cfg.finetune_every == 0 else "finetune_every"
+        raise ValueError(f"{what} draws held-out batches from the training slice (meta_data='train_slice') but "
+                         "holdout_fraction=0 holds none out; set holdout_fraction > 0 (or None for "
+                         f"{DEFAULT_HOLDOUT}) or meta_data='val'")
     return cfg
+
+
+def draws_held_out_batches(cfg: Config) -> bool:
+    """Whether the run draws labelled held-out batches (``meta_data``): a learned controller (a policy that
+    requires ``val_source``) or the fine-tuning control (``finetune_every > 0``)."""
+    learned = cfg.policy != "none" and "val_source" in af.policy_class(cfg.policy).requires
+    return learned or cfg.finetune_every > 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,13 +200,15 @@ def _loss_mode(cfg: Config, task: str) -> str:
 
 
 def _build_policy(cfg: Config, focal: af.FocalLoss, steps_per_epoch: int, num_classes: int, *, model, optimizer,
-                  val_batches):
+                  meta_batches):
     """The config's gamma policy for ``focal``: the policy class's defaults for this run (its length, classes, base
-    gamma, model, validation batches, optimizer and seed; ``GammaPolicy.run_defaults``) under ``policy_kwargs``."""
+    gamma, model, held-out batches, optimizer and seed; ``GammaPolicy.run_defaults``) under ``policy_kwargs``.
+    The held-out batches (``meta_data``) are what the learned controllers get as ``val_source``."""
     if cfg.policy == "none":
         return None
     context = af.RunContext(epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, num_classes=num_classes,
-                            gamma=cfg.gamma, model=model, val_source=val_batches, optimizer=optimizer, seed=cfg.seed)
+                            gamma=cfg.gamma, model=model, val_source=meta_batches, optimizer=optimizer,
+                            seed=cfg.seed)
     return af.create_policy(cfg.policy, focal, context=context, **cfg.policy_kwargs)
 
 
@@ -235,6 +279,21 @@ def train_step(model, criterion, optimizer, policy, callback, x, y, needs_stats:
     return loss.detach()
 
 
+def finetune_step(model, optimizer, mode: str, x, y) -> torch.Tensor:
+    """One optimizer step of plain cross-entropy (softmax; binary cross-entropy for sigmoid) on the held-out batch
+    ``(x, y)``: the fine-tuning control, what the held-out labels buy without any gamma. Returns the detached
+    loss."""
+    logits = model(x)
+    if mode == "softmax":
+        loss = F.cross_entropy(logits, y)
+    else:
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def _steps_per_epoch(n: int, cfg: Config) -> int:
     return math.ceil(n / cfg.batch_size)
 
@@ -253,10 +312,38 @@ class Run(typing.NamedTuple):
     optimizer: torch.optim.Optimizer
     y_val_fit: torch.Tensor        # validation targets in the loss's form
     policy: af.GammaPolicy | None
+    meta_batches: list | None      # the held-out (x, y) batches of meta_data, targets in the loss's form
 
 
-def build_run(cfg: Config, data) -> Run:
-    """Model, loss, optimizer and gamma policy for ``cfg`` on ``data`` (what :func:`main` trains with)."""
+def load_data(cfg: Config):
+    """The run's data: ``(data set, held-out slice)``. With ``holdout_fraction > 0`` the data set's training set
+    lacks the slice (:meth:`research.datasets.Dataset.hold_out`, drawn with the data set's seed) and the slice is
+    its ``(x, y)``; else the data set as built and None."""
+    data = load_dataset(cfg.dataset, **{"seed": cfg.seed, **cfg.dataset_kwargs})
+    if cfg.holdout_fraction == 0.0:
+        return data, None
+    return data.hold_out(cfg.holdout_fraction, seed=data.config["seed"])
+
+
+def _meta_batches(cfg: Config, data, held_out, mode: str) -> list | None:
+    """The held-out batches of ``meta_data`` in the loss's target form, in a fixed order; None for a run that
+    draws none from a training slice it does not hold out."""
+    if cfg.meta_data == "val":
+        x, y = data.val
+    elif held_out is not None:
+        x, y = held_out
+    elif draws_held_out_batches(cfg):
+        raise ValueError("meta_data='train_slice': this run draws held-out batches from the training slice; pass "
+                         "the slice that load_data(cfg) returns (build_run(cfg, data, held_out))")
+    else:
+        return None
+    y = _targets_for(mode, data.task, y, data.num_classes)
+    return [(x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in range(0, x.shape[0], cfg.batch_size)]
+
+
+def build_run(cfg: Config, data, held_out=None) -> Run:
+    """Model, loss, optimizer, gamma policy and held-out batches for ``cfg`` on ``data`` (what :func:`main` trains
+    with); ``data`` and ``held_out`` as :func:`load_data` returns them."""
     model = build_model(cfg.model, data, seed=cfg.seed, **cfg.model_kwargs)
     mode = _loss_mode(cfg, data.task)
     x_train, y_train = data.train
@@ -271,14 +358,12 @@ def build_run(cfg: Config, data) -> Run:
     if cfg.optimizer == "sgd":
         opt_kwargs["momentum"] = 0.9
     optimizer = opt_cls(model.parameters(), **opt_kwargs)
-    x_val, y_val = data.val
-    y_val_fit = _targets_for(mode, data.task, y_val, data.num_classes)
-    val_batches = [(x_val[i:i + cfg.batch_size], y_val_fit[i:i + cfg.batch_size])
-                   for i in range(0, x_val.shape[0], cfg.batch_size)]
+    y_val_fit = _targets_for(mode, data.task, data.y_val, data.num_classes)
+    meta_batches = _meta_batches(cfg, data, held_out, mode)
     policy = None if focal is None else _build_policy(
         cfg, focal, _steps_per_epoch(x_train.shape[0], cfg), data.num_classes, model=model, optimizer=optimizer,
-        val_batches=val_batches)
-    return Run(model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy)
+        meta_batches=meta_batches)
+    return Run(model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy, meta_batches)
 
 
 def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
@@ -296,9 +381,9 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
 
-    # data, model, loss, optimizer and gamma policy
-    data = load_dataset(cfg.dataset, **{"seed": cfg.seed, **cfg.dataset_kwargs})
-    model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy = build_run(cfg, data)
+    # data (less the held-out slice), model, loss, optimizer, gamma policy and held-out batches
+    data, held_out = load_data(cfg)
+    model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy, meta_batches = build_run(cfg, data, held_out)
     x_train, y_train = data.train
     x_val, y_val = data.val
     memory = MemoryLogger()
@@ -318,14 +403,21 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
     if cfg.resume:
         first_epoch, history = _load_checkpoint(cfg, model, optimizer, criterion, callback)
 
-    # training
+    # training (the fine-tuning control's batch follows from the step number, so a resumed run draws the same)
+    steps_per_epoch = _steps_per_epoch(x_train.shape[0], cfg)
     for epoch in range(first_epoch, cfg.epochs):
-        total, count = 0.0, 0
-        for idx in _batches(x_train.shape[0], cfg, epoch, y_train, data.task):
+        total, count, finetune_losses = 0.0, 0, []
+        for i, idx in enumerate(_batches(x_train.shape[0], cfg, epoch, y_train, data.task)):
             loss = train_step(model, criterion, optimizer, policy, callback, x_train[idx], y_fit[idx], needs_stats)
             total += float(loss) * len(idx)
             count += len(idx)
+            step = epoch * steps_per_epoch + i + 1
+            if cfg.finetune_every and step % cfg.finetune_every == 0:
+                x_held, y_held = meta_batches[(step // cfg.finetune_every - 1) % len(meta_batches)]
+                finetune_losses.append(float(finetune_step(model, optimizer, mode, x_held, y_held)))
         record = {"epoch": epoch + 1, "train_loss": total / max(1, count)}
+        if finetune_losses:
+            record["finetune_loss"] = sum(finetune_losses) / len(finetune_losses)
         if callback is not None:
             val_stats = None
             if needs_val or focal is not None:
@@ -373,6 +465,8 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
 # checkpoints: everything the next epoch depends on (the data order is a function of seed and epoch)
 # ----------------------------------------------------------------------------------------------------------
 _RESUME_FREE = ("resume", "out_dir", "epochs", "wandb", "threads", "log_every")
+#: config keys added after checkpoints were first written: what a run made before each existed did
+_ADDED_KEYS = {"meta_data": "val", "holdout_fraction": 0.0, "finetune_every": 0}
 
 
 def _save_checkpoint(cfg, epoch, model, optimizer, criterion, callback, history) -> None:
@@ -396,10 +490,13 @@ def _save_checkpoint(cfg, epoch, model, optimizer, criterion, callback, history)
 def _load_checkpoint(cfg, model, optimizer, criterion, callback):
     state = torch.load(cfg.resume, weights_only=False)
     saved = state["config"]
-    changed = sorted(k for k, v in asdict(cfg).items() if k not in _RESUME_FREE and saved.get(k) != v)
+    # meta_data only matters to a run that draws held-out batches
+    free = _RESUME_FREE if draws_held_out_batches(cfg) else (*_RESUME_FREE, "meta_data")
+    changed = sorted(k for k, v in asdict(cfg).items() if k not in free and saved.get(k, _ADDED_KEYS.get(k)) != v)
     if changed:
         raise ValueError(f"resume: the checkpoint was made with a different config for {changed}; "
-                         f"checkpoint {[saved.get(k) for k in changed]}, now {[getattr(cfg, k) for k in changed]}")
+                         f"checkpoint {[saved.get(k, _ADDED_KEYS.get(k)) for k in changed]}, now "
+                         f"{[getattr(cfg, k) for k in changed]}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     criterion.load_state_dict(state["loss"], strict=False)

@@ -8,6 +8,14 @@ the package did). Its arms are the engine's arms plus the class-imbalance baseli
 
 Everything generic (arms, storage, workers, report, export) is :mod:`adaptive_focal.compare`; this module only
 says what a study on a research data set is.
+
+Fair arms (research protocol v2). The learned controllers draw labelled held-out batches; in a study built by
+:func:`fair_study` every arm sees the same labelled data: research.train's ``holdout_fraction`` is set for every
+arm (each trains without the same stratified slice of the training set) and the learned controllers meta-train
+on that slice (:func:`learned_arms`: ``policy=<name>``); the variant on the class-balanced validation set is a
+separate arm (``policy=<name>[val]``), next to the controls that spend the same held-out batches on plain
+cross-entropy steps instead of on gamma (:func:`control_arms`: ``control=finetune[val]``,
+``control=finetune``). The studies defined before (``sweeps/studies``) keep their arms.
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from adaptive_focal.compare import GAMMA_GRID, Arm, Study, across_seeds
+from adaptive_focal.compare import GAMMA_GRID, Arm, Study, across_seeds, parse_arm
 from adaptive_focal.compare import default_arms as engine_arms
 
-__all__ = ["BASELINES", "GAMMA_GRID", "Arm", "DatasetStudy", "Study", "across_seeds", "default_arms", "headline"]
+__all__ = [
+    "BASELINES", "FAIR_LEARNED", "FINETUNE_EVERY", "GAMMA_GRID", "HOLDOUT_FRACTION", "LEARNED", "Arm", "DatasetStudy",
+    "Study", "across_seeds", "control_arms", "default_arms", "fair_arms", "fair_study", "headline", "learned_arms",
+]
 
 #: class-imbalance baselines of research/baselines.py
 BASELINES = ("cb_focal", "cb_ce", "logit_adjusted", "ghm")
@@ -27,6 +38,16 @@ BASELINES = ("cb_focal", "cb_ce", "logit_adjusted", "ghm")
 _NOT_APPLICABLE = {"dense-det": ("adafocal", "classwise_adafocal", "cb_focal", "cb_ce", "logit_adjusted")}
 #: the objective of every study here
 OBJECTIVE = "sweeps.objective:train"
+#: the learned controllers (the policies that draw held-out batches)
+LEARNED = ("hypergradient", "gammanet", "bandit")
+#: the learned controllers among the default arms of a fair study: the hypergradient's defaults leave gamma at its
+#: start, 2 (research/README.md, "Does the default hypergradient move gamma?"); learned_arms(LEARNED) adds it
+FAIR_LEARNED = ("gammanet", "bandit")
+#: research.train's holdout_fraction in a fair study, for every arm (its default hold-out for a learned controller)
+HOLDOUT_FRACTION = 0.1
+#: the fine-tuning control's interval: one held-out batch per 20 training steps, as hypergradient's and gammanet's
+#: default meta step (``every=20``) draws
+FINETUNE_EVERY = 20
 
 
 def headline(dataset: str) -> str:
@@ -43,6 +64,53 @@ def default_arms(dataset: str) -> list[Arm]:
     skip = _NOT_APPLICABLE.get(dataset, ())
     arms = engine_arms(None, learned=True, exclude=skip)
     return arms + [Arm(f"baseline={b}", {"loss": b}) for b in BASELINES if b not in skip]
+
+
+def learned_arms(policies=FAIR_LEARNED, *, tuned: bool = True) -> list[Arm]:
+    """The learned controllers' arms of a fair study, per policy: ``policy=<name>`` (its defaults, meta batches
+    from the slice held out of the training set), ``policy=<name>+tpe`` (tuned over its search space, the same
+    meta batches; with ``tuned``) and ``policy=<name>[val]`` (its defaults, meta batches from the class-balanced
+    validation set: labels the other arms do not see)."""
+    arms = []
+    for name in policies:
+        if name not in LEARNED:
+            raise ValueError(f"learned_arms: policies must be among {', '.join(LEARNED)}, got {name!r}")
+        config = {"loss": "focal", "policy": name, "meta_data": "train_slice"}
+        arms.append(Arm(f"policy={name}", config))
+        if tuned:  # the engine's search space for the policy
+            arms.append(Arm(f"policy={name}+tpe", config, parse_arm(f"policy={name}+tpe").space))
+        arms.append(Arm(f"policy={name}[val]", {**config, "meta_data": "val"}))
+    return arms
+
+
+def control_arms() -> list[Arm]:
+    """What the held-out labels buy without any gamma: fixed gamma 2 (the learned controllers' start) and, after
+    every ``FINETUNE_EVERY``-th training step, one plain cross-entropy step on the next held-out batch, from the
+    class-balanced validation set (``control=finetune[val]``, the labels of ``policy=<name>[val]``) or from the
+    held-out training slice (``control=finetune``, the labels of ``policy=<name>``)."""
+    config = {"loss": "focal", "gamma": 2.0, "finetune_every": FINETUNE_EVERY}
+    return [Arm("control=finetune[val]", {**config, "meta_data": "val"}),
+            Arm("control=finetune", {**config, "meta_data": "train_slice"})]
+
+
+def fair_arms(dataset: str) -> list[Arm]:
+    """The full comparison on ``dataset`` with fair arms: :func:`default_arms` with the learned controllers'
+    arms replaced by :func:`learned_arms` (the hypergradient left out: its defaults do not move gamma) and the
+    :func:`control_arms` added. For a study whose every arm holds out the same slice (:func:`fair_study`)."""
+    skip = _NOT_APPLICABLE.get(dataset, ())
+    arms = engine_arms(None, learned=False, exclude=skip)
+    return (arms + learned_arms(tuple(p for p in FAIR_LEARNED if p not in skip)) + control_arms()
+            + [Arm(f"baseline={b}", {"loss": b}) for b in BASELINES if b not in skip])
+
+
+def fair_study(*, name: str, dataset: str, arms=(), overrides: dict | None = None, **fields) -> DatasetStudy:
+    """A :class:`DatasetStudy` in which every arm sees the same labelled data: ``holdout_fraction`` =
+    ``HOLDOUT_FRACTION`` in the overrides of every trial (every arm trains without the same slice of the training
+    set, which the learned controllers' ``policy=<name>`` arms meta-train on) and, without ``arms``, the arms of
+    :func:`fair_arms`. ``fields`` are the other fields of DatasetStudy (``seeds``, ``trials``, ...)."""
+    overrides = {"holdout_fraction": HOLDOUT_FRACTION, **(overrides or {})}
+    return DatasetStudy(name=name, dataset=dataset, arms=tuple(arms) or tuple(fair_arms(dataset)),
+                        overrides=overrides, **fields)
 
 
 @dataclass(frozen=True, kw_only=True)

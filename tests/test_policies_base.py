@@ -158,11 +158,12 @@ def test_run_defaults_with_a_partial_context_and_explicit_arguments_winning():
         create_policy("linear", loss, context={"epochs": 3})
 
 
-def test_bandit_takes_the_runs_seed():
+@pytest.mark.parametrize("name", ["bandit", "gammanet"])
+def test_seeded_learned_controllers_take_the_runs_seed(name):
     loss = FocalLoss("softmax")
     ctx = _full_context("softmax")
-    assert create_policy("bandit", loss, context=ctx).seed == 7
-    assert create_policy("bandit", loss, context=ctx, seed=2).seed == 2
+    assert create_policy(name, loss, context=ctx).seed == 7
+    assert create_policy(name, loss, context=ctx, seed=2).seed == 2
 
 
 # -- the registry ---------------------------------------------------------------------------------------------------

@@ -478,3 +478,67 @@ def test_module_reimport_keeps_long_tailed_digits():
     assert isinstance(data, rd.Split)
     assert torch.bincount(data.y_train)[[0, 9]].tolist() == [124, 12]
     assert "research.datasets" in sys.modules
+
+
+# ----------------------------------------------------------------------------- hold_out
+
+
+def _row_set(x: torch.Tensor) -> set:
+    return {tuple(r) for r in x.reshape(len(x), -1).tolist()}
+
+
+@pytest.mark.parametrize("key", ["digits", "gauss", "gauss-rho1"])
+def test_hold_out_is_a_stratified_slice_of_the_training_set(key):
+    name, kwargs, *_ = MULTICLASS[key]
+    ds = load_dataset(name, **kwargs)
+    rest, (x, y) = ds.hold_out(0.1, seed=3)
+    # a partition of the training set: the slice and what is left, disjoint, the remaining rows in order
+    rows = rest.info["held_out"]["rows"]
+    keep = torch.tensor(sorted(set(range(len(ds.y_train))) - set(rows.tolist())))
+    assert torch.equal(rest.x_train, ds.x_train[keep]) and torch.equal(x, ds.x_train[rows])
+    assert torch.equal(y, ds.y_train[rows]) and not _row_set(x) & _row_set(rest.x_train)
+    # per class: round(10%), at least one of a class with two or more, never its last sample
+    for c, n in enumerate(ds.class_counts):
+        want = 0 if n < 2 else min(max(math.floor(0.1 * n + 0.5), 1), n - 1)
+        assert int((y == c).sum()) == want and rest.class_counts[c] == n - want
+    assert rest.class_counts == tuple(bincount(rest.y_train, ds.num_classes))
+    # the same distribution as the training set, classes interleaved in the slice; validation and test untouched
+    assert len(set(y[: ds.num_classes].tolist())) > 1
+    assert rest.x_val is ds.x_val and rest.y_test is ds.y_test and rest.config == ds.config
+    # seeded: the same seed draws the same slice, another seed another one
+    assert torch.equal(ds.hold_out(0.1, seed=3)[1][0], x)
+    assert not torch.equal(ds.hold_out(0.1, seed=4)[1][0], x)
+
+
+def test_hold_out_keeps_gauss_per_sample_info_aligned():
+    ds = load_dataset("gauss-lt", num_classes=4, n_max=80, label_noise=0.3)
+    rest, (_, y) = ds.hold_out(0.2, seed=0)
+    assert len(rest.info["noisy"]) == len(rest.y_train) == len(rest.info["y_train_clean"])
+    assert bool((rest.y_train != rest.info["y_train_clean"]).eq(rest.info["noisy"]).all())
+    assert rest.info["clean_class_counts"] == tuple(bincount(rest.info["y_train_clean"], 4))
+    assert len(rest.y_train) + len(y) == len(ds.y_train) and "held_out" not in ds.info
+
+
+def test_hold_out_takes_whole_images_of_dense_and_segmentation_tasks(dense):
+    rest, (x, y) = dense.hold_out(0.25, seed=0)
+    A, images = dense.info["anchors_per_image"], dense.info["num_images"]["train"]
+    held = rest.info["held_out"]["rows"].reshape(-1, A)
+    assert len(held) == math.floor(0.25 * images + 0.5)
+    assert torch.equal(held, held[:, :1] + torch.arange(A))  # whole images: A consecutive rows from a boundary
+    assert bool((held[:, 0] % A == 0).all())
+    assert rest.info["num_images"]["train"] == images - len(held) and len(rest.y_train) % A == 0
+    assert rest.class_counts == tuple(int(v) for v in rest.y_train.sum(0))
+    assert rest.info["num_background"] == int((rest.y_train.sum(1) == 0).sum())
+
+    seg = load_dataset("seg-toy", **SEG)
+    rest, (x, y) = seg.hold_out(0.1, seed=0)
+    assert len(x) == max(1, math.floor(0.1 * len(seg.y_train) + 0.5)) and y.shape[1:] == seg.y_train.shape[1:]
+    assert rest.class_counts == tuple(bincount(rest.y_train, seg.num_classes))
+    assert "instance_counts" not in rest.info  # object counts cannot be recounted from the masks
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, float("nan"), True])
+def test_hold_out_rejects_a_fraction_outside_the_open_unit_interval(fraction):
+    ds = load_dataset("gauss-lt", num_classes=3, n_max=20)
+    with pytest.raises(ValueError, match="fraction must be"):
+        ds.hold_out(fraction, seed=0)

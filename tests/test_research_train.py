@@ -1,10 +1,12 @@
 """research/train.py: checked configuration, determinism, exact resume, and a smoke run of every data set x
 policy family x baseline."""
 
+import dataclasses
 import inspect
 import json
 
 import pytest
+import torch
 
 from research.train import main, parse_args, resolve_config
 
@@ -73,7 +75,9 @@ def test_same_seed_same_run_and_another_seed_another():
     {"policy": "adafocal", "optimizer": "sgd", "sampler": "sqrt"},
     {"loss": "ghm", "loss_kwargs": {"momentum": 0.75}},
     {"policy": "hypergradient", "policy_kwargs": {"every": 3}},
-], ids=["pi", "adafocal-sgd-sqrt", "ghm-ema", "hypergradient"])
+    {"policy": "gammanet", "policy_kwargs": {"every": 2}},
+    {"finetune_every": 5, "meta_data": "val"},
+], ids=["pi", "adafocal-sgd-sqrt", "ghm-ema", "hypergradient", "gammanet-train-slice", "finetune-val"])
 def test_resume_continues_exactly(tmp_path, overrides):
     full = main(_tiny("gauss-lt", epochs=4, **overrides))
     main(_tiny("gauss-lt", epochs=2, out_dir=str(tmp_path), **overrides))
@@ -209,7 +213,7 @@ def test_default_search_scores_a_candidate_as_the_seed_table_does():
 
 
 # -- the policy a run builds: the classes' run defaults (adaptive_focal.RunContext) -------------------------------
-def _kwargs_before(name, epochs, steps_per_epoch, num_classes, gamma, *, model, optimizer, val_batches):
+def _kwargs_before(name, epochs, steps_per_epoch, num_classes, gamma, *, model, optimizer, meta_batches):
     """What research/train.py passed to the policy class before the run defaults moved into the classes (its
     ``_policy_defaults`` and learned-controller wiring, written out), for a config without policy_kwargs."""
     total = epochs * steps_per_epoch
@@ -225,7 +229,7 @@ def _kwargs_before(name, epochs, steps_per_epoch, num_classes, gamma, *, model, 
         "efl": {"num_classes": num_classes},
     }.get(name, {})
     if name in ("hypergradient", "gammanet", "bandit"):
-        kwargs = {"model": model, "val_source": val_batches, **kwargs}
+        kwargs = {"model": model, "val_source": meta_batches, **kwargs}
         if name != "bandit":
             kwargs.setdefault("lr", optimizer)
         if name == "gammanet":
@@ -256,7 +260,7 @@ RUN_SHAPES = [(10, 7, 10, 2.0), (1, 1, 3, 0.5), (3, 40, 5, 1.0)]  # epochs, step
 
 
 @pytest.mark.parametrize("epochs, steps_per_epoch, num_classes, gamma", RUN_SHAPES)
-def test_policies_get_the_arguments_they_got_before_the_move_except_the_bandit_seed(
+def test_policies_get_the_arguments_they_got_before_the_move_except_the_run_seed(
         monkeypatch, epochs, steps_per_epoch, num_classes, gamma):
     import torch
 
@@ -282,11 +286,11 @@ def test_policies_get_the_arguments_they_got_before_the_move_except_the_bandit_s
         with monkeypatch.context() as m:
             m.setitem(base._REGISTRY, name, spy(cls, seen))
             _build_policy(cfg, focal, steps_per_epoch, num_classes, model=model, optimizer=optimizer,
-                          val_batches=val)
+                          meta_batches=val)
         want = _kwargs_before(name, epochs, steps_per_epoch, num_classes, gamma, model=model, optimizer=optimizer,
-                              val_batches=val)
-        if name == "bandit":
-            want["seed"] = 4  # the one change: the run's seed reaches the bandit's draws
+                              meta_batches=val)
+        if name in ("bandit", "gammanet"):
+            want["seed"] = 4  # the one change: the run's seed reaches the bandit's draws and gammanet's network
         got = {k: _plain(v) for k, v in seen.items()}
         want = {k: (v if name == "sequential" and k == "policies" else _plain(v)) for k, v in want.items()}
         assert got == want, name
@@ -303,7 +307,7 @@ def _bandit_arms(seed, n=40):
     model = torch.nn.Linear(3, 4)
     val = [(torch.randn(4, 3), torch.randint(0, 4, (4,)))]
     policy = _build_policy(cfg, af.FocalLoss("softmax"), 5, 4, model=model,
-                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1), val_batches=val)
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1), meta_batches=val)
     return [int(policy.arm)] + [int(policy._draw()) for _ in range(n)]
 
 
@@ -312,3 +316,213 @@ def test_the_bandit_draws_from_the_runs_seed():
     assert _bandit_arms(0) == _bandit_arms(0)
     assert _bandit_arms(0) != _bandit_arms(1)
     assert _bandit_arms(1) != _bandit_arms(2)
+
+
+# -- held-out labels: where the learned controllers and the fine-tuning control draw them from ---------------------
+def _spy_policy(monkeypatch, name):
+    """Registers a subclass of policy ``name`` that records the keyword arguments it is built with."""
+    import adaptive_focal as af
+    from adaptive_focal.policies import base
+
+    seen = {}
+
+    class Spy(af.policy_class(name)):
+        def __init__(self, loss, **kwargs):
+            seen.update(kwargs)
+            super().__init__(loss, **kwargs)
+
+    monkeypatch.setitem(base._REGISTRY, name, Spy)
+    return seen
+
+
+def _rows(x):
+    return {tuple(r) for r in x.tolist()}
+
+
+@pytest.mark.parametrize("policy", ["hypergradient", "gammanet", "bandit"])
+def test_learned_controllers_meta_train_on_a_slice_held_out_of_the_training_set_by_default(monkeypatch, policy):
+    from research.datasets import load_dataset
+    from research.train import DEFAULT_HOLDOUT, build_run, load_data
+
+    seen = _spy_policy(monkeypatch, policy)
+    cfg = resolve_config(_tiny("gauss-lt", policy=policy))
+    assert (cfg.meta_data, cfg.holdout_fraction) == ("train_slice", DEFAULT_HOLDOUT)
+    data, held_out = load_data(cfg)
+    build_run(cfg, data, held_out)
+    full = load_dataset("gauss-lt", seed=0, **TINY["gauss-lt"])
+    meta_x = torch.cat([x for x, _ in seen["val_source"]])
+    meta_y = torch.cat([y for _, y in seen["val_source"]])
+    assert torch.equal(meta_x, held_out[0]) and torch.equal(meta_y, held_out[1])
+    # the slice: training samples of every class, none of which the run trains on, none from validation
+    assert _rows(meta_x) <= _rows(full.x_train) and not _rows(meta_x) & _rows(data.x_train)
+    assert not _rows(meta_x) & _rows(full.x_val)
+    assert len(meta_x) + len(data.x_train) == len(full.x_train)
+    # every class that can spare a sample (the tail classes of one sample stay in training)
+    assert set(meta_y.tolist()) == {c for c, n in enumerate(full.class_counts) if n >= 2} != set()
+    assert sum(data.class_counts) == len(data.y_train)  # the counts the losses and evaluation see: what is left
+
+
+def test_the_slice_is_held_out_of_every_arms_training_set_alike():
+    """A study sets holdout_fraction for every arm: each trains on the same samples, whatever draws held-out
+    batches; left unset, only the runs that draw from the slice hold it out (the other arms train as before)."""
+    from research.datasets import load_dataset
+    from research.train import load_data
+
+    arms = [{"loss": "ce"}, {"policy": "pi"}, {"loss": "logit_adjusted"}, {"policy": "gammanet"},
+            {"policy": "gammanet", "meta_data": "val"}, {"finetune_every": 2, "meta_data": "val"},
+            {"finetune_every": 2}]
+    trained = [load_data(resolve_config(_tiny("digits-lt", holdout_fraction=0.2, **arm)))[0] for arm in arms]
+    for data in trained[1:]:
+        assert torch.equal(data.x_train, trained[0].x_train) and data.class_counts == trained[0].class_counts
+    full = load_dataset("digits-lt", seed=0, **TINY["digits-lt"])
+    assert len(trained[0].y_train) < len(full.y_train)
+
+    unset = {json.dumps(arm): load_data(resolve_config(_tiny("digits-lt", **arm)))[0] for arm in arms}
+    for arm in ({"loss": "ce"}, {"policy": "pi"}, {"policy": "gammanet", "meta_data": "val"}):
+        assert torch.equal(unset[json.dumps(arm)].x_train, full.x_train)  # the old split, bit for bit
+    assert len(unset[json.dumps({"policy": "gammanet"})].y_train) < len(full.y_train)
+
+
+def test_the_val_variant_meta_trains_on_the_validation_batches(monkeypatch):
+    from research.train import build_run, load_data
+
+    seen = _spy_policy(monkeypatch, "gammanet")
+    cfg = resolve_config(_tiny("digits-lt", policy="gammanet", meta_data="val"))
+    assert cfg.holdout_fraction == 0.0  # nothing held out: the training set as before
+    data, held_out = load_data(cfg)
+    assert held_out is None
+    build_run(cfg, data, held_out)
+    assert torch.equal(torch.cat([x for x, _ in seen["val_source"]]), data.x_val)
+    assert torch.equal(torch.cat([y for _, y in seen["val_source"]]), data.y_val)
+    assert all(len(y) <= cfg.batch_size for _, y in seen["val_source"])
+
+
+def test_build_run_without_the_slice_says_how_to_get_it():
+    from research.datasets import load_dataset
+    from research.train import build_run
+
+    cfg = resolve_config(_tiny("digits-lt", policy="gammanet"))
+    with pytest.raises(ValueError, match=r"pass the slice that load_data\(cfg\) returns"):
+        build_run(cfg, load_dataset("digits-lt", seed=0, **TINY["digits-lt"]))
+
+
+@pytest.mark.parametrize("meta_data", ["val", "train_slice"])
+def test_the_finetune_control_takes_plain_cross_entropy_steps_on_the_held_out_batches(monkeypatch, meta_data):
+    from research import train
+    from research.train import build_run, load_data
+
+    calls = []
+    real = train.finetune_step
+
+    def spy(model, optimizer, mode, x, y):
+        calls.append((mode, x, y))
+        return real(model, optimizer, mode, x, y)
+
+    monkeypatch.setattr(train, "finetune_step", spy)
+    cfg = resolve_config(_tiny("digits-lt", epochs=3, batch_size=16, finetune_every=4, meta_data=meta_data))
+    data, held_out = load_data(cfg)
+    meta = build_run(cfg, data, held_out).meta_batches
+    result = main(cfg)
+    steps = 3 * -(-len(data.y_train) // 16)
+    assert len(calls) == steps // 4 > len(meta)  # one step per 4 training steps; the batches cycle
+    for i, (mode, x, y) in enumerate(calls):
+        assert mode == "softmax" and torch.equal(x, meta[i % len(meta)][0]) and torch.equal(y, meta[i % len(meta)][1])
+    assert all(r["finetune_loss"] > 0 for r in result["history"])
+    # the control changes the model: the same run without it ends elsewhere
+    plain = main({**dataclasses.asdict(cfg), "finetune_every": 0, "holdout_fraction": cfg.holdout_fraction})
+    assert not _same(plain["metrics"], result["metrics"])
+
+
+def test_finetune_step_is_plain_cross_entropy():
+    import torch.nn.functional as F
+
+    from research.train import finetune_step
+
+    for mode, y in (("softmax", torch.tensor([0, 2, 1])), ("sigmoid", torch.eye(3)[[0, 2, 1]])):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        x = torch.randn(3, 4)
+        ref = torch.nn.Linear(4, 3)
+        ref.load_state_dict(model.state_dict())
+        loss = finetune_step(model, torch.optim.SGD(model.parameters(), lr=0.5), mode, x, y)
+        want = F.cross_entropy(ref(x), y) if mode == "softmax" else F.binary_cross_entropy_with_logits(ref(x), y)
+        want.backward()
+        assert float(loss) == pytest.approx(float(want.detach()))
+        assert torch.allclose(model.weight, ref.weight - 0.5 * ref.weight.grad)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"meta_data": "test"}, "config key 'meta_data' must be one of 'train_slice', 'val', got 'test'"),
+    ({"holdout_fraction": 1.0}, r"config key 'holdout_fraction' must be in \[0, 1\), got 1.0"),
+    ({"finetune_every": -1}, "config key 'finetune_every' must be 0 \\(off\\) or a positive integer, got -1"),
+    ({"policy": "gammanet", "holdout_fraction": 0.0},
+     "policy 'gammanet' draws held-out batches from the training slice .* holdout_fraction=0 holds none out"),
+    ({"finetune_every": 5, "holdout_fraction": 0},
+     "finetune_every draws held-out batches from the training slice"),
+])
+def test_bad_held_out_settings_are_clear_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config(overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"policy": "gammanet"},
+    {"policy": "bandit", "meta_data": "val", "holdout_fraction": 0.1},
+    {"loss": "ce", "finetune_every": 20, "meta_data": "val"},
+    {"dataset": "gauss-lt", "holdout_fraction": 0.25, "policy_kwargs": {"every": 3}, "policy": "hypergradient"},
+])
+def test_configs_round_trip(tmp_path, overrides):
+    cfg = resolve_config(overrides)
+    again = resolve_config(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    assert again == cfg and resolve_config(base=cfg) == cfg
+    file = tmp_path / "run.json"
+    file.write_text(json.dumps(dataclasses.asdict(cfg)))
+    assert parse_args(["--config", str(file)]) == cfg
+    args = [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
+    assert parse_args(args) == cfg
+
+
+def test_a_checkpoint_from_before_the_held_out_keys_resumes(tmp_path):
+    """A checkpoint written before meta_data, holdout_fraction and finetune_every existed was made with the
+    validation set and no hold-out: it resumes under those values and is refused under the new defaults."""
+    overrides = {"policy": "gammanet", "policy_kwargs": {"every": 2}, "meta_data": "val"}
+    main(_tiny("gauss-lt", epochs=1, out_dir=str(tmp_path), **overrides))
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for key in ("meta_data", "holdout_fraction", "finetune_every"):
+        del state["config"][key]
+    torch.save(state, path)
+    full = main(_tiny("gauss-lt", epochs=2, **overrides))
+    resumed = main(_tiny("gauss-lt", epochs=2, resume=str(path), **overrides))
+    assert _same(resumed["metrics"], full["metrics"])
+    with pytest.raises(ValueError, match=r"different config for \['holdout_fraction', 'meta_data'\]"):
+        main(_tiny("gauss-lt", epochs=2, resume=str(path), policy="gammanet", policy_kwargs={"every": 2}))
+    # a run that draws no held-out batches resumes under the defaults (meta_data does not matter to it)
+    plain = tmp_path / "plain"
+    main(_tiny("gauss-lt", epochs=1, out_dir=str(plain), policy="pi"))
+    state = torch.load(plain / "checkpoint.pt", weights_only=False)
+    for key in ("meta_data", "holdout_fraction", "finetune_every"):
+        del state["config"][key]
+    torch.save(state, plain / "checkpoint.pt")
+    resumed = main(_tiny("gauss-lt", epochs=2, resume=str(plain / "checkpoint.pt"), policy="pi"))
+    assert _same(resumed["metrics"], main(_tiny("gauss-lt", epochs=2, policy="pi"))["metrics"])
+
+
+def _gammanet_weights(seed):
+    import adaptive_focal as af
+    from research.train import _build_policy
+
+    cfg = resolve_config({"dataset": "gauss-lt", "policy": "gammanet", "epochs": 2, "seed": seed})
+    model = torch.nn.Linear(3, 4)
+    val = [(torch.randn(4, 3), torch.randint(0, 4, (4,)))]
+    policy = _build_policy(cfg, af.FocalLoss("softmax"), 5, 4, model=model,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1), meta_batches=val)
+    return torch.cat([v.reshape(-1) for v in policy.state_dict()["network"].values()])
+
+
+def test_gammanet_is_initialised_from_the_runs_seed():
+    # research/train.py used to build gammanet with its default seed: every run started from the same network
+    assert torch.equal(_gammanet_weights(0), _gammanet_weights(0))
+    assert not torch.equal(_gammanet_weights(0), _gammanet_weights(1))
+    assert not torch.equal(_gammanet_weights(1), _gammanet_weights(2))

@@ -5,8 +5,10 @@ the installed engine and the command line; bad names are clear errors; the comma
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("sklearn")
@@ -197,3 +199,68 @@ def test_cli_stays_lazy():
                                capture_output=True, text=True, check=True).stdout
     for flag in ("--workers", "--no-prune", "--heartbeat-interval", "--retry-seconds", "--quiet", "--set"):
         assert flag in help_text
+
+
+# -- fair arms (research protocol v2): the same labelled data for every arm -----------------------------------------
+def test_fair_study_holds_the_same_slice_out_of_every_arm():
+    from research.train import load_data, resolve_config
+    from sweeps.objective import config_for
+    from sweeps.spec import HOLDOUT_FRACTION, fair_study
+
+    study = fair_study(name="fair", dataset="digits-lt", seeds=2, trials=2, dataset_kwargs=TINY,
+                       overrides={"epochs": 1})
+    assert study.meta["overrides"] == {"holdout_fraction": HOLDOUT_FRACTION, "epochs": 1}
+    names = [a.name for a in study.arms]
+    assert {"policy=gammanet", "policy=gammanet+tpe", "policy=gammanet[val]", "policy=bandit",
+            "policy=bandit[val]", "control=finetune[val]", "control=finetune", "policy=pi", "gamma=2",
+            "baseline=logit_adjusted"} <= set(names)
+    assert not any(n.startswith("policy=hypergradient") for n in names)  # inert defaults: left out
+    trained = {}
+    for arm in study.arms:
+        cfg = resolve_config(config_for(SimpleNamespace(study=study, seed=1, threads=1, config=dict(arm.config))))
+        assert cfg.holdout_fraction == HOLDOUT_FRACTION, arm.name
+        trained[arm.name] = load_data(cfg)[0].x_train
+    first = trained["gamma=2"]
+    assert all(torch.equal(x, first) for x in trained.values())
+
+
+def test_fair_arms_draw_from_the_slice_or_name_the_validation_set():
+    from sweeps.spec import FINETUNE_EVERY, control_arms, learned_arms
+
+    arms = {a.name: a for a in learned_arms(("hypergradient", "gammanet", "bandit")) + control_arms()}
+    for name in ("hypergradient", "gammanet", "bandit"):
+        assert arms[f"policy={name}"].config == {"loss": "focal", "policy": name, "meta_data": "train_slice"}
+        assert arms[f"policy={name}[val]"].config == {"loss": "focal", "policy": name, "meta_data": "val"}
+        tuned = arms[f"policy={name}+tpe"]
+        assert tuned.config == arms[f"policy={name}"].config
+        assert tuned.space == {a.name: a for a in default_arms("digits-lt")}[f"policy={name}+tpe"].space
+    assert arms["control=finetune[val]"].config == {"loss": "focal", "gamma": 2.0, "finetune_every": FINETUNE_EVERY,
+                                                    "meta_data": "val"}
+    assert arms["control=finetune"].config["meta_data"] == "train_slice"
+    assert [a.name for a in learned_arms(("gammanet",), tuned=False)] == ["policy=gammanet", "policy=gammanet[val]"]
+    with pytest.raises(ValueError, match="policies must be among hypergradient, gammanet, bandit, got 'pi'"):
+        learned_arms(("pi",))
+
+
+def test_existing_studies_keep_their_arms_and_no_hold_out():
+    for name in list_studies():
+        study = load_study(name)
+        assert "holdout_fraction" not in study.overrides
+        assert not any("[val]" in a.name or a.name.startswith("control=") for a in study.arms), name
+        assert all("meta_data" not in a.config and "finetune_every" not in a.config for a in study.arms), name
+
+
+def test_a_tiny_fair_study_runs_end_to_end(tmp_path):
+    from sweeps.spec import control_arms, fair_study, learned_arms
+
+    gamma2 = {a.name: a for a in default_arms("digits-lt")}["gamma=2"]
+    arms = [*learned_arms(("gammanet",), tuned=False), *control_arms(), gamma2]
+    study = fair_study(name="fair", dataset="digits-lt", seeds=1, trials=1, dataset_kwargs=TINY,
+                       overrides={"epochs": 2, "batch_size": 16}, arms=arms)
+    log = tmp_path / "fair.log"
+    summary = runner.run(study, opts(log))
+    assert summary["errors"] == [] and summary["failed_units"] == []
+    st = open_storage(str(log), write=False)
+    for arm in arms:
+        trial, = optuna.load_study(study_name=f"fair/{arm.name}/seed0", storage=st).trials
+        assert trial.state == TrialState.COMPLETE and trial.user_attrs["config"]["holdout_fraction"] == 0.1

@@ -64,7 +64,8 @@ class GammaNet(LearnedPolicy):
     ``theta' = theta - lr * grad_theta L_train(theta, gamma_phi)`` on a training batch, then phi takes an Adam step
     (``meta_lr``) on ``d L_val(theta') / d phi`` (gradient norm clipped to ``clip``), with ``L_val`` the plain
     cross-entropy / BCE of a validation batch at theta' (see :class:`HypergradientGamma` for why not the focal
-    loss). The network's weights come from a generator seeded with ``seed``.
+    loss). The network's weights come from a generator seeded with ``seed`` (built from a
+    :class:`~adaptive_focal.RunContext`: the run's seed); the policy draws no other random numbers.
 
     Args:
         loss: the FocalLoss to drive.
@@ -104,10 +105,13 @@ class GammaNet(LearnedPolicy):
 
     @classmethod
     def run_defaults(cls, loss: FocalLoss, context: RunContext) -> dict:
-        """As the other learned controllers', and the run's number of classes (the table's rows)."""
+        """As the other learned controllers', the run's number of classes (the table's rows) and the run's seed
+        for the network's initialisation (so that seeds differ in it, as they do in the model's)."""
         out = super().run_defaults(loss, context)
         if context.num_classes is not None:
             out["num_classes"] = context.num_classes
+        if context.seed is not None:
+            out["seed"] = context.seed
         return out
 
     def __init__(self, loss: FocalLoss, model: nn.Module | None = None, val_source=None, train_source=None,
