@@ -42,8 +42,10 @@ def _run_option_specs():
             continue
         typ = int if f.type.startswith("int") else float if f.type.startswith("float") else str
         shown = "" if f.default is None else f" (default {f.default})"
-        out.append((f.name, flag, {"type": typ, "default": f.default, "metavar": meta.get("metavar"),
-                                   "help": meta["help"] + shown}))
+        kwargs = {"type": typ, "default": f.default, "metavar": meta.get("metavar"), "help": meta["help"] + shown}
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        out.append((f.name, flag, kwargs))
     return out
 
 
