@@ -325,7 +325,8 @@ def test_compare_with_an_equivalence_margin(tmp_path, monkeypatch):
     from adaptive_focal.compare import compare
 
     monkeypatch.chdir(tmp_path)
-    kwargs = dict(mode="softmax", metric="score", seeds=2, trials=2, arms=["gamma=0", "gamma=2"], progress=False)
+    kwargs = {"mode": "softmax", "metric": "score", "seeds": 2, "trials": 2, "arms": ["gamma=0", "gamma=2"],
+              "progress": False}
     # linear: gamma 2 is 0.2 below gamma 0 on every seed
     wide = compare("helpers.objectives:linear", storage="c.log", out="o", margin=0.5, **kwargs)
     assert wide.paired["gamma=2"]["equivalent"] is True and "within ±0.5" in wide.markdown

@@ -30,8 +30,8 @@ import zlib
 
 from .results import _num, better, completed, full_trials, selected
 
-__all__ = ["CI_LEVEL", "CONFIRMATORY_SEEDS", "N_BOOT", "BOOT_SEED", "analyse", "budget", "collect", "holm", "leaderboard",
-           "paired_t", "paired_test", "pareto_front", "tost", "wilcoxon_exact_p", "wilcoxon_min_p"]
+__all__ = ["BOOT_SEED", "CI_LEVEL", "CONFIRMATORY_SEEDS", "N_BOOT", "analyse", "budget", "collect", "holm",
+           "leaderboard", "paired_t", "paired_test", "pareto_front", "tost", "wilcoxon_exact_p", "wilcoxon_min_p"]
 
 N_BOOT = 10_000
 BOOT_SEED = 0

@@ -15,7 +15,15 @@ import json
 import warnings
 from pathlib import Path
 
-from .analysis import BOOT_SEED, CONFIRMATORY_SEEDS, N_BOOT, analyse, collect, leaderboard, wilcoxon_min_p
+from .analysis import (
+    BOOT_SEED,
+    CONFIRMATORY_SEEDS,
+    N_BOOT,
+    analyse,
+    collect,
+    leaderboard,
+    wilcoxon_min_p,
+)
 from .export import export_path, is_export
 from .results import load_units
 
@@ -77,8 +85,8 @@ _PRUNERS = {
 def _budget_lines(a: dict) -> list[str]:
     """What the arms spent, the pruner, and which arms pruning left with fewer completed runs."""
     board = a["leaderboard"]
-    lines = ["Budget: a run is one configuration trained on one seed; completed runs are the ones a selection can "
-             "choose from, pruned runs were stopped early by the pruner and return nothing."]
+    lines = [("Budget: a run is one configuration trained on one seed; completed runs are the ones a selection can "
+              "choose from, pruned runs were stopped early by the pruner and return nothing.")]
     if any(r["kind"] == "tuned" for r in board):
         lines[0] += f" Pruner of the arms tuned per seed: {_PRUNERS.get(a.get('pruner'), a.get('pruner'))}."
     short = [r for r in board if r.get("runs_pruned")]
@@ -132,10 +140,10 @@ def _paired_lines(a: dict) -> list[str]:
     ns = [r["n"] for r in rows if r["n"]]
     n_max = max(ns, default=0)
     text = [f"Differences are arm minus {ref} on the same seed; a win is better in the metric's direction.",
-            f"{level}% t-interval: mean ± t(n-1) sd / sqrt(n) of the n paired differences; t-test p: two-sided, for "
-            "a mean difference of 0.",
-            f"Holm p: the t-test p-values adjusted by Holm's step-down method over the {k} arms of this table: an "
-            f"arm differs from {ref} when its Holm p <= {alpha:g}, with a family-wise error of {alpha:g}."]
+            (f"{level}% t-interval: mean ± t(n-1) sd / sqrt(n) of the n paired differences; t-test p: two-sided, "
+             "for a mean difference of 0."),
+            (f"Holm p: the t-test p-values adjusted by Holm's step-down method over the {k} arms of this table: an "
+             f"arm differs from {ref} when its Holm p <= {alpha:g}, with a family-wise error of {alpha:g}.")]
     text.append("Wilcoxon exact p: the signed-rank test, two-sided, zero differences dropped (Wilcoxon's "
                 "convention), tied differences at their average rank, p from the exact distribution over the "
                 f"2^n sign flips. With n non-zero differences it cannot go below 2^(1-n) (n = {n_max}: "
@@ -168,8 +176,8 @@ def analysis_markdown(a: dict, figures: dict | None = None) -> str:
     m, s, lines = a["metric"], a["split"], []
     title = a.get("dataset") or a["study"]
     lines += [f"#### Leaderboard ({title}): mean ± std over seeds", "",
-              f"| rank | arm | kind | {s} {m} | val {m} | {s} ECE | seeds | completed runs | pruned runs | "
-              "s / run |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              (f"| rank | arm | kind | {s} {m} | val {m} | {s} ECE | seeds | completed runs | pruned runs | "
+               "s / run |"), "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(a["leaderboard"], 1):
         ece = "-" if r["ece_mean"] is None else f"{r['ece_mean']:.3f} ± {r['ece_std']:.3f}"
         val = "-" if r["val_mean"] is None else f"{r['val_mean']:.3f} ± {r['val_std']:.3f}"
