@@ -42,8 +42,10 @@ def _run_option_specs():
             continue
         typ = int if f.type.startswith("int") else float if f.type.startswith("float") else str
         shown = "" if f.default is None else f" (default {f.default})"
-        out.append((f.name, flag, {"type": typ, "default": f.default, "metavar": meta.get("metavar"),
-                                   "help": meta["help"] + shown}))
+        kwargs = {"type": typ, "default": f.default, "metavar": meta.get("metavar"), "help": meta["help"] + shown}
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        out.append((f.name, flag, kwargs))
     return out
 
 
@@ -63,6 +65,23 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for the report: report.md, CSV, JSON and PNG files")
     p.add_argument("--wandb", choices=("disabled", "offline", "online"),
                    help="also log the report's tables and figures to W&B in this mode")
+    _add_margin(p)
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"--margin must be a positive number, got {text!r}")
+    return value
+
+
+def _add_margin(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--margin", type=_margin, metavar="DELTA",
+                   help="equivalence margin, fixed before looking at the results: test whether each arm matches the "
+                        "best fixed gamma within ±DELTA of the metric (TOST, Holm-adjusted over the arms)")
 
 
 def _add_studies(p: argparse.ArgumentParser) -> None:
@@ -111,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", help="folder for the report (default runs/compare/<name>)")
     cmp_.add_argument("--wandb", choices=("disabled", "offline", "online"),
                       help="also log the report's tables and figures to W&B in this mode")
+    _add_margin(cmp_)
     group = cmp_.add_argument_group("run options")
     for dest, flag, kwargs in _run_option_specs():
         if dest not in ("storage", "seeds", "trials"):
@@ -165,7 +185,7 @@ def _compare(args) -> int:
                                                                                              "trials")}
     result = compare(args.objective, mode=args.mode, metric=args.metric, direction=args.direction, seeds=args.seeds,
                      trials=args.trials, arms=args.arms, learned=args.learned, name=args.name, storage=args.storage,
-                     out=args.out, wandb=args.wandb, **opts)
+                     out=args.out, wandb=args.wandb, margin=args.margin, **opts)
     print(result.markdown)
     print(f"\nwrote {', '.join(result.files)} to {args.out or 'runs/compare/' + result.study.name}; trials in "
           f"{result.storage}")
@@ -209,7 +229,7 @@ def _sweep(args) -> int:
                 raise ValueError(f"--readme {args.readme!r} has no {README_START} ... {README_END} block")
         text, analyses, written = run_report(args.studies_, args.storage, out=args.out, wandb_mode=args.wandb,
                                              n_boot=args.n_boot, boot_seed=args.boot_seed,
-                                             default_storage=_default_storage)
+                                             default_storage=_default_storage, equivalence_margin=args.margin)
         if args.readme is not None:
             fill_block(args.readme, README_START, README_END, readme_block(analyses, args.top))
         if args.out is None and args.wandb is None:

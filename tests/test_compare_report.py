@@ -62,6 +62,11 @@ def test_leaderboard_matches_the_stored_trials(handmade, analysis):
         assert rows[arm]["ece_mean"] == pytest.approx(statistics.fmean(eces), abs=1e-12)
         assert rows[arm]["seeds"] == len(per)
         assert rows[arm]["trials"] == sum(t.state == TrialState.COMPLETE for ts in per.values() for t in ts)
+        # the budget: every finished run, completed or pruned
+        assert rows[arm]["runs_completed"] == rows[arm]["trials"]
+        assert rows[arm]["runs_pruned"] == sum(t.state == TrialState.PRUNED for ts in per.values() for t in ts)
+        assert rows[arm]["runs"] == rows[arm]["runs_completed"] + rows[arm]["runs_pruned"]
+    assert (rows["gamma=tpe"]["runs"], rows["gamma=tpe"]["runs_pruned"]) == (SEEDS * TRIALS, 2 * SEEDS)
     means = [r["mean"] for r in analysis["leaderboard"]]
     assert means == sorted(means, reverse=True)
     # the first table is the minimal leaderboard, unchanged
@@ -164,10 +169,21 @@ def test_files_written_and_wandb_disabled(handmade, tmp_path, monkeypatch):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert md.startswith(report.markdown(analyses[0]["summary"], "hm")) and text in md
-    assert "![Pareto front](hm_pareto.png)" in md and "min attainable p" in md
+    assert "![Pareto front](hm_pareto.png)" in md and "95% t-interval" in md and "Holm p" in md
+    # the paired rows show the t-interval; the bootstrap interval only in the files, and the text says why
+    tpe = next(r for r in analyses[0]["paired"] if r["arm"] == "gamma=tpe")
+    row = next(line for line in md.splitlines() if line.startswith("| gamma=tpe | 4 |"))
+    assert f"[{tpe['t_low']:+.3f}, {tpe['t_high']:+.3f}]" in row
+    assert f"[{tpe['ci_low']:+.3f}, {tpe['ci_high']:+.3f}]" not in md
+    assert "bootstrap interval of earlier reports is not shown" in md
     with (out / "leaderboard.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["arm"] for r in rows] == [r["arm"] for r in analyses[0]["leaderboard"]]
+    assert {"runs", "runs_completed", "runs_pruned", "configs_stopped"} <= set(rows[0])
+    with (out / "paired.csv").open() as fh:
+        paired = list(csv.DictReader(fh))
+    assert {"t_low", "t_high", "t_p", "holm_p", "wilcoxon_exact_p", "exploratory", "ci_low", "ci_high"} <= set(paired[0])
+    assert "Pruning left this arm fewer completed runs than started: gamma=tpe 12 of 20 (8 pruned)" in md
     assert float(rows[0]["mean"]) == pytest.approx(analyses[0]["leaderboard"][0]["mean"])
     data = json.loads((out / "results.json").read_text())
     assert data[0]["reference"] == analyses[0]["reference"] and data[0]["n_boot"] == 500
@@ -189,6 +205,18 @@ def test_command_line(handmade, tmp_path, capsys):
     assert cli.main(["sweep", "report", "nope", "--storage", handmade]) == 2
     assert "no study 'nope' in this storage" in capsys.readouterr().err
     assert cli.main(["sweep", "report", "hm", "--storage", str(tmp_path / "missing.log")]) == 2
+    # an equivalence margin fixed in advance adds the TOST columns
+    assert cli.main(["sweep", "report", "hm", "--storage", handmade, "--out", str(tmp_path / "m"), "--n-boot", "200",
+                     "--margin", "0.02"]) == 0
+    md = (tmp_path / "m" / "report.md").read_text()
+    assert "TOST p (Holm), ±0.02 | within ±0.02 |" in md and "margin of ±0.02 fixed before the results" in md
+    data = json.loads((tmp_path / "m" / "results.json").read_text())[0]
+    assert data["equivalence_margin"] == 0.02 and all(r["margin"] == 0.02 for r in data["paired"])
+    capsys.readouterr()
+    for bad in ("0", "-0.1", "nan", "x"):
+        with pytest.raises(SystemExit):
+            cli.main(["sweep", "report", "hm", "--storage", handmade, "--margin", bad])
+    assert "--margin must be a positive number" in capsys.readouterr().err
 
 
 def test_a_study_run_and_reported(tmp_path, capsys):
@@ -290,3 +318,21 @@ def test_across_seeds_selection_needs_every_seed():
     curve = a["tuning_cost"]["curves"]["gamma=tpe@seeds"]
     assert [r["runs"] for r in curve] == [3, 5, 8, 11]
     assert [r["best_val_mean"] for r in curve] == pytest.approx([0.72, 0.72, 0.78, 0.78])
+
+
+def test_compare_with_an_equivalence_margin(tmp_path, monkeypatch):
+    """compare(margin=...): the verdicts reach Comparison.paired; a bad margin fails before anything runs."""
+    from adaptive_focal.compare import compare
+
+    monkeypatch.chdir(tmp_path)
+    kwargs = {"mode": "softmax", "metric": "score", "seeds": 2, "trials": 2, "arms": ["gamma=0", "gamma=2"],
+              "progress": False}
+    # linear: gamma 2 is 0.2 below gamma 0 on every seed
+    wide = compare("helpers.objectives:linear", storage="c.log", out="o", margin=0.5, **kwargs)
+    assert wide.paired["gamma=2"]["equivalent"] is True and "within ±0.5" in wide.markdown
+    narrow = compare("helpers.objectives:linear", storage="c.log", out="o2", margin=0.1, **kwargs)
+    assert narrow.paired["gamma=2"]["equivalent"] is False
+    with pytest.raises(ValueError, match="margin must be a positive number, got 0"):
+        compare("helpers.objectives:linear", storage="d.log", margin=0, **kwargs)
+    assert not (tmp_path / "d.log").exists()
+

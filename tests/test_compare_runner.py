@@ -1,6 +1,8 @@
 """adaptive_focal.compare.runner: a study end to end, resume, parallel workers, killed and frozen workers, the atomic
-set-up under racing commands, arms tuned across seeds with the Wilcoxon pruner, failures made visible, and bad input
-refused before anything is written. The objective is ``helpers.objectives.linear`` (instant, exactly predictable)."""
+set-up under racing commands, the pruning protocols of arms tuned per seed (a slow-starting winner that only the
+per-epoch MedianPruner removes), arms tuned across seeds with the Wilcoxon pruner, failures made visible, and bad
+input refused before anything is written. The objective is ``helpers.objectives.linear`` (instant, exactly
+predictable) unless a test says otherwise."""
 
 import multiprocessing
 import os
@@ -12,9 +14,12 @@ import pytest
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
 
-from adaptive_focal.compare import analysis, results, runner  # noqa: E402
+from adaptive_focal import cli  # noqa: E402
+from adaptive_focal.compare import analysis, parse_arm, report, results, runner  # noqa: E402
+from adaptive_focal.compare.options import RunOptions  # noqa: E402
 from adaptive_focal.compare.runner import StudyMismatchError, TrialsFailedError  # noqa: E402
 from adaptive_focal.compare.storage import open_storage  # noqa: E402
+from helpers.objectives import SLOW_START_EPOCHS, slow_start_curve  # noqa: E402
 from helpers.processes import sigkill_when  # noqa: E402
 from helpers.studies import linear_study, opts  # noqa: E402
 
@@ -294,6 +299,142 @@ def test_wilcoxon_pruner_stops_a_configuration_worse_on_every_seed(tmp_path, mon
     assert a["summary"]["arms"]["gamma=tpe@seeds"] == {s: pytest.approx(0.85 + 0.01 * s) for s in range(5)}
     runs = [sum(expected[:k + 1]) for k in range(4)]
     assert [r["runs"] for r in a["tuning_cost"]["curves"]["gamma=tpe@seeds"]] == runs
+
+
+# -- the pruning protocol of arms tuned per seed ---------------------------------------------------------------------
+#: the gammas TPE "samples" in the slow-start studies, trial by trial (the same on every seed)
+SLOW_GAMMAS = [2.0, 3.0, 0.0, 1.0, 4.0]
+C, P = TrialState.COMPLETE, TrialState.PRUNED
+
+
+def _slow_study(name="slow", trials=5):
+    return linear_study(name=name, arms=("gamma=0", "gamma=2", "gamma=tpe"), seeds=2, trials=trials,
+                        objective="helpers.objectives:slow_start")
+
+
+@pytest.mark.parametrize("pruner", [None, "none", "late", "median"])
+def test_a_slow_starting_winner_is_removed_only_by_the_median_pruner(tmp_path, monkeypatch, pruner):
+    """The stored case of the protocol issue (gauss-lt: every TPE trial with gamma < 0.5 pruned though gamma 0 is
+    best), built with an instant objective: the smaller gamma, the slower the validation metric rises and the
+    higher it ends. MedianPruner (from the first epoch) prunes the gamma-0 configuration that would have won, so
+    the tuned arm selects gamma 2 and falls below the grid; the default (no pruning) and the late pruner keep it,
+    and the report selects it. With None the run uses the default pruner: on a version whose default is
+    MedianPruner this test fails."""
+    monkeypatch.setattr(runner, "_sampler", lambda name, worker_id, trials: _FixedSampler(SLOW_GAMMAS))
+    study, log = _slow_study(), tmp_path / "slow.log"
+    runner.run(study, opts(log) if pruner is None else opts(log, pruner=pruner))
+    # Median (2 startup trials, gamma 2 and 3, complete): after epoch 1 gamma 0 (0.399) and gamma 1 (0.455) are
+    # below the median of 0.490 and 0.509; gamma 4 (0.519) survives epoch 1 but its best, 0.5545, is below the
+    # median 0.5553 after epoch 2. Late: nothing is judged before epoch 8 of 10, where gamma 0 (0.588) and gamma 1
+    # (0.590) are above the completed trials' median and gamma 4 (0.560) is below it.
+    expected, stopped_at = {"median": ([C, C, P, P, P], {2: 1, 3: 1, 4: 2}),
+                            "late": ([C, C, C, C, P], {4: 8})}.get(pruner, ([C] * 5, {}))
+    for seed in range(2):
+        trials = _unit(log, f"slow/gamma=tpe/seed{seed}").trials
+        assert [t.params["gamma"] for t in trials] == SLOW_GAMMAS
+        assert [t.state for t in trials] == expected, (pruner, seed)
+        for t in trials:
+            assert t.last_step == stopped_at.get(t.number, SLOW_START_EPOCHS if pruner in ("late", "median") else None)
+    st = open_storage(str(log), write=False)
+    assert optuna.load_study(study_name="slow", storage=st).user_attrs.get("pruner") == \
+        {"median": None, "late": "late"}.get(pruner, "none")  # no key: MedianPruner, as in the committed studies
+    # the report: the tuned arm selects the winner, gamma 0 (trial 2), unless the pruner removed it
+    a = analysis.analyse(results.load_units(st, "slow"), n_boot=100)
+    chosen = {r["seed"]: r["trial"] for r in a["per_seed"] if r["arm"] == "gamma=tpe"}
+    winner = 0 if pruner == "median" else 2
+    assert chosen == {0: winner, 1: winner}
+    assert a["reference"] == "gamma=0"
+    tpe = next(r for r in a["paired"] if r["arm"] == "gamma=tpe")
+    best_gamma = SLOW_GAMMAS[winner]
+    assert tpe["mean_diff"] == pytest.approx(slow_start_curve(best_gamma, 0, 10) - slow_start_curve(0.0, 0, 10),
+                                             abs=1e-12)
+    row = next(r for r in a["leaderboard"] if r["arm"] == "gamma=tpe")
+    assert (row["runs"], row["runs_completed"], row["runs_pruned"]) == (10, 2 * expected.count(C),
+                                                                      2 * expected.count(P))
+    md = report.analysis_markdown(a)
+    said = "Pruning left this arm fewer completed runs than started: gamma=tpe"
+    assert (said in md) == (pruner in ("late", "median"))
+    assert f"Pruner of the arms tuned per seed: `{pruner or 'none'}`" in md
+
+
+def test_a_study_keeps_its_pruner(tmp_path):
+    log = tmp_path / "keep.log"
+    study = linear_study(name="keep", arms=("gamma=0", "gamma=tpe"), seeds=1, trials=2)
+    runner.run(study, opts(log, pruner="late"))
+    before = log.read_bytes()
+    with pytest.raises(StudyMismatchError, match="made with pruner 'late'; this run asks for pruner 'none'. Continue "
+                                                 "it with --pruner late"):
+        runner.run(study, opts(log))
+    with pytest.raises(StudyMismatchError, match="pruner 'late'; this run asks for pruner 'none'"):
+        runner.run(study, opts(log, pruner="late", prune=False))  # --no-prune is no pruning
+    assert log.read_bytes() == before
+    runner.run(study, opts(log, pruner="late", trials=3))  # the same pruner tops it up
+    # a study without the key (made with MedianPruner, or before the key existed) continues with median or none
+    old = tmp_path / "old.log"
+    runner.run(study, opts(old, pruner="median"))
+    assert "pruner" not in optuna.load_study(study_name="keep", storage=open_storage(str(old))).user_attrs
+    runner.run(study, opts(old, pruner="median", trials=3))
+    runner.run(study, opts(old, pruner="none", trials=3))
+    with pytest.raises(StudyMismatchError, match="made with MedianPruner from the first epoch \\(no recorded "
+                                                 "pruner\\); this run asks for pruner 'late'"):
+        runner.run(study, opts(old, pruner="late"))
+    # the pruner is not part of a study without arms tuned per seed: nothing recorded, nothing checked
+    fixed = linear_study(name="fixed", arms=("gamma=0", "gamma=2"), seeds=1)
+    runner.run(fixed, opts(tmp_path / "f.log", pruner="late"))
+    assert "pruner" not in optuna.load_study(study_name="fixed", storage=open_storage(str(tmp_path / "f.log"))) \
+        .user_attrs
+    runner.run(fixed, opts(tmp_path / "f.log", pruner="median"))
+
+
+def _trial_with_values(study, values: dict):
+    study.add_trial(optuna.trial.create_trial(value=list(values.values())[-1], intermediate_values=values))
+
+
+@pytest.mark.parametrize("first_step", [0, 1])
+def test_late_pruner_acts_only_in_the_last_fifth_of_the_reported_steps(first_step):
+    pruner = runner.LatePruner(n_startup_trials=1)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    steps = list(range(first_step, first_step + 10))
+    bad = study.ask()
+    bad.report(0.1, steps[8])
+    assert pruner.window(study) is None and not bad.should_prune()  # nothing completed: no schedule yet
+    _trial_with_values(study, {s: 0.5 for s in steps})
+    assert pruner.window(study) == (steps[7], steps[9])  # from the 8th of 10 steps, never at the last
+    for k, step in enumerate(steps):
+        trial = study.ask()
+        trial.report(0.1, step)  # far below the completed trial: pruned wherever the window allows
+        assert trial.should_prune() == (7 <= k < 9), step
+        good = study.ask()
+        good.report(0.9, step)
+        assert not good.should_prune()
+    # 3 epochs: ceil(0.8 * 3) = 3, the last step: never pruned; fraction 1 never prunes
+    short = optuna.create_study(direction="maximize", pruner=runner.LatePruner(n_startup_trials=1))
+    _trial_with_values(short, {1: 0.5, 2: 0.5, 3: 0.5})
+    assert short.pruner.window(short) == (3, 3)
+    for fraction in (0, -0.1, 1.5, True):
+        with pytest.raises(ValueError, match="fraction must be a number in \\(0, 1\\]"):
+            runner.LatePruner(fraction)
+
+
+def test_the_pruners_and_the_option():
+    tuned = parse_arm("gamma=tpe")
+    median = runner._pruner(tuned, 10, "median")  # the committed studies' pruner, unchanged
+    assert type(median) is optuna.pruners.MedianPruner
+    assert (median._n_startup_trials, median._n_warmup_steps) == (3, 1)
+    assert isinstance(runner._pruner(tuned, 10, "late"), runner.LatePruner)
+    assert isinstance(runner._pruner(tuned, 10, "none"), optuna.pruners.NopPruner)
+    assert isinstance(runner._pruner(parse_arm("gamma=tpe@seeds"), 10, "none"), optuna.pruners.WilcoxonPruner)
+    assert RunOptions().pruner == "none" == RunOptions().epoch_pruner
+    assert RunOptions(pruner="late").epoch_pruner == "late"
+    assert RunOptions(pruner="late", prune=False).epoch_pruner == "none"
+    assert RunOptions(pruner="median", multi_objective=True).epoch_pruner == "none"
+    with pytest.raises(ValueError, match="pruner must be one of 'none', 'late', 'median', got 'early'"):
+        RunOptions(pruner="early")
+    args = cli.parser().parse_args(["sweep", "run", "digits-lt", "--pruner", "late"])
+    assert cli._run_options(args).pruner == "late"
+    assert cli.parser().parse_args(["compare", "m.py:f", "--mode", "softmax", "--metric", "x"]).pruner == "none"
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["sweep", "run", "digits-lt", "--pruner", "early"])
 
 
 def _sleepy_across_worker(study, storage):

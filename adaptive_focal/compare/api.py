@@ -29,7 +29,8 @@ class Comparison:
         study: the study that ran.
         leaderboard: per arm, best first: ``{"arm", "mean", "std", "seeds", "trials", "kind", "val_mean", ...}``.
         reference: the best fixed gamma (by mean validation metric), which ``paired`` compares against.
-        paired: arm -> ``{"mean_diff", "ci_low", "ci_high", "wins", "ties", "losses", "wilcoxon_p", ...}``.
+        paired: arm -> ``{"mean_diff", "t_low", "t_high", "holm_p", "wins", "ties", "losses", "equivalent", ...}``
+            (see :func:`~adaptive_focal.compare.analysis.paired_test`).
         analysis: everything :func:`~adaptive_focal.compare.analysis.analyse` computed.
         markdown: the report as Markdown.
         files: the files written into ``out`` (``report.md``, CSV, JSON, PNG).
@@ -73,7 +74,8 @@ def objective_study(objective: str, *, mode: str, metric: str, direction: str = 
 
 def compare(objective, *, mode: str, metric: str, direction: str = "maximize", seeds: int = 3, trials: int = 10,
             arms=None, learned: bool = False, name: str | None = None, storage: str | None = None,
-            out: str | None = None, wandb: str | None = None, **options) -> Comparison:
+            out: str | None = None, wandb: str | None = None, margin: float | None = None,
+            **options) -> Comparison:
     """Runs every arm on ``objective`` for ``seeds`` seeds and reports them against the best fixed gamma.
 
     Args:
@@ -93,12 +95,17 @@ def compare(objective, *, mode: str, metric: str, direction: str = "maximize", s
             resumes.
         out: folder for the report files (default ``runs/compare/<name>``).
         wandb: also log the report to W&B in this mode (``"offline"``, ``"online"``, ``"disabled"``).
-        **options: :class:`~adaptive_focal.compare.RunOptions` fields (``workers``, ``prune``, ...).
+        margin: an equivalence margin fixed in advance: each arm is tested for matching the best fixed gamma
+            within ±margin of the metric (TOST, Holm-adjusted over the arms; ``paired[arm]["equivalent"]``).
+        **options: :class:`~adaptive_focal.compare.RunOptions` fields (``workers``, ``pruner``, ``prune``, ...).
     """
-    from .report import analysis_markdown, markdown, run_report
+    from .analysis import tost
     from .options import RunOptions
+    from .report import analysis_markdown, markdown, run_report
     from .runner import run
 
+    if margin is not None:
+        tost([0.0, 0.0], margin)  # a bad margin fails before anything runs
     if not isinstance(objective, str):
         raise ObjectiveError("objective must be named 'file.py:function' or 'module:function' (worker processes "
                              f"load it by that name), got {type(objective).__name__}")
@@ -108,7 +115,7 @@ def compare(objective, *, mode: str, metric: str, direction: str = "maximize", s
     out = out or str(Path("runs") / "compare" / study.name)
     opts = RunOptions(storage=storage, **{"progress": False, **options})
     run(study, opts)
-    _, analyses, written = run_report([study.name], storage, out=out, wandb_mode=wandb)
+    _, analyses, written = run_report([study.name], storage, out=out, wandb_mode=wandb, equivalence_margin=margin)
     a = analyses[0]
     text = markdown(a["summary"], study.name) + "\n\n" + analysis_markdown(a)
     return Comparison(study=study, leaderboard=a["leaderboard"], reference=a["reference"],

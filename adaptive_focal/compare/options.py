@@ -1,4 +1,4 @@
-"""How a study is run: :class:`RunOptions` (storage, budget, workers, heartbeats, retries).
+"""How a study is run: :class:`RunOptions` (storage, budget, workers, pruning, heartbeats, retries).
 
 Kept apart from the runner, which needs Optuna, so that the command line can offer these options (one per field)
 without importing it.
@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-__all__ = ["RunOptions"]
+__all__ = ["DEFAULT_PRUNER", "PRUNERS", "RunOptions"]
+
+#: how the trials of arms tuned per seed can be pruned on the metric they report each epoch
+#: (:mod:`adaptive_focal.compare.runner`): ``"none"``, ``"late"`` (only in the last fifth of the reported epochs)
+#: or ``"median"`` (from the first epoch: the protocol of the studies committed before the option existed)
+PRUNERS = ("none", "late", "median")
+#: no pruning: a per-epoch pruner stops configurations that learn slowly, which for gamma is a bias (small gammas
+#: start slower and may end best), and leaves arms with unequal numbers of completed runs
+DEFAULT_PRUNER = "none"
 
 
 def _opt(default, help: str, *, flag: str | None = None, metavar: str | None = None, cli: bool = True, **kw):
@@ -29,8 +37,14 @@ class RunOptions:
     workers: int = _opt(1, "parallel worker processes on this machine", metavar="W")
     threads: int = _opt(1, "torch threads per worker")
     multi_objective: bool = _opt(False, "maximise the metric and minimise the validation ECE (no pruning)")
-    prune: bool = _opt(True, "no pruning: neither MedianPruner on the reported validation metric nor, for arms "
-                             "tuned across seeds, WilcoxonPruner over the seeds", flag="--no-prune")
+    pruner: str = _opt(DEFAULT_PRUNER, "how trials of arms tuned per seed are pruned on the validation metric they "
+                                       "report each epoch: none (every run trains to its end, so gamma is never "
+                                       "judged by how fast it learns and every arm completes its budget), late "
+                                       "(MedianPruner, only in the last fifth of the reported epochs) or median "
+                                       "(MedianPruner from the first epoch, the protocol of the committed studies)",
+                       choices=PRUNERS)
+    prune: bool = _opt(True, "no pruning at all: --pruner none, and no WilcoxonPruner over the seeds for arms tuned "
+                             "across seeds", flag="--no-prune")
     heartbeat_interval: float = _opt(10.0, "seconds between a running trial's heartbeats", metavar="S")
     grace_period: float = _opt(30.0, "seconds without a heartbeat after which a trial is retried elsewhere",
                                metavar="S")
@@ -54,9 +68,17 @@ class RunOptions:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{key} must be a positive number of seconds, got {value!r}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"pruner must be one of {', '.join(map(repr, PRUNERS))}, got {self.pruner!r}")
         if self.grace_period <= self.heartbeat_interval:
             raise ValueError(f"grace_period ({self.grace_period}) must be longer than heartbeat_interval "
                              f"({self.heartbeat_interval}), or live trials would be retried")
+
+    @property
+    def epoch_pruner(self) -> str:
+        """The pruner the trials of arms tuned per seed run under: ``pruner``, or ``"none"`` without pruning
+        (``prune`` False) and in multi-objective runs (Optuna cannot prune those)."""
+        return "none" if not self.prune or self.multi_objective else self.pruner
 
     @classmethod
     def cli_fields(cls) -> list:

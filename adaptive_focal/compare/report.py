@@ -15,7 +15,15 @@ import json
 import warnings
 from pathlib import Path
 
-from .analysis import BOOT_SEED, N_BOOT, analyse, collect, leaderboard, wilcoxon_min_p
+from .analysis import (
+    BOOT_SEED,
+    CONFIRMATORY_SEEDS,
+    N_BOOT,
+    analyse,
+    collect,
+    leaderboard,
+    wilcoxon_min_p,
+)
 from .export import export_path, is_export
 from .results import load_units
 
@@ -29,6 +37,13 @@ def _f(v, digits=3, signed=False):
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
+def _p(v) -> str:
+    """A p-value: 3 decimals, or 2 significant digits below 0.001; "-" when there is none."""
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
+
+
 def _title(study_name: str, meta: dict) -> str:
     what = meta.get("dataset") or meta.get("objective")
     return f"{study_name} ({what})" if what else study_name
@@ -40,9 +55,10 @@ def markdown(data: dict, study_name: str) -> str:
     split, m = data.get("split", "test"), data["metric"]
     lower = " (lower is better)" if data.get("direction") == "minimize" else ""
     lines = [f"### {_title(study_name, data.get('meta') or {})}: {split} {m}{lower}, mean ± std over seeds", "",
-             f"| rank | arm | {split} {m} | seeds | completed trials |", "|---:|---|---:|---:|---:|"]
+             f"| rank | arm | {split} {m} | seeds | completed runs | pruned runs |", "|---:|---|---:|---:|---:|---:|"]
     for i, r in enumerate(rows, 1):
-        lines.append(f"| {i} | {r['arm']} | {r['mean']:.3f} ± {r['std']:.3f} | {r['seeds']} | {r['trials']} |")
+        lines.append(f"| {i} | {r['arm']} | {r['mean']:.3f} ± {r['std']:.3f} | {r['seeds']} | {r['trials']} | "
+                     f"{_count(r.get('runs_pruned'))} |")
     missing = [a for a in data["arms"] if a not in {r["arm"] for r in rows}]
     if missing:
         lines += ["", f"No completed trial yet: {', '.join(missing)}."]
@@ -52,39 +68,128 @@ def markdown(data: dict, study_name: str) -> str:
     return "\n".join(lines)
 
 
+def _count(v) -> str:
+    return "-" if v is None else str(v)
+
+
+#: what the manifest's ``pruner`` says about the arms tuned per seed (no key: ``median``, see the runner)
+_PRUNERS = {
+    None: "`median` (the manifest records no pruner), MedianPruner from the first epoch; a study made before "
+          "`--pruner` existed may instead have been run with `--no-prune`",
+    "median": "`median`, MedianPruner from the first epoch",
+    "late": "`late`, MedianPruner only in the last fifth of the reported epochs",
+    "none": "`none`, every run trains to its end",
+}
+
+
+def _budget_lines(a: dict) -> list[str]:
+    """What the arms spent, the pruner, and which arms pruning left with fewer completed runs."""
+    board = a["leaderboard"]
+    lines = [("Budget: a run is one configuration trained on one seed; completed runs are the ones a selection can "
+              "choose from, pruned runs were stopped early by the pruner and return nothing.")]
+    if any(r["kind"] == "tuned" for r in board):
+        lines[0] += f" Pruner of the arms tuned per seed: {_PRUNERS.get(a.get('pruner'), a.get('pruner'))}."
+    short = [r for r in board if r.get("runs_pruned")]
+    if short:
+        shown = ", ".join(f"{r['arm']} {r['runs_completed']} of {r['runs']} ({r['runs_pruned']} pruned)"
+                          for r in sorted(short, key=lambda r: (r["runs_completed"], r["arm"])))
+        full = [r for r in board if r["kind"] == "tuned" and not r.get("runs_pruned")]
+        lines.append(f"Pruning left {'this arm' if len(short) == 1 else 'these arms'} fewer completed runs than "
+                     f"started: {shown}"
+                     + (f", while {', '.join(r['arm'] for r in full)} completed every run" if full else "")
+                     + ". Budgets are matched in runs started, not in completed runs: an arm with fewer "
+                       "completed runs had fewer configurations to select from.")
+    for r in board:
+        if r.get("configs_stopped"):
+            lines.append(f"The Wilcoxon pruner stopped {r['configs_stopped']} configuration(s) of {r['arm']} before "
+                         f"their last seed ({r['runs_completed']} completed runs; seeds not reached were never "
+                         "started).")
+    other = a.get("other_trials") or {}
+    if other.get("FAIL"):
+        lines.append(f"{other['FAIL']} run(s) of this study failed (stored as FAIL with their error, not counted "
+                     "above; running the study again retries them).")
+    if other.get("WAITING") or other.get("RUNNING"):
+        lines.append(f"The study is not finished: {other.get('WAITING', 0)} run(s) waiting, "
+                     f"{other.get('RUNNING', 0)} running.")
+    return [" ".join(lines), ""]
+
+
+def _paired_lines(a: dict) -> list[str]:
+    """The paired table against the best fixed gamma, and what its statistics are."""
+    m, s, ref, rows = a["metric"], a["split"], a["reference"], a["paired"]
+    level, alpha, margin = round(100 * a["ci_level"]), a.get("alpha", 0.05), a.get("equivalence_margin")
+    head = (f"| arm | seeds | mean diff ({s} {m}) | {level}% t-interval | t-test p | Holm p | Wilcoxon exact p | "
+            "wins / ties / losses |")
+    rule = "|---|---:|---:|---|---:|---:|---:|---:|"
+    if margin is not None:
+        head += f" TOST p (Holm), ±{margin:g} | within ±{margin:g} |"
+        rule += "---:|:---:|"
+    lines = [f"#### Paired by seed against the best fixed gamma, {ref} (chosen by mean validation {m})", "", head,
+             rule]
+    for r in rows:
+        ci = "-" if r.get("t_low") is None else f"[{r['t_low']:+.3f}, {r['t_high']:+.3f}]"
+        tp = _p(r.get("t_p")) if r.get("t_p") is not None or r.get("sd_diff") != 0 else "no variation"
+        line = (f"| {r['arm']} | {r['n']} | {_f(r['mean_diff'], signed=True)} | {ci} | {tp} | "
+                f"{_p(r.get('holm_p'))} | {_p(r.get('wilcoxon_exact_p'))} | "
+                f"{r['wins']} / {r['ties']} / {r['losses']} |")
+        if margin is not None:
+            verdict = "-" if r.get("equivalent") is None else ("yes" if r["equivalent"] else "no")
+            line += f" {_p(r.get('tost_holm_p'))} | {verdict} |"
+        lines.append(line)
+    k = a.get("holm_family", len(rows))
+    ns = [r["n"] for r in rows if r["n"]]
+    n_max = max(ns, default=0)
+    text = [f"Differences are arm minus {ref} on the same seed; a win is better in the metric's direction.",
+            (f"{level}% t-interval: mean ± t(n-1) sd / sqrt(n) of the n paired differences; t-test p: two-sided, "
+             "for a mean difference of 0."),
+            (f"Holm p: the t-test p-values adjusted by Holm's step-down method over the {k} arms of this table: an "
+             f"arm differs from {ref} when its Holm p <= {alpha:g}, with a family-wise error of {alpha:g}.")]
+    text.append("Wilcoxon exact p: the signed-rank test, two-sided, zero differences dropped (Wilcoxon's "
+                "convention), tied differences at their average rank, p from the exact distribution over the "
+                f"2^n sign flips. With n non-zero differences it cannot go below 2^(1-n) (n = {n_max}: "
+                f"{wilcoxon_min_p(n_max):.3g})")
+    if k and wilcoxon_min_p(n_max) > alpha / k:
+        text[-1] += (f", above Holm's first threshold {alpha:g}/{k} = {alpha / k:.2g}: no Wilcoxon result here "
+                     "could survive the adjustment")
+    text[-1] += "."
+    if margin is not None:
+        text.append(f"Equivalence: two one-sided paired t-tests (TOST) at {alpha:g} against a margin of ±{margin:g} "
+                    f"fixed before the results; 'yes' when the TOST p, Holm-adjusted over the table, is <= "
+                    f"{alpha:g}: the arm matches {ref} within ±{margin:g}. For one arm alone this is its "
+                    f"{round(100 * (1 - 2 * alpha))}% t-interval lying inside [-{margin:g}, {margin:g}]; 'no' means "
+                    "equivalence is not shown, not that the arm differs.")
+    if a.get("exploratory"):
+        low = min(ns, default=0)
+        text.append(f"**Exploratory**: these comparisons pair fewer than {CONFIRMATORY_SEEDS} seeds (n = "
+                    f"{low if low == n_max else f'{low} to {n_max}'}); the protocol asks for at least "
+                    f"{CONFIRMATORY_SEEDS} paired seeds before a difference or an equivalence is a confirmatory "
+                    "claim.")
+    text.append("The percentile bootstrap interval of earlier reports is not shown: over 5 paired seeds a 95% "
+                "bootstrap interval excludes 0 about 16% of the time when there is no difference, where the "
+                "t-interval keeps its 5%. It is still computed (`ci_low`, `ci_high` in paired.csv and results.json) "
+                "only because the paper's committed tables were made with it.")
+    return lines + [""] + [f"- {t}" for t in text] + [""]
+
+
 def analysis_markdown(a: dict, figures: dict | None = None) -> str:
     """The analysis tables of one study (without the first, minimal leaderboard)."""
     m, s, lines = a["metric"], a["split"], []
     title = a.get("dataset") or a["study"]
     lines += [f"#### Leaderboard ({title}): mean ± std over seeds", "",
-              f"| rank | arm | kind | {s} {m} | val {m} | {s} ECE | seeds | completed trials | s / trial |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+              (f"| rank | arm | kind | {s} {m} | val {m} | {s} ECE | seeds | completed runs | pruned runs | "
+               "s / run |"), "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(a["leaderboard"], 1):
         ece = "-" if r["ece_mean"] is None else f"{r['ece_mean']:.3f} ± {r['ece_std']:.3f}"
         val = "-" if r["val_mean"] is None else f"{r['val_mean']:.3f} ± {r['val_std']:.3f}"
         lines.append(f"| {i} | {r['arm']} | {r['kind']} | {r['mean']:.3f} ± {r['std']:.3f} | {val} | {ece} | "
-                     f"{r['seeds']} | {r['trials']} | {_f(r['seconds_per_trial'], 2)} |")
+                     f"{r['seeds']} | {r['trials']} | {_count(r.get('runs_pruned'))} | "
+                     f"{_f(r['seconds_per_trial'], 2)} |")
     lines.append("")
+    lines += _budget_lines(a)
     if a["reference"] is None:
         lines += ["No fixed-gamma arm with results: no paired comparison.", ""]
     else:
-        level = round(100 * a["ci_level"])
-        lines += [(f"#### Paired by seed against the best fixed gamma, {a['reference']} (chosen by mean validation "
-                  f"{m})"), "",
-                  (f"| arm | seeds | mean diff ({s} {m}) | {level}% bootstrap CI | wins / ties / losses | "
-                  "Wilcoxon p | min attainable p |"), "|---|---:|---:|---|---:|---:|---:|"]
-        for r in a["paired"]:
-            ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-            p = _f(r["wilcoxon_p"]) if r["wilcoxon_p"] is not None else (r["note"] or "-")
-            lines.append(f"| {r['arm']} | {r['n']} | {_f(r['mean_diff'], signed=True)} | {ci} | "
-                         f"{r['wins']} / {r['ties']} / {r['losses']} | {p} | {_f(r['wilcoxon_min_p'])} |")
-        n_max = max((r["n"] for r in a["paired"]), default=0)
-        lines += ["", (f"Differences are arm minus {a['reference']} on the same seed. Wilcoxon signed-rank: "
-                  "scipy.stats.wilcoxon, two-sided, zero differences dropped; with n non-zero differences the "
-                  f"exact test cannot give p below 2^(1-n) (n = {n_max}: {wilcoxon_min_p(n_max):.3g}), so with "
-                  "few seeds a large p says little and 'significant' is out of reach. Bootstrap: percentile CI "
-                  f"of the mean difference, {a['n_boot']} resamples of the seeds, seed {a['boot_seed']} + "
-                  "crc32(arm); with few seeds it is narrow and optimistic."), ""]
+        lines += _paired_lines(a)
     tc = a["tuning_cost"]
     if tc["curves"]:
         lines += [f"#### Tuning cost: best-so-far validation {m} against trials (mean over seeds)", ""]
@@ -306,14 +411,18 @@ def report(study_name: str, storage_spec, *, connect_timeout: int = 5) -> str:
 
 
 def run_report(studies, storage=None, *, out=None, wandb_mode: str | None = None, n_boot: int = N_BOOT,
-               boot_seed: int = BOOT_SEED, connect_timeout: int = 5, default_storage=None) -> tuple:
+               boot_seed: int = BOOT_SEED, connect_timeout: int = 5, default_storage=None,
+               equivalence_margin: float | None = None) -> tuple:
     """Analyses ``studies`` (names in ``storage``, or each in ``default_storage(name)``); writes ``out`` when
-    given, logs to W&B when ``wandb_mode`` is given; returns ``(markdown, analyses, written or None)``."""
+    given, logs to W&B when ``wandb_mode`` is given; returns ``(markdown, analyses, written or None)``. With
+    ``equivalence_margin`` (fixed before looking at the results) each arm is also tested for equivalence with the
+    best fixed gamma within ±margin (TOST; see :func:`~adaptive_focal.compare.analysis.analyse`)."""
     analyses = []
     for name in studies:
         st = storage_for(name, storage, default=None if default_storage is None else default_storage(name),
                          connect_timeout=connect_timeout)
-        analyses.append(analyse(load_units(st, name), n_boot=n_boot, boot_seed=boot_seed))
+        analyses.append(analyse(load_units(st, name), n_boot=n_boot, boot_seed=boot_seed,
+                                equivalence_margin=equivalence_margin))
     written = write_outputs(analyses, out) if out is not None else None
     if wandb_mode is not None:
         logger = WandbReportLogger(wandb_mode, name=f"report {' '.join(studies)}",
@@ -333,21 +442,28 @@ def readme_block(analyses: list[dict], top: int = 12) -> str:
     for a in analyses:
         paired = {r["arm"]: r for r in a["paired"]}
         seeds = max((r["seeds"] for r in a["leaderboard"]), default=0)
+        level = round(100 * a["ci_level"])
+        note = (f"; exploratory: fewer than {CONFIRMATORY_SEEDS} seeds" if a.get("exploratory") else "")
         parts.append(f"**{a['study']}** ({a['split']} {a['metric']}, mean ± std over {seeds} seeds; best fixed "
-                     f"gamma by validation: `{a['reference']}`; difference: paired by seed, 95% bootstrap CI)\n")
-        parts.append(f"| rank | arm | {a['split']} {a['metric']} | vs best fixed gamma | W/T/L | completed trials |")
-        parts.append("|---:|---|---:|---:|---:|---:|")
+                     f"gamma by validation: `{a['reference']}`; difference: paired by seed, {level}% t-interval, "
+                     f"t-test p Holm-adjusted over the {a.get('holm_family', len(paired))} arms compared{note})\n")
+        parts.append(f"| rank | arm | {a['split']} {a['metric']} | vs best fixed gamma | Holm p | W/T/L | "
+                     "completed runs (pruned) |")
+        parts.append("|---:|---|---:|---:|---:|---:|---:|")
         for rank, row in enumerate(a["leaderboard"][:top], 1):
             p = paired.get(row["arm"])
+            holm_p = ""
             if row["arm"] == a["reference"]:
                 diff, wtl = "(reference)", ""
             elif p is None or not p["n"]:
                 diff, wtl = "—", ""
             else:
-                ci = "" if p["ci_low"] is None else f" [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
-                diff, wtl = f"{p['mean_diff']:+.3f}{ci}", f"{p['wins']}/{p['ties']}/{p['losses']}"
-            parts.append(f"| {rank} | {row['arm']} | {_f(row['mean'])} ± {_f(row['std'])} | {diff} | {wtl} "
-                         f"| {row['trials']} |")
+                ci = "" if p.get("t_low") is None else f" [{p['t_low']:+.3f}, {p['t_high']:+.3f}]"
+                diff, wtl, holm_p = f"{p['mean_diff']:+.3f}{ci}", f"{p['wins']}/{p['ties']}/{p['losses']}", \
+                    _p(p.get("holm_p"))
+            pruned = f" ({row['runs_pruned']})" if row.get("runs_pruned") else ""
+            parts.append(f"| {rank} | {row['arm']} | {_f(row['mean'])} ± {_f(row['std'])} | {diff} | {holm_p} | "
+                         f"{wtl} | {row['trials']}{pruned} |")
         parts.append("")
     return "\n".join(parts).rstrip()
 

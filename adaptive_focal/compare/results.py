@@ -4,12 +4,14 @@
 :mod:`adaptive_focal.compare.export`)::
 
     {"study", "metric", "direction", "meta", "arms": {arm: {"config", "space", ...}},
-     "units": {arm: {seed: [trial, ...]}}, "across_seeds": {arm: {"seeds", "trials"}}}
+     "units": {arm: {seed: [trial, ...]}}, "across_seeds": {arm: {"seeds", "trials"}},
+     "other_trials": {state: count}}
 
 where a trial is ``{"number", "state", "val", "test", "seconds", "gamma"}`` (COMPLETE and PRUNED trials, by number;
 ``gamma`` a trajectory ``[(step, gamma), ...]`` or None). :func:`selected` applies the selection rule: per seed the
 completed trial with the best validation metric; for an arm tuned across seeds, the one configuration with the best
-mean validation metric over every seed. The test metrics never take part in a choice.
+mean validation metric over every seed. The test metrics never take part in a choice. ``other_trials`` counts the
+units' trials in other states (FAIL, WAITING, RUNNING) for the study as a whole, as an export keeps them.
 """
 
 from __future__ import annotations
@@ -133,9 +135,14 @@ def _units_from_storage(storage, study_name: str) -> dict:
                          "adaptive_focal.compare?")
     units: dict = {arm: {} for arm in attrs["arms"]}
     across = {arm: {"seeds": [], "trials": []} for arm, rec in attrs["arms"].items() if rec.get("across_seeds")}
+    other: dict = {}
     for arm, seed, unit in stored:
-        trials = sorted(unit.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                        key=lambda t: t.number)
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        every = unit.get_trials(deepcopy=False)
+        for t in every:
+            if t.state not in finished:
+                other[t.state.name] = other.get(t.state.name, 0) + 1
+        trials = sorted((t for t in every if t.state in finished), key=lambda t: t.number)
         if seed is not None:
             units[arm][seed] = [trial_record(t.number, t.state.name, t.user_attrs) for t in trials]
             continue
@@ -148,16 +155,19 @@ def _units_from_storage(storage, study_name: str) -> dict:
                 units[arm].setdefault(int(s), []).append(seed_record(t.number, t.state.name, run))
     return {"study": study_name, "metric": attrs["metric"], "direction": (attrs.get("directions") or ["maximize"])[0],
             "meta": {k: v for k, v in attrs.items() if k not in _MANIFEST_OWN}, "arms": attrs["arms"],
-            "units": {arm: dict(sorted(u.items())) for arm, u in units.items()}, "across_seeds": across}
+            "units": {arm: dict(sorted(u.items())) for arm, u in units.items()}, "across_seeds": across,
+            "other_trials": dict(sorted(other.items()))}
 
 
 def load_units(storage, study_name: str | None = None) -> dict:
     """The finished trials of ``study_name`` (see the module docstring). ``storage`` is an Optuna storage or the
     path of an export file (``<study>.json.gz``), whose study must then be ``study_name`` when given."""
-    from .export import is_export, units_from_export
+    from .export import is_export, read_export, units_from_export
 
     if is_export(storage):
-        return units_from_export(storage, study_name)
+        units = units_from_export(storage, study_name)
+        units.setdefault("other_trials", dict(sorted((read_export(storage).get("other_trials") or {}).items())))
+        return units
     if study_name is None:
         raise ValueError("study_name is required to read a study from an Optuna storage")
     return _units_from_storage(storage, study_name)

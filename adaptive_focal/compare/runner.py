@@ -32,6 +32,19 @@ after a seed when it is significantly worse than the best trial so far. As the p
 such a trial is not raised as pruned but completed with the mean over the seeds it evaluated (user attribute
 ``pruned`` True), so TPE learns from it.
 
+**Pruning is a recorded choice.** Trials of arms tuned per seed report their validation metric after each epoch
+(``run.report``); :attr:`RunOptions.pruner` says what is done with it: ``"none"`` (the default) never stops a trial;
+``"late"`` (:class:`LatePruner`) stops one only in the last fifth of the epochs, when it is below the median of the
+unit's completed trials there; ``"median"`` is Optuna's ``MedianPruner`` from the first epoch on, the protocol of
+the studies committed before the option existed. A pruner that acts early judges a configuration by how fast it
+learns, and for gamma that is a bias: a small gamma learns more slowly and may end best (on gauss-lt every TPE
+trial with gamma < 0.5 was pruned though the best fixed gamma there is 0); it also leaves the arms with unequal
+numbers of completed runs, so budgets match only in runs started. The manifest records the pruner as ``pruner``
+when the study has arms tuned per seed and the pruner is not ``"median"``; no key means ``"median"`` (or, for a
+study made before the key existed, possibly ``--no-prune``), so the stored manifests of the committed studies are
+unchanged and a rerun of one with ``--pruner median`` exports the same manifest. A study is not continued under
+another pruner.
+
 Each trial stores user attributes ``arm``, ``seed``, ``config``, ``val_metrics``, ``test_metrics``, ``seconds``,
 ``gamma_trajectory`` (``[[step, gamma], ...]``) and ``versions``, so reports work from the storage alone.
 """
@@ -52,7 +65,7 @@ from datetime import datetime
 from ..integrations._optional import require
 from .arms import Arm
 from .objective import ObjectiveError, Run, check_result, load_objective
-from .options import RunOptions
+from .options import DEFAULT_PRUNER, PRUNERS, RunOptions
 from .storage import StorageError, default_storage, open_storage, redact
 from .study import Study
 
@@ -60,8 +73,8 @@ optuna = require("optuna", "compare", "adaptive_focal.compare")
 from optuna.exceptions import UpdateFinishedTrialError  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-__all__ = ["RunOptions", "StudyMismatchError", "TrialsFailedError", "parse_unit_name", "run", "setup", "unit_name",
-           "units_of", "work"]
+__all__ = ["LATE_FRACTION", "LatePruner", "RunOptions", "StudyMismatchError", "TrialsFailedError", "parse_unit_name",
+           "run", "setup", "unit_name", "units_of", "work"]
 
 FORMAT = 1
 _HEARTBEAT = "af_heartbeat"
@@ -230,16 +243,42 @@ def _check_seed_units(storage, study: Study, seeds: int, names: set) -> None:
                 f"seeds: run with --seeds {len(stored)}, or use another storage or study name.")
 
 
-def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bool = False) -> list[tuple]:
+def _tuned_per_seed(study: Study) -> bool:
+    """Whether ``study`` has arms tuned per seed (the arms the per-epoch pruner applies to)."""
+    return any(a.tuned and not a.across_seeds for a in study.arms)
+
+
+def _check_pruner(study: Study, attrs: dict, pruner: str) -> None:
+    """Raises StudyMismatchError when the stored study's arms tuned per seed were pruned otherwise than
+    ``pruner`` would (see the module docstring: no ``pruner`` key is ``"median"``, or ``"none"`` in a study made
+    before the key existed)."""
+    if not _tuned_per_seed(study):
+        return
+    stored = attrs.get("pruner")
+    if pruner in ((stored,) if stored is not None else ("median", "none")):
+        return
+    made = f"pruner {stored!r}" if stored is not None else "MedianPruner from the first epoch (no recorded pruner)"
+    again = stored if stored is not None else "median"
+    raise StudyMismatchError(f"study {study.name!r} in this storage was made with {made}; this run asks for "
+                             f"pruner {pruner!r}. Continue it with --pruner {again}, or use another study name or "
+                             "storage: one study keeps one pruning protocol.")
+
+
+def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bool = False,
+          pruner: str = DEFAULT_PRUNER) -> list[tuple]:
     """Creates (or checks and tops up) the manifest and unit studies under the set-up lock; returns
-    ``[(arm, seed, unit name), ...]``. Nothing is written when the stored study differs from ``study``."""
+    ``[(arm, seed, unit name), ...]``. Nothing is written when the stored study differs from ``study`` or was
+    pruned otherwise than ``pruner`` (:attr:`RunOptions.epoch_pruner`) says."""
     _check_across_seeds(study, seeds, multi_objective)
+    if pruner not in PRUNERS:
+        raise ValueError(f"pruner must be one of {', '.join(map(repr, PRUNERS))}, got {pruner!r}")
 
     def check_stored(attrs: dict) -> bool:
         """Raises when the stored study differs (reads only); False when there is none yet."""
         if attrs.get("format") is None:
             return False
         check_manifest(study, attrs, multi_objective)
+        _check_pruner(study, attrs, pruner)
         _check_seed_units(storage, study, seeds, set(optuna.get_all_study_names(storage)))
         return True
 
@@ -251,6 +290,8 @@ def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bo
         if not check_stored(storage.get_study_user_attrs(manifest._study_id)):
             for key, value in study.manifest(multi_objective).items():  # "format" last marks it complete
                 storage.set_study_user_attr(manifest._study_id, key, value)
+            if _tuned_per_seed(study) and pruner != "median":  # no key: "median", as in the committed studies
+                storage.set_study_user_attr(manifest._study_id, "pruner", pruner)
             storage.set_study_user_attr(manifest._study_id, "format", FORMAT)
         directions = study.directions(multi_objective)
         units = units_of(study, seeds)
@@ -458,7 +499,7 @@ def _fail(unit, trial, err: BaseException, where: str = "") -> _Outcome:
 
 def _run_trial(unit, trial_id: int, study: Study, arm: Arm, seed: int, opts: RunOptions, objective) -> _Outcome:
     trial = optuna.trial.Trial(unit, trial_id)
-    prune = opts.prune and arm.tuned and not opts.multi_objective
+    prune = arm.tuned and opts.epoch_pruner != "none"
     with _Heartbeat(unit._storage, trial_id, opts.heartbeat_interval):
         try:
             config, params = _trial_config(study, arm, trial)
@@ -553,14 +594,68 @@ def _run_across_seeds_trial(unit, trial_id: int, study: Study, arm: Arm, opts: R
     return _Outcome("pruned" if pruned else "complete")
 
 
-def _pruner(arm: Arm, trials: int):
-    """The unit's pruner: MedianPruner on the reported metric for arms tuned per seed, WilcoxonPruner over the
-    seeds for arms tuned across seeds."""
+#: :class:`LatePruner` acts only once a trial has reported this fraction of the epochs its unit's trials report
+LATE_FRACTION = 0.8
+
+
+class LatePruner(optuna.pruners.BasePruner):
+    """``MedianPruner`` restricted to the end of training: the ``"late"`` pruner of :class:`RunOptions`.
+
+    A trial can be stopped only at a step from the ``ceil(fraction * n)``-th of the n steps that the unit's
+    completed trials reported (the one with the most steps sets the schedule, which the runner cannot know before
+    a trial has finished), and never at the last of them, where stopping would save nothing; there it is stopped
+    when its best value so far is worse than the median of the completed trials at that step (Optuna's
+    ``MedianPruner`` decides). Before a trial has completed, or ``n_startup_trials`` of them, nothing is pruned.
+    With 10 epochs and ``fraction`` 0.8 a trial can be stopped after epoch 8 or 9.
+
+    Early epochs measure how fast a configuration learns, not where it ends; for gamma the two differ (a small
+    gamma starts slower), so a pruner that acts early prunes the configurations that would have won. Late in
+    training the reported metric is close to the final one.
+
+    Args:
+        fraction: the share of the reported steps after which pruning may start, in (0, 1]; 1 never prunes.
+        n_startup_trials: no pruning until this many trials of the unit have completed.
+    """
+
+    def __init__(self, fraction: float = LATE_FRACTION, n_startup_trials: int = 2) -> None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        self.fraction = float(fraction)
+        self._median = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=0)
+
+    def window(self, study) -> tuple | None:
+        """``(first, last)``: a trial can be pruned at steps ``first <= step < last``; None before a trial of
+        ``study`` has completed with reported steps."""
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        steps = max((sorted(t.intermediate_values) for t in done), key=len, default=[])
+        if not steps:
+            return None
+        k = math.ceil(round(self.fraction * len(steps), 9))  # round: 0.8 * 10 must give 8, not 9
+        return steps[k - 1], steps[-1]
+
+    def prune(self, study, trial) -> bool:
+        step = trial.last_step
+        window = self.window(study) if step is not None else None
+        if window is None or not window[0] <= step < window[1]:
+            return False
+        return self._median.prune(study, trial)
+
+
+def _pruner(arm: Arm, trials: int, pruner: str = "median"):
+    """The unit's pruner: for arms tuned across seeds WilcoxonPruner over the seeds (``--no-prune`` switches it
+    off in the trial, see :func:`_run_across_seeds_trial`); for the others the epoch pruner named ``pruner``:
+    ``"median"`` (MedianPruner from the first epoch), ``"late"`` (:class:`LatePruner`) or ``"none"``."""
     if arm.across_seeds:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.pruners.WilcoxonPruner(p_threshold=arm.wilcoxon_p, n_startup_steps=2)
-    return optuna.pruners.MedianPruner(n_startup_trials=max(2, trials // 3), n_warmup_steps=1)
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=max(2, trials // 3), n_warmup_steps=1)
+    if pruner == "late":
+        return LatePruner(n_startup_trials=max(2, trials // 3))
+    if pruner == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"pruner must be one of {', '.join(map(repr, PRUNERS))}, got {pruner!r}")
 
 
 def _sampler(name: str, worker_id: int, trials: int):
@@ -600,7 +695,7 @@ def work(study: Study, opts: RunOptions, worker_id: int = 0, *, units=None, queu
             if name not in loaded:
                 loaded[name] = optuna.load_study(study_name=name, storage=storage,
                                                  sampler=_sampler(name, worker_id, trials),
-                                                 pruner=_pruner(arm, trials))
+                                                 pruner=_pruner(arm, trials, opts.epoch_pruner))
             unit = loaded[name]
             counts["stale-retried"] += _fail_stale(storage, unit._study_id, unit, opts.grace_period, opts.max_retry)
             trial_id = _claim(storage, unit._study_id)
@@ -674,11 +769,13 @@ def run(study: Study, opts: RunOptions) -> dict:
     start = time.perf_counter()
     storage = open_storage(opts.storage, connect_timeout=opts.connect_timeout, workers=opts.workers,
                            retry_seconds=opts.retry_seconds)
-    units = setup(storage, study, seeds=seeds, trials=trials, multi_objective=opts.multi_objective)
+    units = setup(storage, study, seeds=seeds, trials=trials, multi_objective=opts.multi_objective,
+                  pruner=opts.epoch_pruner)
     before = _count(storage, units)
     todo = before["waiting"] + before["running"]
     if opts.progress:
-        print(f"study {study.name}: {len(study.arms)} arms x {seeds} seeds, {trials} TPE trials per tuned arm; "
+        pruning = f" (pruner {opts.epoch_pruner})" if _tuned_per_seed(study) else ""
+        print(f"study {study.name}: {len(study.arms)} arms x {seeds} seeds, {trials} TPE trials per tuned arm{pruning}; "
               f"{before['complete'] + before['pruned']} trials done, {todo} to run; {opts.workers} worker(s); "
               f"storage {redact(opts.storage)}", flush=True)
     printer = _Progress(todo, start, opts.progress)

@@ -1,11 +1,14 @@
 """Objectives for the comparison engine's tests: functions written against the ``train(run) -> dict`` contract.
 
 ``linear`` is instant and exactly predictable: validation metric ``0.9 - 0.1 * gamma + 0.01 * seed`` (test 0.05
-lower), so every comparison's outcome is known in advance. ``tiny_softmax`` trains a real (small) model with the
-arm's loss and policy. The others fail in the ways the engine must make visible.
+lower), so every comparison's outcome is known in advance. ``slow_start`` is as instant, with learning curves like
+gauss-lt's: the smaller gamma, the slower it learns and the higher it ends. ``tiny_softmax`` trains a real (small)
+model with the arm's loss and policy. The others fail in the ways the engine must make visible.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -23,6 +26,26 @@ def linear(run) -> dict:
     for epoch in range(1, 4):
         run.report(epoch, val - 0.01 * (3 - epoch))
     return {"val": {"score": val, "ece": 0.1}, "test": {"score": val - 0.05, "ece": 0.1}}
+
+
+SLOW_START_EPOCHS = 10
+
+
+def slow_start_curve(gamma: float, seed: int, epoch: int) -> float:
+    """The validation metric of ``slow_start`` after ``epoch``: it ends at ``0.6 - 0.01 gamma + 0.002 seed`` (best
+    at gamma 0) and rises at rate ``0.4 + 0.4 gamma`` (slowest at gamma 0)."""
+    return 0.6 - 0.01 * gamma + 0.002 * seed - 0.3 * math.exp(-(0.4 + 0.4 * gamma) * epoch)
+
+
+def slow_start(run) -> dict:
+    """No training: reports ``slow_start_curve`` after each of 10 epochs and returns its last value (test 0.02
+    lower). Among gamma 0, 1, 2, 3 and 4, gamma 0 is the worst after the first two epochs and the best after the
+    last two."""
+    gamma = float(run.config.get("gamma", 2.0))
+    for epoch in range(1, SLOW_START_EPOCHS + 1):
+        val = slow_start_curve(gamma, run.seed, epoch)
+        run.report(epoch, val)
+    return {"val": {"score": val, "ece": 0.1}, "test": {"score": val - 0.02, "ece": 0.1}}
 
 
 def val_only(run) -> dict:
