@@ -12,10 +12,33 @@ from .functional import class_balanced_weights, sigmoid_focal_loss, softmax_foca
 from .gamma_forms import AsymmetricGamma, FocalMixture, GammaForm, GammaTable
 from .loss import FocalLoss
 from .policies import (  # the policies register themselves on import
-    FLSD53, AdaFocal, AdaptiveAsymmetry, AutomatedGamma, BanditGamma, Categorical, ClasswiseAdaFocal, ConstantGamma,
-    CosineGamma, CyclicalFocal, EqualizedFocal, ExponentialGamma, FLSc531, Float, GammaNet, GammaPolicy,
-    HypergradientGamma, Int, LinearGamma, PIGamma, RunContext, SequentialGamma, StepGamma, create_policy,
-    list_policies, policy_class, register_policy,
+    FLSD53,
+    AdaFocal,
+    AdaptiveAsymmetry,
+    AutomatedGamma,
+    BanditGamma,
+    Categorical,
+    ClasswiseAdaFocal,
+    ConstantGamma,
+    CosineGamma,
+    CyclicalFocal,
+    EqualizedFocal,
+    ExponentialGamma,
+    Float,
+    FLSc531,
+    GammaNet,
+    GammaPolicy,
+    HypergradientGamma,
+    Int,
+    LinearGamma,
+    PIGamma,
+    RunContext,
+    SequentialGamma,
+    StepGamma,
+    create_policy,
+    list_policies,
+    policy_class,
+    register_policy,
 )
 from .stats import BatchStats
 

@@ -7,8 +7,8 @@ period, any other attribute of the new modules) and warns when first imported.
 import warnings as _warnings
 
 from .policies import feedback as _feedback
-from .policies.feedback import AdaptiveAsymmetry, AutomatedGamma, EqualizedFocal, PIGamma
 from .policies import schedules as _schedules
+from .policies.feedback import AdaptiveAsymmetry, AutomatedGamma, EqualizedFocal, PIGamma
 from .policies.schedules import FLSD53
 
 _warnings.warn(

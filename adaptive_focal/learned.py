@@ -8,10 +8,10 @@ import warnings as _warnings
 
 from .policies import learned as _learned
 from .policies.learned import BanditGamma, GammaNet, HypergradientGamma
-from .policies.learned import common as _learned_common
-from .policies.learned import hypergradient as _learned_hypergradient
-from .policies.learned import gammanet as _learned_gammanet
 from .policies.learned import bandit as _learned_bandit
+from .policies.learned import common as _learned_common
+from .policies.learned import gammanet as _learned_gammanet
+from .policies.learned import hypergradient as _learned_hypergradient
 
 _warnings.warn(
     "adaptive_focal.learned is deprecated: import from adaptive_focal.policies.learned (or adaptive_focal) instead",

@@ -7,10 +7,17 @@ period, any other attribute of the new modules) and warns when first imported.
 import warnings as _warnings
 
 from .policies import schedules as _schedules
-from .policies.schedules import (
-    ConstantGamma, CosineGamma, CyclicalFocal, ExponentialGamma, FLSc531, LinearGamma, Schedule, StepGamma,
-)
 from .policies import sequential as _sequential
+from .policies.schedules import (
+    ConstantGamma,
+    CosineGamma,
+    CyclicalFocal,
+    ExponentialGamma,
+    FLSc531,
+    LinearGamma,
+    Schedule,
+    StepGamma,
+)
 from .policies.sequential import SequentialGamma
 
 _warnings.warn(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -297,7 +297,7 @@ def stable_ref_softmax(x, target, gamma=2.0, alpha=None, weight=None, reduction=
 # --------------------------------------------------------------------------------------------
 
 
-def upstream_like(loss: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+def upstream_like(loss: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """Deterministic upstream gradient for a 'none' reduction (so every element is weighted)."""
     if loss.dim() == 0:
         return torch.ones((), dtype=torch.float64)

@@ -5,11 +5,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import (
+    Table,
+    far_from_edges_softmax,
+    ref_softmax,
+    stable_ref_softmax,
+    to_lib_gamma,
+    upstream_like,
+    value_and_grad,
+)
+from conftest import assert_close, compare_with_reference
 
 import adaptive_focal as af
-from _reference import (Table, far_from_edges_softmax, ref_softmax, stable_ref_softmax, to_lib_gamma,
-                        upstream_like, value_and_grad)
-from conftest import assert_close, compare_with_reference
 
 LIB = af.softmax_focal_loss
 

@@ -298,7 +298,12 @@ import warnings  # noqa: E402
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal import gamma_forms  # noqa: E402
 from adaptive_focal.gamma_forms import (  # noqa: E402
-    GAMMA_FORMS, GammaForm, GammaTable, form_from_state, form_state, gamma_scalars,
+    GAMMA_FORMS,
+    GammaForm,
+    GammaTable,
+    form_from_state,
+    form_state,
+    gamma_scalars,
 )
 
 FORMS = {

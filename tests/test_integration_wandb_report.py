@@ -6,12 +6,17 @@ pytest.importorskip("wandb")
 pytest.importorskip("wandb_workspaces")
 pytest.importorskip("matplotlib")
 
+from conftest import train_tiny  # noqa: E402
+
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal.callbacks import GammaCallback  # noqa: E402
 from adaptive_focal.integrations.wandb import WandbLogger  # noqa: E402
-from conftest import train_tiny  # noqa: E402
 from adaptive_focal.integrations.wandb_report import (  # noqa: E402
-    build_report, comparison_rows, load_offline_runs, save_report, write_local_report,
+    build_report,
+    comparison_rows,
+    load_offline_runs,
+    save_report,
+    write_local_report,
 )
 
 

@@ -15,9 +15,9 @@ pytest.importorskip("optuna")
 pytest.importorskip("scipy")
 pytest.importorskip("matplotlib")
 
+from adaptive_focal.compare import export
 from paper import make_assets as ma
 from paper import quick
-from adaptive_focal.compare import export
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "sweeps" / "results" / "trials"

@@ -37,8 +37,8 @@ from typing import ClassVar
 import torch
 
 from ..callbacks import GammaCallback, stats_record
-from ..gamma_forms import gamma_scalars
 from ..functional import sigmoid_focal_loss, softmax_focal_loss
+from ..gamma_forms import gamma_scalars
 from ..loss import FocalLoss
 from ..policies import GammaPolicy
 from ..stats import BatchStats

@@ -25,15 +25,23 @@ Example:
     ['asl_adaptive', 'efl']
 """
 
-from .base import GammaPolicy, RunContext, create_policy, list_policies, policy_class, register_policy
-from .space import Categorical, Float, Int, as_param
-from .schedules import (
-    FLSD53, ConstantGamma, CosineGamma, CyclicalFocal, ExponentialGamma, FLSc531, LinearGamma, Schedule, StepGamma,
-)
-from .feedback import AdaptiveAsymmetry, AutomatedGamma, EqualizedFocal, PIGamma
 from .adafocal import AdaFocal, ClasswiseAdaFocal
-from .sequential import SequentialGamma
+from .base import GammaPolicy, RunContext, create_policy, list_policies, policy_class, register_policy
+from .feedback import AdaptiveAsymmetry, AutomatedGamma, EqualizedFocal, PIGamma
 from .learned import BanditGamma, GammaNet, HypergradientGamma, LearnedPolicy
+from .schedules import (
+    FLSD53,
+    ConstantGamma,
+    CosineGamma,
+    CyclicalFocal,
+    ExponentialGamma,
+    FLSc531,
+    LinearGamma,
+    Schedule,
+    StepGamma,
+)
+from .sequential import SequentialGamma
+from .space import Categorical, Float, Int, as_param
 
 __all__ = [
     "AdaFocal", "AdaptiveAsymmetry", "AutomatedGamma", "BanditGamma", "Categorical", "ClasswiseAdaFocal",

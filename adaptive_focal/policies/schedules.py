@@ -14,9 +14,8 @@ from typing import ClassVar
 
 import torch
 
-from ..gamma_forms import FocalMixture
+from ..gamma_forms import FocalMixture, GammaTable
 from ..loss import FocalLoss
-from ..gamma_forms import GammaTable
 from .base import GammaPolicy, RunContext, _check_number, register_policy
 from .space import Float
 

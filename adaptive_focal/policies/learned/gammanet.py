@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
+from ...gamma_forms import GammaTable
 from ...loss import FocalLoss
 from ...stats import BatchStats
-from ...gamma_forms import GammaTable
 from ..base import RunContext, _check_number, register_policy, state_tensor
 from ..space import Float, Int
 from .common import LearnedPolicy, _cpu_tree, _to
