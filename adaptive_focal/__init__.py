@@ -3,8 +3,8 @@
 The core is an exact, fast focal loss for sigmoid and softmax outputs (:func:`sigmoid_focal_loss`,
 :func:`softmax_focal_loss`, :class:`FocalLoss`) that accepts gamma as a float, a tensor (per class, per sample,
 per element), a :class:`GammaTable`, a :class:`FocalMixture` or an :class:`AsymmetricGamma`, and can return
-the batch's difficulty statistics (:class:`BatchStats`) computed in the same pass. Optional integrations (W&B, Optuna, Lightning, Transformers) are imported only when
-used.
+the batch's difficulty statistics (:class:`BatchStats`) computed in the same pass. Optional integrations (W&B,
+Optuna, Lightning, Transformers) are imported only when used.
 """
 
 from . import metrics

@@ -775,9 +775,9 @@ def run(study: Study, opts: RunOptions) -> dict:
     todo = before["waiting"] + before["running"]
     if opts.progress:
         pruning = f" (pruner {opts.epoch_pruner})" if _tuned_per_seed(study) else ""
-        print(f"study {study.name}: {len(study.arms)} arms x {seeds} seeds, {trials} TPE trials per tuned arm{pruning}; "
-              f"{before['complete'] + before['pruned']} trials done, {todo} to run; {opts.workers} worker(s); "
-              f"storage {redact(opts.storage)}", flush=True)
+        print(f"study {study.name}: {len(study.arms)} arms x {seeds} seeds, {trials} TPE trials per tuned arm"
+              f"{pruning}; {before['complete'] + before['pruned']} trials done, {todo} to run; {opts.workers} "
+              f"worker(s); storage {redact(opts.storage)}", flush=True)
     printer = _Progress(todo, start, opts.progress)
     errors = []
     if opts.workers == 1:
