@@ -393,7 +393,8 @@ def test_large_logit_gaps_float32(gamma, ls, detach, target_kind, gen):
     assert_close(loss, ref_loss, torch.float32)
     assert_close(grad, ref_grad, torch.float32)
     for red in ("mean", "sum"):
-        l2, g2 = value_and_grad(lambda xx: LIB(xx, t, gamma=to_lib_gamma(g), reduction=red, label_smoothing=ls), x)
+        l2, g2 = value_and_grad(
+            lambda xx, red=red: LIB(xx, t, gamma=to_lib_gamma(g), reduction=red, label_smoothing=ls), x)
         assert torch.isfinite(l2) and torch.isfinite(g2).all()
 
 
