@@ -5,8 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _reference import (
+
+import adaptive_focal as af
+from helpers.reference import (
     Table,
+    assert_close,
+    compare_with_reference,
     far_from_edges_softmax,
     ref_softmax,
     stable_ref_softmax,
@@ -14,9 +18,6 @@ from _reference import (
     upstream_like,
     value_and_grad,
 )
-from conftest import assert_close, compare_with_reference
-
-import adaptive_focal as af
 
 LIB = af.softmax_focal_loss
 

@@ -4,9 +4,9 @@ import io
 
 import pytest
 import torch
-from _reference import ref_sigmoid, ref_softmax
 
 import adaptive_focal as af
+from helpers.reference import ref_sigmoid, ref_softmax
 
 SIG = af.sigmoid_focal_loss
 SMX = af.softmax_focal_loss
