@@ -5,6 +5,16 @@ The core is an exact, fast focal loss for sigmoid and softmax outputs (:func:`si
 per element), a :class:`GammaTable`, a :class:`FocalMixture` or an :class:`AsymmetricGamma`, and can return
 the batch's difficulty statistics (:class:`BatchStats`) computed in the same pass. Optional integrations (W&B,
 Optuna, Lightning, Transformers) are imported only when used.
+
+Example:
+    >>> import torch
+    >>> import adaptive_focal as af
+    >>> logits, target = torch.tensor([[2.0, 0.5, -1.0]]), torch.tensor([0])
+    >>> ce = torch.nn.functional.cross_entropy(logits, target)
+    >>> bool(torch.isclose(af.softmax_focal_loss(logits, target, gamma=0.0), ce))  # gamma = 0 is cross-entropy
+    True
+    >>> bool(af.softmax_focal_loss(logits, target, gamma=2.0) < ce)  # a well-classified sample counts less
+    True
 """
 
 from . import metrics
