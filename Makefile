@@ -3,7 +3,8 @@
 #   make run     the default sweep on digits-lt (fixed gammas, tuned gamma, every policy, imbalance
 #                baselines; 5 seeds, 2 workers, journal storage runs/sweeps/digits-lt.log) and its leaderboard
 #   make demo    train the long-tailed digits demo (focal loss vs cross-entropy)
-#   make test    run the test suite (pytest, 2 xdist workers, W&B disabled)
+#   make lint    ruff check . (the rules are [tool.ruff] in pyproject.toml)
+#   make test    lint, then the test suite (pytest, 2 xdist workers, W&B disabled)
 #   make bench   run the CPU benchmark in research/benchmarks/bench_focal.py
 #   make docs    redraw docs/schedules.svg (gamma(t) of every schedule)
 #   make export  write sweeps/results/trials/<study>.json.gz (the committed results) for every study with a
@@ -15,7 +16,7 @@
 #   make clean   remove build artefacts and caches (keeps the virtual env)
 #   make distclean   clean, and remove the virtual env if this Makefile created it
 #
-# `run`, `test` and `bench` create the virtual env on first use and install what they
+# `run`, `lint`, `test` and `bench` create the virtual env on first use and install what they
 # need; later calls only check a stamp file, which is refreshed when pyproject.toml changes.
 # The make targets run from the repo root, so `research` imports from the working tree.
 #
@@ -64,7 +65,7 @@ else
 CHECK_PYTHON :=
 endif
 
-.PHONY: run demo test bench docs export paper-assets paper paper-expected clean distclean venv
+.PHONY: run demo lint test bench docs export paper-assets paper paper-expected clean distclean venv
 
 run: export WANDB_MODE = disabled
 run: venv
@@ -73,8 +74,11 @@ run: venv
 demo: venv
 	$(VENV_PY) -m research.train_digits $(DEMO_ARGS)
 
+lint: venv
+	$(VENV_PY) -m ruff check .
+
 test: export WANDB_MODE = disabled
-test: venv
+test: lint
 	$(VENV_PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 
 bench: venv

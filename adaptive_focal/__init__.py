@@ -3,8 +3,18 @@
 The core is an exact, fast focal loss for sigmoid and softmax outputs (:func:`sigmoid_focal_loss`,
 :func:`softmax_focal_loss`, :class:`FocalLoss`) that accepts gamma as a float, a tensor (per class, per sample,
 per element), a :class:`GammaTable`, a :class:`FocalMixture` or an :class:`AsymmetricGamma`, and can return
-the batch's difficulty statistics (:class:`BatchStats`) computed in the same pass. Optional integrations (W&B, Optuna, Lightning, Transformers) are imported only when
-used.
+the batch's difficulty statistics (:class:`BatchStats`) computed in the same pass. Optional integrations (W&B,
+Optuna, Lightning, Transformers) are imported only when used.
+
+Example:
+    >>> import torch
+    >>> import adaptive_focal as af
+    >>> logits, target = torch.tensor([[2.0, 0.5, -1.0]]), torch.tensor([0])
+    >>> ce = torch.nn.functional.cross_entropy(logits, target)
+    >>> bool(torch.isclose(af.softmax_focal_loss(logits, target, gamma=0.0), ce))  # gamma = 0 is cross-entropy
+    True
+    >>> bool(af.softmax_focal_loss(logits, target, gamma=2.0) < ce)  # a well-classified sample counts less
+    True
 """
 
 from . import metrics

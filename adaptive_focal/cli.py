@@ -12,6 +12,11 @@
 studies defined in files (by default the ``sweeps/studies`` folder of the working directory, or ``--studies``).
 The run options are :class:`adaptive_focal.compare.RunOptions`' fields, one option each. Everything is imported
 when a command runs, so ``import adaptive_focal`` (and this module) stays light.
+
+Example (the parser alone; :func:`main` runs the command):
+    >>> args = parser().parse_args(["sweep", "run", "digits-lt", "--set", "epochs=1", "--workers", "2"])
+    >>> args.command, args.action, args.study, args.settings, args.workers
+    ('sweep', 'run', 'digits-lt', [('epochs', 1)], 2)
 """
 
 from __future__ import annotations

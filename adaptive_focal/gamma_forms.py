@@ -142,7 +142,8 @@ def _as_buffer(value, name: str) -> torch.Tensor:
     try:
         t = torch.as_tensor(value, dtype=torch.float32).detach().clone()
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor, got {type(value).__name__}") from None
+        raise TypeError(
+            f"{name} must be a number, a sequence of numbers or a tensor, got {type(value).__name__}") from None
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {t.tolist()}")
     return t
@@ -470,10 +471,12 @@ class AsymmetricGamma(GammaForm):
         pos, neg = _as_buffer(positive, "positive"), _as_buffer(negative, "negative")
         for name, t in (("positive", pos), ("negative", neg)):
             if t.dim() > 1:
-                raise ValueError(f"AsymmetricGamma {name} must be a number or a (C,) tensor, got shape {tuple(t.shape)}")
+                raise ValueError(
+                    f"AsymmetricGamma {name} must be a number or a (C,) tensor, got shape {tuple(t.shape)}")
         if pos.dim() == 1 and neg.dim() == 1 and pos.numel() != neg.numel():
             raise ValueError(
-                f"AsymmetricGamma positive and negative must have the same length C, got {pos.numel()} and {neg.numel()}"
+                f"AsymmetricGamma positive and negative must have the same length C, got {pos.numel()} and "
+                f"{neg.numel()}"
             )
         self.register_buffer("positive", pos)
         self.register_buffer("negative", neg)

@@ -14,7 +14,8 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["GammaTable"]
+# GammaTable is served by the module __getattr__ below (with its warning), which pyflakes cannot see
+__all__ = ["GammaTable"]  # noqa: F822
 
 _MOVED = {"GammaTable": "adaptive_focal.gamma_forms"}
 

@@ -10,9 +10,9 @@ Reads ``<results>/<study>.json.gz`` (written by :mod:`adaptive_focal.compare.exp
 
 A study without an export is a "not run" row (the GPU data sets CIFAR-10-LT / CIFAR-100-LT: "not run (needs a
 GPU)"), never an error, so the pipeline works with partial results. Every number is a mean over seeds of the trial
-each seed selects (the best validation headline metric; :func:`adaptive_focal.compare.results.selected`); paired comparisons are
-:func:`adaptive_focal.compare.analysis.paired_test` against the best fixed gamma (highest mean *validation* metric), as in the sweep
-report.
+each seed selects (the best validation headline metric; :func:`adaptive_focal.compare.results.selected`); paired
+comparisons are :func:`adaptive_focal.compare.analysis.paired_test` against the best fixed gamma (highest mean
+*validation* metric), as in the sweep report.
 
     python -m paper.make_assets [--results sweeps/results/trials] [--out paper]
 """
@@ -123,8 +123,8 @@ def _mean(values):
 # loading
 # ------------------------------------------------------------------------------------------------------------
 class Results:
-    """The exports found in ``folder``: per study its units (:func:`adaptive_focal.compare.results.load_units`), its analysis
-    (:func:`adaptive_focal.compare.analysis.analyse`) and the selected trial per arm and seed."""
+    """The exports found in ``folder``: per study its units (:func:`adaptive_focal.compare.results.load_units`), its
+    analysis (:func:`adaptive_focal.compare.analysis.analyse`) and the selected trial per arm and seed."""
 
     def __init__(self, folder, *, n_boot: int = N_BOOT) -> None:
         self.folder = Path(folder)
@@ -145,7 +145,8 @@ class Results:
             else:
                 path = export_path(self.folder, study)
                 units = units_from_export(path, study)
-                self._cache[study] = {"units": units, "manifest": read_export(path)["manifest"], "selected": selected(units),
+                self._cache[study] = {"units": units, "manifest": read_export(path)["manifest"],
+                                      "selected": selected(units),
                                       "analysis": analysis.analyse(units, n_boot=self.n_boot)}
         return self._cache[study]
 
@@ -174,8 +175,8 @@ def arms_of(r: dict, kind: str) -> list[str]:
 
 
 def paired(r: dict, arm: str, reference: str, key: str | None = None) -> dict:
-    """:func:`adaptive_focal.compare.analysis.paired_test` of ``arm`` minus ``reference`` on test ``key`` (default: the headline
-    metric), paired by seed; the bootstrap is seeded as in the report."""
+    """:func:`adaptive_focal.compare.analysis.paired_test` of ``arm`` minus ``reference`` on test ``key`` (default:
+    the headline metric), paired by seed; the bootstrap is seeded as in the report."""
     import zlib
 
     key = key or r["units"]["metric"]

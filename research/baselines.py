@@ -238,7 +238,8 @@ class ClassWeightedLoss(nn.Module):
             out = self.focal(logits, target, return_stats=return_stats)
             per_sample, stats = out if return_stats else (out, None)
             if target.is_floating_point():  # class probabilities: the expected class weight sum_c t_c w_c
-                item_w = None if w is None else (target.to(w.dtype) * w.view((1, -1) + (1,) * (target.dim() - 2))).sum(1)
+                item_w = None if w is None else (
+                    target.to(w.dtype) * w.view((1, -1) + (1,) * (target.dim() - 2))).sum(1)
                 count = per_sample.numel()
             else:
                 valid = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(

@@ -143,7 +143,8 @@ def _f(v, signed=True, digits=3) -> str:
 def markdown(out: dict) -> str:
     lines = ["Primary: FLSD-53 (one untuned run) minus the grid's best gamma chosen on validation (six runs), test "
              f"headline metric, 20 paired seeds; margin ±{MARGIN}, 90% paired t interval.", "",
-             "| study | metric | FLSD-53 | grid | difference | 90% interval | verdict |", "|---|---|---:|---:|---:|---|---|"]
+             "| study | metric | FLSD-53 | grid | difference | 90% interval | verdict |",
+             "|---|---|---:|---:|---:|---|---|"]
     for a in out["studies"]:
         p, m = a["primary"], a["means"]
         lines.append(f"| {a['study']} | {a['metric']} | {m[POLICY]['mean']:.3f} ± {m[POLICY]['std']:.3f} | "

@@ -404,10 +404,11 @@ def load_dataset(name: str, **kwargs) -> Dataset:
     Example:
         >>> load_dataset("gauss-lt", n_max=10).class_counts[:3]
         (10, 6, 4)
-        >>> load_dataset("gauss", n_max=10)
+        >>> load_dataset("gauss", n_max=10)  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        ValueError: unknown dataset 'gauss'; available: cifar10-lt, cifar100-lt, dense-det, digits-lt, gauss-lt, mnist1d-lt, seg-toy
+        ValueError: unknown dataset 'gauss'; available: cifar10-lt, cifar100-lt, dense-det, digits-lt, gauss-lt,
+        mnist1d-lt, seg-toy
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
@@ -1238,7 +1239,7 @@ def cifar10_lt(
         >>> cifar10_lt(root="/nonexistent")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        FileNotFoundError: CIFAR-10 not found under root='/nonexistent'. Expected the python-pickle layout: cifar-10-batches-py/data_batch_1, ...
+        FileNotFoundError: CIFAR-10 not found under root='/nonexistent'. Expected the python-pickle layout: ...
     """
     return _cifar_lt("cifar10-lt", 10, root, imbalance_ratio, seed, n_max, n_val_per_class,
                      n_test_per_class)

@@ -99,7 +99,8 @@ def main_cli(argv=None) -> dict:
         try:
             stored = json.loads(Path(args.from_json).read_text())
         except (OSError, ValueError) as err:
-            raise SystemExit(f"--from-json {args.from_json!r}: not a readable --out file of this script ({err})")
+            raise SystemExit(
+                f"--from-json {args.from_json!r}: not a readable --out file of this script ({err})") from None
         if not {"seeds", "gammas", "results"} <= set(stored):
             raise SystemExit(f"--from-json {args.from_json!r}: needs the keys seeds, gammas and results, got "
                              f"{sorted(stored)}")

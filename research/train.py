@@ -214,7 +214,8 @@ def _build_policy(cfg: Config, focal: af.FocalLoss, steps_per_epoch: int, num_cl
 
 def _build_loss(cfg: Config, data, mode: str) -> torch.nn.Module:
     kwargs = dict(cfg.loss_kwargs)
-    if cfg.loss in ("focal", "cb_focal") or (cfg.loss == "logit_adjusted" and "gamma" not in kwargs and cfg.policy != "none"):
+    tunes_adjusted_gamma = cfg.loss == "logit_adjusted" and "gamma" not in kwargs and cfg.policy != "none"
+    if cfg.loss in ("focal", "cb_focal") or tunes_adjusted_gamma:
         kwargs.setdefault("gamma", cfg.gamma)
     if cfg.loss != "logit_adjusted":
         kwargs.setdefault("mode", mode)

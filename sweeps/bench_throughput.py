@@ -4,9 +4,10 @@ storage overhead per trial.
 A study of very short trials (digits-lt shrunk to a few samples per class, 1 epoch, the fixed-gamma arms x many
 seeds, so no TPE sampling) is set up in a fresh journal file per measurement; worker processes are started
 (spawn), import everything and run one warm-up training outside the study, then start together on a signal, each
-running :func:`adaptive_focal.compare.runner.work` (the same loop as ``adaptive-focal sweep run --workers N``). Throughput is
-trials / (time from the start signal until every worker has returned); process start-up is excluded for both
-worker counts. The runs alternate 1 worker, 2 workers, 1, 2, ... so that changes in the machine's load hit both.
+running :func:`adaptive_focal.compare.runner.work` (the same loop as ``adaptive-focal sweep run --workers N``).
+Throughput is trials / (time from the start signal until every worker has returned); process start-up is excluded
+for both worker counts. The runs alternate 1 worker, 2 workers, 1, 2, ... so that changes in the machine's load
+hit both.
 
 Storage overhead: the same study with a no-op objective (``research.train.main`` replaced in the workers by a
 function that returns fixed metrics at once) measures what the runner and storage cost per trial (claiming,
@@ -132,9 +133,9 @@ def main(argv=None) -> int:
                                   tag=f"{'noop' if noop else 'train'}-{workers}w-{r}")
                     rows.append(row)
                     print(f"{'no-op' if noop else 'train'} {workers} worker(s), run {r + 1}: {row['trials']} trials "
-                          f"in {row['wall_s']:.2f} s = {row['trials_per_min']:.0f} trials/min (to the last completed trial "
-                          f"{row['span_s']:.2f} s = {row['trials_per_min_to_last']:.0f}/min); worker time per "
-                          f"trial {1000 * row['worker_s_per_trial']:.0f} ms, of which training "
+                          f"in {row['wall_s']:.2f} s = {row['trials_per_min']:.0f} trials/min (to the last "
+                          f"completed trial {row['span_s']:.2f} s = {row['trials_per_min_to_last']:.0f}/min); "
+                          f"worker time per trial {1000 * row['worker_s_per_trial']:.0f} ms, of which training "
                           f"{1000 * row['train_s_per_trial']:.0f} ms (load {row['load1_at_start']:.2f})", flush=True)
     summary = {}
     for noop in (False, True):

@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _reference import Table, stable_ref_softmax, to_lib_gamma, value_and_grad
 
 import adaptive_focal as af
 from adaptive_focal._kernels import MIN_NUMEL, kernel_available
+from helpers.reference import Table, stable_ref_softmax, to_lib_gamma, value_and_grad
 
 f64 = torch.float64
 COUNTS = torch.tensor([400, 90, 25, 5])

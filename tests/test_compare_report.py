@@ -182,7 +182,8 @@ def test_files_written_and_wandb_disabled(handmade, tmp_path, monkeypatch):
     assert {"runs", "runs_completed", "runs_pruned", "configs_stopped"} <= set(rows[0])
     with (out / "paired.csv").open() as fh:
         paired = list(csv.DictReader(fh))
-    assert {"t_low", "t_high", "t_p", "holm_p", "wilcoxon_exact_p", "exploratory", "ci_low", "ci_high"} <= set(paired[0])
+    assert {"t_low", "t_high", "t_p", "holm_p", "wilcoxon_exact_p", "exploratory", "ci_low",
+            "ci_high"} <= set(paired[0])
     assert "Pruning left this arm fewer completed runs than started: gamma=tpe 12 of 20 (8 pruned)" in md
     assert float(rows[0]["mean"]) == pytest.approx(analyses[0]["leaderboard"][0]["mean"])
     data = json.loads((out / "results.json").read_text())
@@ -246,8 +247,8 @@ def test_a_study_run_and_reported(tmp_path, capsys):
 def test_a_metric_to_minimise_ranks_and_pairs_the_other_way(tmp_path):
     """val_only returns a loss that grows with gamma: the smallest gamma is best, wins are negative differences,
     and without test metrics the leaderboard says it shows validation values."""
-    study = linear_study(name="mn", arms=("gamma=0", "gamma=1", "gamma=3"), seeds=3, objective="helpers.objectives:val_only",
-                         metric="loss", direction="minimize")
+    study = linear_study(name="mn", arms=("gamma=0", "gamma=1", "gamma=3"), seeds=3,
+                         objective="helpers.objectives:val_only", metric="loss", direction="minimize")
     log = tmp_path / "mn.log"
     runner.run(study, opts(log))
     a = an.analyse(results.load_units(open_storage(str(log), write=False), "mn"), n_boot=100)

@@ -218,7 +218,7 @@ def _units(diffs_by_arm: dict, seeds: int) -> dict:
 
     arms = {"gamma=1": {"config": {"loss": "focal", "gamma": 1.0}, "space": {}}}
     units = {"gamma=1": {s: run(0.9, 0.70) for s in range(seeds)}}
-    for k, (arm, d) in enumerate(diffs_by_arm.items()):
+    for arm, d in diffs_by_arm.items():
         arms[arm] = {"config": {"loss": "focal", "policy": arm}, "space": {}}
         units[arm] = {s: run(0.8, 0.70 + d[s]) for s in range(seeds)}
     return {"study": "st", "metric": "score", "direction": "maximize", "meta": {}, "arms": arms, "units": units,

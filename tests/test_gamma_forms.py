@@ -98,7 +98,10 @@ def test_mixture_on_the_kernel_path_matches_float64(gen):
 @pytest.mark.parametrize("mode", ["sigmoid", "softmax"])
 def test_mixture_statistics_add_the_terms_losses(mode, gen):
     x = torch.randn(16, 4, generator=gen)
-    y = torch.randint(0, 4, (16,), generator=gen) if mode == "softmax" else (torch.rand(16, 4, generator=gen) < 0.4).float()
+    if mode == "softmax":
+        y = torch.randint(0, 4, (16,), generator=gen)
+    else:
+        y = (torch.rand(16, 4, generator=gen) < 0.4).float()
     fn = softmax_focal_loss if mode == "softmax" else sigmoid_focal_loss
     mix = FocalMixture([1.0, -2.0], [0.6, 0.4])
     loss, stats = fn(x, y, gamma=mix, return_stats=True)
@@ -499,7 +502,7 @@ def test_old_table_module_warns_and_gives_the_same_class():
     import adaptive_focal.table as old_module
 
     with pytest.raises(AttributeError, match="has no attribute 'lookup'"):
-        old_module.lookup
+        _ = old_module.lookup
 
 
 def test_importing_the_package_does_not_warn():

@@ -7,13 +7,13 @@ import adaptive_focal as af
 
 HEAVY = ("wandb", "optuna", "lightning", "pytorch_lightning", "transformers", "research", "sweeps")
 
-_CODE = r"""
+_CODE = rf"""
 import sys
 import adaptive_focal
-heavy = %r
+heavy = {HEAVY!r}
 bad = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))
 print("BAD:" + ",".join(bad))
-""" % (HEAVY,)
+"""
 
 
 def _run(code):

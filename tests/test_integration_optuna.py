@@ -7,11 +7,10 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from conftest import train_tiny  # noqa: E402
-
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal.callbacks import GammaCallback  # noqa: E402
 from adaptive_focal.integrations.optuna import PruningReporter, default_candidates, suggest_policy  # noqa: E402
+from helpers.training import train_tiny  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

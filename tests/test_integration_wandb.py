@@ -11,11 +11,10 @@ import pytest
 
 pytest.importorskip("wandb")
 
-from conftest import train_tiny  # noqa: E402
-
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal.callbacks import GammaCallback  # noqa: E402
 from adaptive_focal.integrations.wandb import WandbLogger, resolve_mode  # noqa: E402
+from helpers.training import train_tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +116,7 @@ def test_missing_wandb_gives_an_install_hint():
 import socket  # noqa: E402
 
 import wandb  # noqa: E402
+
 from adaptive_focal.integrations.wandb import has_credentials  # noqa: E402
 
 FAKE_KEY = "x" * 40

@@ -6,8 +6,6 @@ pytest.importorskip("wandb")
 pytest.importorskip("wandb_workspaces")
 pytest.importorskip("matplotlib")
 
-from conftest import train_tiny  # noqa: E402
-
 import adaptive_focal as af  # noqa: E402
 from adaptive_focal.callbacks import GammaCallback  # noqa: E402
 from adaptive_focal.integrations.wandb import WandbLogger  # noqa: E402
@@ -18,6 +16,7 @@ from adaptive_focal.integrations.wandb_report import (  # noqa: E402
     save_report,
     write_local_report,
 )
+from helpers.training import train_tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

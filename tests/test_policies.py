@@ -196,7 +196,7 @@ def _corrupted_states(good: dict):
 class TestPolicyContract:
     def test_gamma_finite_and_bounded(self, name):
         mode, loss, policy = _build(name)
-        for kind, *values in _run(mode, policy, loss, 12):
+        for _, *values in _run(mode, policy, loss, 12):
             for v in values:
                 assert torch.isfinite(v).all() and v.abs().max() <= 20.0
 
@@ -291,7 +291,7 @@ class TestPolicyContract:
             _same([gamma], [after])
             assert _state_repr(policy.state_dict(), counters=False) == before
         got = _run(mode, policy, loss, 12, start=5)
-        for kind, *values in got:
+        for _, *values in got:
             for v in values:
                 assert torch.isfinite(v).all()
         if not isinstance(policy, (LearnedPolicy, SequentialGamma)):  # their clocks count the skipped steps

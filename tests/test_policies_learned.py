@@ -75,18 +75,22 @@ def test_lookahead_loss_equals_the_library_loss(mode, settings, form):
         if "ignore_index" in settings:
             y[2, 1] = -1.0
     gamma = {"scalar": torch.tensor(1.5), "per_class": torch.tensor([0.0, 0.5, 3.0]),
-             "table": GammaTable([0.0, 0.3, 0.7, 1.0], torch.tensor([[4.0, 2.0, 1.0], [3.0, 1.0, 0.0], [2.0, 2.0, 2.0]]))}[form]
+             "table": GammaTable([0.0, 0.3, 0.7, 1.0],
+                                 torch.tensor([[4.0, 2.0, 1.0], [3.0, 1.0, 0.0], [2.0, 2.0, 2.0]]))}[form]
     loss = FocalLoss(mode, gamma=gamma, **settings).double()
     want = loss(x, y)
     want = want.mean() if settings.get("reduction") == "none" else want
     if form == "table":
         values, inner = gamma.values.double(), gamma.edges[1:-1].double()
-        fn = lambda p, c: values[c, torch.bucketize(p, inner, right=True)]
+        def fn(p, c):
+            return values[c, torch.bucketize(p, inner, right=True)]
     else:
-        fn = lambda p, c: gamma.double()[c] if gamma.dim() else gamma.double()
+        def fn(p, c):
+            return gamma.double()[c] if gamma.dim() else gamma.double()
     got = _lookahead_focal(loss, x, y, fn)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0], rtol=1e-10,
+                               atol=1e-14)
 
 
 def test_lookahead_loss_is_twice_differentiable_in_gamma():
@@ -164,7 +168,9 @@ def test_gammanet_meta_gradient_matches_finite_differences():
         with torch.no_grad():
             bias.fill_(b)
         values = net(policy._features().double()).detach()
-        fn = lambda p, c: values[c, torch.bucketize(p, inner, right=True)]
+
+        def fn(p, c):
+            return values[c, torch.bucketize(p, inner, right=True)]
         params_m = dict(model.named_parameters())
         out = torch.func.functional_call(model, params_m, (train[0],))
         grads = torch.autograd.grad(_lookahead_focal(loss, out, train[1], fn), list(params_m.values()))
@@ -319,7 +325,8 @@ def test_lookahead_params_restricts_the_virtual_step():
     out = torch.func.functional_call(model, params, (train[0],))
     grads = torch.autograd.grad(_lookahead_focal(FocalLoss("softmax"), out, train[1], lambda p, c: g),
                                 list(head.values()), create_graph=True)
-    ahead = {**{n: p.detach() for n, p in params.items()}, **{n: p - 0.7 * gr for (n, p), gr in zip(head.items(), grads)}}
+    ahead = {**{n: p.detach() for n, p in params.items()},
+             **{n: p - 0.7 * gr for (n, p), gr in zip(head.items(), grads)}}
     want, = torch.autograd.grad(F.cross_entropy(torch.func.functional_call(model, ahead, (val[0],)), val[1]), g)
     assert hs["2."] == pytest.approx(float(want), rel=1e-5)
     assert hs["2."] != pytest.approx(hs[None], rel=1e-3)
@@ -367,7 +374,8 @@ _DROP = object()
     ("gammanet", {"num_classes": _DROP}, ValueError, "num_classes is required"),
     ("gammanet", {"class_freq": [0.5, 0.5]}, ValueError, r"class_freq must be None or 3 positive finite numbers"),
     ("gammanet", {"gamma_init": 6.0}, ValueError, r"gamma_init must be in \[0.0, 5.0\], got 6.0"),
-    ("bandit", {"gammas": (1.0,)}, ValueError, r"gammas must be a sequence of at least 2 numbers in \[0, 20\], got \(1.0,\)"),
+    ("bandit", {"gammas": (1.0,)}, ValueError,
+     r"gammas must be a sequence of at least 2 numbers in \[0, 20\], got \(1.0,\)"),
     ("bandit", {"gammas": (1.0, -2.0)}, ValueError, "gammas must be a sequence of at least 2 numbers"),
     ("bandit", {"exploration": 0.0}, ValueError, r"exploration must be in \(0.0, 1.0\], got 0.0"),
     ("bandit", {"reward_momentum": 1.0}, ValueError, r"reward_momentum must be in \[0, 1\), got 1.0"),
@@ -420,8 +428,10 @@ def test_bad_state_changes_nothing():
 # -- determinism and exact resume in a real training loop ---------------------------------------------------------
 def _loop_case(name):
     """(policy kwargs, whether the loop calls observe, val source maker)."""
-    loader = lambda: torch.utils.data.DataLoader(  # a re-iterable, cycled over several passes
-        torch.utils.data.TensorDataset(*_blobs(48, 500, probs=(1 / 3,) * 3)), batch_size=16)
+    def loader():  # a re-iterable, cycled over several passes
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(*_blobs(48, 500, probs=(1 / 3,) * 3)), batch_size=16)
+
     return {
         "hypergradient": ({"lr": 0.5, "every": 2, "meta_lr": 100.0, "normalize": False}, True, loader),
         "hypergradient-per-class": ({"lr": 0.5, "every": 3, "per_class": True, "num_classes": C,

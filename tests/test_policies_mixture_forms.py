@@ -84,7 +84,7 @@ def test_efl_accumulates_gradient_ratios_and_sets_gamma_and_weight(gen):
     policy = create_policy("efl", loss, gamma_b=gamma_b, scale=scale)
     pos_sum = torch.zeros(4, dtype=torch.float64)
     neg_sum = torch.zeros(4, dtype=torch.float64)
-    for step in range(3):
+    for _ in range(3):
         x = torch.randn(32, 4, generator=gen, dtype=torch.float64) * 2
         t = (torch.rand(32, 4, generator=gen) < torch.tensor([0.5, 0.2, 0.05, 0.0])).to(torch.float64)
         # the expected per-element gradient, by autograd of the loss in force before this step

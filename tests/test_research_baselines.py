@@ -489,7 +489,8 @@ def test_make_sampler_none_is_a_permutation():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: B.make_sampler("balanced", LABELS), r"name must be one of 'none', 'class_balanced', 'sqrt', got 'balanced'"),
+    (lambda: B.make_sampler("balanced", LABELS),
+     r"name must be one of 'none', 'class_balanced', 'sqrt', got 'balanced'"),
     (lambda: B.sampling_weights([0, -1], 0.0), r"labels must be non-negative class indices, got -1"),
     (lambda: B.sampling_weights([0.5, 1.0], 0.0), r"labels must be a non-empty 1-D sequence of integer"),
     (lambda: B.sampling_weights([0, 1], "sqrt"), r"q must be a finite number .*got 'sqrt'"),

@@ -14,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _fake_cifar import write_cifar10, write_cifar100
 from scipy import ndimage
 from scipy.stats import norm
 
 import research.datasets as rd
+from helpers.fake_cifar import write_cifar10, write_cifar100
 from research.datasets import Dataset, list_datasets, load_dataset
 
 NAMES = ["cifar10-lt", "cifar100-lt", "dense-det", "digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"]

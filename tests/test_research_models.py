@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from _fake_cifar import write_cifar10, write_cifar100
 from torch import nn
 from torch.nn import functional as F
 
 import research.models as rm
+from helpers.fake_cifar import write_cifar10, write_cifar100
 from research.datasets import list_datasets, load_dataset
 from research.models import (
     CNN1D,

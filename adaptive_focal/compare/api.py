@@ -7,6 +7,14 @@ Example (``mytask.py`` holds ``def train(run) -> dict``, see :mod:`adaptive_foca
     result = compare("mytask.py:train", mode="softmax", metric="balanced_accuracy", seeds=3, trials=10)
     print(result.markdown)                 # the leaderboard and the paired comparison
     result.paired["policy=pi"]["mean_diff"]   # the arm minus the best fixed gamma, seed by seed
+
+The study that :func:`compare` runs, without running it:
+
+    >>> from adaptive_focal.compare.api import objective_study
+    >>> study = objective_study("mytask:train", mode="softmax", metric="balanced_accuracy",
+    ...                         arms=["gamma=0", "gamma=2", "policy=pi"])
+    >>> study.name, [arm.name for arm in study.arms], study.seeds
+    ('train', ['gamma=0', 'gamma=2', 'policy=pi'], 3)
 """
 
 from __future__ import annotations

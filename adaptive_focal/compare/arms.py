@@ -12,8 +12,8 @@ Example:
     >>> parse_arm("gamma=2").config
     {'loss': 'focal', 'gamma': 2.0}
     >>> arm = parse_arm("policy=pi+tpe")
-    >>> arm.config, sorted(arm.space)[:2]
-    ({'loss': 'focal', 'policy': 'pi'}, ['pi.ki', 'pi.kp'])
+    >>> arm.config, sorted(arm.space)
+    ({'loss': 'focal', 'policy': 'pi'}, ['pi.gamma_init', 'pi.ki', 'pi.kp', 'pi.setpoint'])
     >>> parse_arm("gamma=tpe@seeds").across_seeds
     True
 """

@@ -16,6 +16,12 @@ The file is gzip-compressed JSON with sorted keys (``arm_order`` keeps the manif
 stamps (gzip ``mtime=0``, no file name in the header) and trials in a fixed order (arm as in the manifest, then
 seed, then trial number), so exporting the same storage twice gives the same bytes. Reports read these files as
 they read a storage (:func:`~adaptive_focal.compare.results.load_units`).
+
+Example:
+    >>> from adaptive_focal.compare.export import export_path, is_export
+    >>> path = export_path("sweeps/results/trials", "digits-lt")
+    >>> path.as_posix(), is_export(path), is_export("runs/sweeps/digits-lt.log")
+    ('sweeps/results/trials/digits-lt.json.gz', True, False)
 """
 
 from __future__ import annotations

@@ -21,6 +21,16 @@ An objective is named by an import string: ``"package.module:function"`` (import
 of that package, with the package's parent folder put on ``sys.path``; a plain file is imported as a module of
 its own with its folder on ``sys.path``. Either way the function can import its neighbours, and worker processes
 load it the same way.
+
+Example (what the runner does with the function's return value):
+    >>> from adaptive_focal.compare.objective import check_result
+    >>> check_result({"val": {"acc": 0.75}, "test": {"acc": 0.5}}, "acc")["val"]
+    {'acc': 0.75}
+    >>> check_result({"val": {"loss": 0.3}}, "acc")  # doctest: +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+        ...
+    adaptive_focal.compare.objective.ObjectiveError: the objective's 'val' has no 'acc' (the study's metric);
+    it has: loss
 """
 
 from __future__ import annotations

@@ -2,6 +2,17 @@
 
 Kept apart from the runner, which needs Optuna, so that the command line can offer these options (one per field)
 without importing it.
+
+Example:
+    >>> from adaptive_focal.compare import RunOptions
+    >>> RunOptions(workers=2, pruner="late").epoch_pruner
+    'late'
+    >>> RunOptions(pruner="late", multi_objective=True).epoch_pruner  # Optuna cannot prune multi-objective runs
+    'none'
+    >>> RunOptions(heartbeat_interval=30.0)
+    Traceback (most recent call last):
+        ...
+    ValueError: grace_period (30.0) must be longer than heartbeat_interval (30.0), or live trials would be retried
 """
 
 from __future__ import annotations

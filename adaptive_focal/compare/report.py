@@ -1,4 +1,4 @@
-"""The report of a comparison: Markdown, CSV, JSON and PNG files, and optionally a W&B run holding the same.
+r"""The report of a comparison: Markdown, CSV, JSON and PNG files, and optionally a W&B run holding the same.
 
 :func:`markdown` is the minimal leaderboard (per arm, mean ± std over seeds of the metric of each seed's selected
 trial); :func:`analysis_markdown` adds the tables of :func:`~adaptive_focal.compare.analysis.analyse`;
@@ -6,6 +6,19 @@ trial); :func:`analysis_markdown` adds the tables of :func:`~adaptive_focal.comp
 ``tuning_cost.csv``, ``pareto.csv``, ``results.json`` and PNG figures into a folder; :func:`run_report` does it
 all for studies named in a storage (or export files); :func:`fill_block` writes generated Markdown between two
 markers of a README.
+
+Example (:func:`fill_block` on a scratch file):
+    >>> import pathlib, tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     readme = pathlib.Path(tmp, "README.md")
+    ...     _ = readme.write_text("# Results\n<!-- start -->\n(old)\n<!-- end -->\n")
+    ...     fill_block(readme, "<!-- start -->", "<!-- end -->", "| arm | mean |")
+    ...     print(readme.read_text(), end="")
+    True
+    # Results
+    <!-- start -->
+    | arm | mean |
+    <!-- end -->
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ where a trial is ``{"number", "state", "val", "test", "seconds", "gamma"}`` (COM
 completed trial with the best validation metric; for an arm tuned across seeds, the one configuration with the best
 mean validation metric over every seed. The test metrics never take part in a choice. ``other_trials`` counts the
 units' trials in other states (FAIL, WAITING, RUNNING) for the study as a whole, as an export keeps them.
+
+Example (:func:`better` orders values of either direction; a missing or NaN value is the worst):
+    >>> from adaptive_focal.compare.results import better
+    >>> max([0.62, None, 0.71], key=lambda v: better("maximize", v))
+    0.71
+    >>> sorted([0.2, None, 0.1], key=lambda v: better("minimize", v), reverse=True)
+    [0.1, 0.2, None]
 """
 
 from __future__ import annotations

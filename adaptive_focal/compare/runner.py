@@ -47,6 +47,18 @@ another pruner.
 
 Each trial stores user attributes ``arm``, ``seed``, ``config``, ``val_metrics``, ``test_metrics``, ``seconds``,
 ``gamma_trajectory`` (``[[step, gamma], ...]``) and ``versions``, so reports work from the storage alone.
+
+Example (the names of the unit studies):
+    >>> from adaptive_focal.compare import Study, across_seeds, parse_arm
+    >>> from adaptive_focal.compare.runner import parse_unit_name, unit_name
+    >>> fixed, tuned = parse_arm("gamma=2"), across_seeds(parse_arm("gamma=tpe"))
+    >>> study = Study(name="demo", arms=(fixed, tuned), objective="mytask.py:train", metric="acc")
+    >>> unit_name(study, fixed, 1), unit_name(study, tuned, None)
+    ('demo/gamma=2/seed1', 'demo/gamma=tpe@seeds/seeds')
+    >>> parse_unit_name("demo", "demo/gamma=2/seed1"), parse_unit_name("demo", "demo/gamma=tpe@seeds/seeds")
+    (('gamma=2', 1), ('gamma=tpe@seeds', None))
+    >>> parse_unit_name("demo", "other/gamma=2/seed1") is None
+    True
 """
 
 from __future__ import annotations
@@ -775,9 +787,9 @@ def run(study: Study, opts: RunOptions) -> dict:
     todo = before["waiting"] + before["running"]
     if opts.progress:
         pruning = f" (pruner {opts.epoch_pruner})" if _tuned_per_seed(study) else ""
-        print(f"study {study.name}: {len(study.arms)} arms x {seeds} seeds, {trials} TPE trials per tuned arm{pruning}; "
-              f"{before['complete'] + before['pruned']} trials done, {todo} to run; {opts.workers} worker(s); "
-              f"storage {redact(opts.storage)}", flush=True)
+        print(f"study {study.name}: {len(study.arms)} arms x {seeds} seeds, {trials} TPE trials per tuned arm"
+              f"{pruning}; {before['complete'] + before['pruned']} trials done, {todo} to run; {opts.workers} "
+              f"worker(s); storage {redact(opts.storage)}", flush=True)
     printer = _Progress(todo, start, opts.progress)
     errors = []
     if opts.workers == 1:

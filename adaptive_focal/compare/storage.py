@@ -14,6 +14,13 @@ guarantees the bare storages do not give:
   one line which storage was lost and for how long.
 * **Clear errors.** An unknown URL scheme, a folder given as a file, a read-only file or folder and an unreachable
   server are :class:`StorageError` messages that name the storage (passwords redacted).
+
+Example:
+    >>> from adaptive_focal.compare.storage import default_storage, is_url, redact
+    >>> default_storage("demo"), is_url("runs/sweeps/demo.log"), is_url("sqlite:///demo.db")
+    ('runs/sweeps/demo.log', False, True)
+    >>> redact("postgresql://alice:s3cret@db.example.org/sweeps")
+    'postgresql://alice:***@db.example.org/sweeps'
 """
 
 from __future__ import annotations

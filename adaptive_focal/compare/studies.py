@@ -9,6 +9,19 @@ any other folder contributes every ``*.py`` file in it whose name does not start
 ``adaptive-focal sweep ...`` reads the sources named with ``--studies``; without it, the folder named by the
 ``ADAPTIVE_FOCAL_STUDIES`` environment variable, else ``sweeps/studies`` under the working directory (where this
 repository keeps its studies).
+
+Example (an index as :func:`find_studies` builds it: a study defined by a function is built when loaded):
+    >>> from adaptive_focal.compare import Study, parse_arm
+    >>> from adaptive_focal.compare.studies import StudyIndex
+    >>> def demo():
+    ...     return Study(name="demo", arms=(parse_arm("gamma=2"),), objective="mytask.py:train", metric="acc")
+    >>> index = StudyIndex({"demo": demo}, sources=["my_studies.py"])
+    >>> index.names(), index.load("demo").objective
+    (['demo'], 'mytask.py:train')
+    >>> index.load("other")
+    Traceback (most recent call last):
+        ...
+    ValueError: unknown study 'other'; studies: demo (from my_studies.py)
 """
 
 from __future__ import annotations

@@ -7,6 +7,16 @@ study is created and checked whenever it is run again: a study is never continue
 
 Subclasses add what their objective needs (the repository's studies add a data set and its arguments) by
 overriding :meth:`Study.check_arm` and filling ``meta``.
+
+Example:
+    >>> from adaptive_focal.compare import Study, parse_arm
+    >>> study = Study(name="demo", arms=(parse_arm("gamma=0"), parse_arm("gamma=tpe")), objective="mytask.py:train",
+    ...               metric="balanced_accuracy", seeds=2, trials=4, mode="softmax")
+    >>> study.seed_list()
+    [0, 1]
+    >>> manifest = study.manifest()  # what the storage records, and checks on every later run
+    >>> manifest["metric"], manifest["directions"], manifest["arms"]["gamma=0"]
+    ('balanced_accuracy', ['maximize'], {'config': {'loss': 'focal', 'gamma': 0.0}, 'space': {}})
 """
 
 from __future__ import annotations

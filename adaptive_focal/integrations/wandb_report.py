@@ -143,7 +143,8 @@ def build_report(project: str, entity: str, run_ids=None, sweep_id: str | None =
                                   "policies against fixed gamma, logged by adaptive_focal."),
               wr.PanelGrid(runsets=[runset], panels=panels)]
     if runs:
-        blocks += [wr.H2("Comparison (best validation values)"), wr.MarkdownBlock(_markdown_table(comparison_rows(runs)))]
+        blocks += [wr.H2("Comparison (best validation values)"),
+                   wr.MarkdownBlock(_markdown_table(comparison_rows(runs)))]
     return wr.Report(project=project, entity=entity, title=title, description=description or "", blocks=blocks)
 
 

@@ -124,8 +124,9 @@ class PIGamma(GammaPolicy):
         gamma = clip(gamma_init + kp * e + ki * I, gamma_min, gamma_max),    I <- I + e
 
     with anti-windup by conditional integration: when the output saturates in the direction of the error, the
-    output is the bound and I keeps its previous value instead of winding up. ``per_class=True`` runs one controller per class on the per-class mean p_t (classes
-    absent from a batch keep their gamma and integral) and writes a (C,) gamma.
+    output is the bound and I keeps its previous value instead of winding up. ``per_class=True`` runs one
+    controller per class on the per-class mean p_t (classes absent from a batch keep their gamma and integral) and
+    writes a (C,) gamma.
 
     Example:
         >>> import torch

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Union
+from typing import Any
 
 __all__ = ["Categorical", "Float", "Int", "Param", "as_param"]
 
@@ -134,7 +134,7 @@ class Categorical:
         return iter(self.as_tuple())
 
 
-Param = Union[Float, Int, Categorical]
+Param = Float | Int | Categorical
 _KINDS = {"float": Float, "int": Int, "categorical": Categorical}
 
 

@@ -134,7 +134,8 @@ def main(argv=None) -> dict:
     print(f"Training step of a small CNN (batch 64, 3x32x32, 10 classes), CPU with {torch.get_num_threads()} "
           f"threads; median of {args.rounds} rounds of {args.steps} steps; statistics from the compiled CPU "
           f"library: {'yes' if compiled else 'no (it could not be built here)'}\n")
-    print("| policy | loss | statistics | ms / step | added per step (in the loop) | overhead | whole-step difference |")
+    print("| policy | loss | statistics | ms / step | added per step (in the loop) | overhead "
+          "| whole-step difference |")
     print("|---|---|---|---:|---:|---:|---:|")
     for name in names:
         c = contenders[name]
@@ -151,10 +152,11 @@ def main(argv=None) -> dict:
         uses = "yes" if c.with_stats else "no"
         rows[name] = {"ms_per_step": ms, "added_ms": extra * 1e3, "overhead": over, "step_difference": diff,
                       "stats": uses == "yes", "mode": c.mode}
-        print(f"| {name} | {c.mode} | {uses} | {ms:.2f} | {extra * 1e3:.2f} ms | {100 * over:.1f}% | {100 * diff:+.1f}% |")
+        print(f"| {name} | {c.mode} | {uses} | {ms:.2f} | {extra * 1e3:.2f} ms | {100 * over:.1f}% "
+              f"| {100 * diff:+.1f}% |")
     print("\n'overhead' is the time the policy adds inside the loop (its loss call minus the fixed-gamma loss call, "
-          "plus policy.step) over the baseline step of the same loss mode; the whole-step difference measures the same end to end and "
-          "is noisier by a few percent on a shared machine.")
+          "plus policy.step) over the baseline step of the same loss mode; the whole-step difference measures the "
+          "same end to end and is noisier by a few percent on a shared machine.")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"threads": torch.get_num_threads(), "compiled_statistics": compiled, "rows": rows}, fh,

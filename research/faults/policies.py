@@ -146,7 +146,7 @@ def _stepped(name: str, mode: str, kwargs: dict, steps: int = 5):
     loss = af.FocalLoss(mode, gamma=2.0)
     policy = af.create_policy(name, loss, **kwargs)
     x, y = _data(mode, steps * BATCH, 3)
-    for step, idx in enumerate(torch.arange(len(x)).split(BATCH)):
+    for idx in torch.arange(len(x)).split(BATCH):
         policy.step(loss(model(x[idx]), y[idx], return_stats=True)[1])
         if policy.needs_validation:
             policy.epoch_end(loss(model(x[idx]), y[idx], return_stats=True)[1])

@@ -199,7 +199,7 @@ def _database_restart(tmp: Path) -> dict:
     tests = Path(__file__).resolve().parents[2] / "tests"
     sys.path.insert(0, str(tests))
     try:
-        from conftest import PostgresServer
+        from helpers.postgres import PostgresServer
     except Exception as err:  # noqa: BLE001 - no pytest / tests folder
         return _row("PostgreSQL restarted for 3 s mid-run", "pg_ctl stop, 3 s, start", f"not run ({err})",
                     "-", ok=True)

@@ -60,8 +60,8 @@ state and sources built the same way as the saved one's continues the identical 
 in its current pass. Sources are drawn from without moving the global random generator, so the policy does not
 change the caller's random stream; a shuffling DataLoader draws its order from the global generator's state at the
 start of each pass (or from its own ``generator``), so after a restart it gives a valid but different order unless
-that state is restored. Under ``torch.distributed`` the meta signals (hypergradient, meta-gradients, validation losses) are
-averaged over the ranks, so every rank writes the same gamma.
+that state is restored. Under ``torch.distributed`` the meta signals (hypergradient, meta-gradients, validation
+losses) are averaged over the ranks, so every rank writes the same gamma.
 """
 
 from .bandit import BanditGamma

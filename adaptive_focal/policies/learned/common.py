@@ -1,6 +1,19 @@
 """What the learned controllers share: cycled data sources, the look-ahead's twice-differentiable focal loss, the
 plain validation objective and :class:`LearnedPolicy`, their base class (model, sources, meta-step schedule, the
-one-step look-ahead hypergradient, source positions in the state). See the package docstring for the method."""
+one-step look-ahead hypergradient, source positions in the state). See the package docstring for the method.
+
+Example (what a learned controller takes from the run, and what it still needs):
+    >>> import torch
+    >>> from adaptive_focal import FocalLoss, RunContext
+    >>> from adaptive_focal.policies.learned import HypergradientGamma
+    >>> model = torch.nn.Linear(4, 3)
+    >>> context = RunContext(model=model, val_source=[(torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))],
+    ...                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    >>> sorted(HypergradientGamma.run_defaults(FocalLoss("softmax"), context))
+    ['lr', 'model', 'val_source']
+    >>> HypergradientGamma.missing_requirements(RunContext(model=model), {})
+    ['val_source', 'optimizer']
+"""
 
 from __future__ import annotations
 
