@@ -589,3 +589,38 @@ def test_default_edges_are_shared_and_rebuilt_after_an_in_place_change(gen):
     _, c = SIG(x, t, return_stats=True)
     assert c.edges is not a.edges and torch.equal(c.edges, torch.linspace(0, 1, 16))
     assert torch.equal(c.pt_hist, b.pt_hist)
+
+
+# --------------------------------------------------------------------------------------------
+# the mode
+# --------------------------------------------------------------------------------------------
+
+
+def test_stats_know_their_mode(gen):
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    sig = SIG(x, t, return_stats=True)[1]
+    smx = SMX(x, torch.randint(0, 3, (20,), generator=gen), return_stats=True)[1]
+    assert (sig.mode, smx.mode) == ("sigmoid", "softmax")
+    assert (sig + sig).mode == "sigmoid" and (smx + smx).mode == "softmax"
+    assert sig.to("cpu").mode == "sigmoid" and sum([smx, smx]).mode == "softmax"
+    assert af.BatchStats.from_state_dict(sig.state_dict()).mode == "sigmoid"
+    with pytest.raises(ValueError, match="cannot add sigmoid and softmax BatchStats"):
+        sig + smx
+    with pytest.raises(ValueError, match="mode must be one of 'sigmoid', 'softmax', got 'binary'"):
+        af.BatchStats(**{**sig.state_dict(), "mode": "binary"})
+
+
+def test_stats_without_a_mode_read_it_from_their_fields(gen):
+    """States saved before BatchStats had a mode, and code that builds BatchStats by hand, still work: softmax
+    statistics had the confidence bins and no per-class gradient sums, sigmoid statistics the opposite."""
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    old_sigmoid = {k: v for k, v in SIG(x, t, return_stats=True)[1].state_dict().items()
+                   if k != "mode" and not k.startswith(("conf_", "correct_", "class_conf_", "class_correct_"))}
+    old_softmax = {k: v for k, v in SMX(x, torch.randint(0, 3, (20,), generator=gen), return_stats=True)[1]
+                   .state_dict().items() if k not in ("mode", "class_sum_grad_pos", "class_sum_grad_neg")}
+    assert af.BatchStats.from_state_dict(old_sigmoid).mode == "sigmoid"
+    assert af.BatchStats.from_state_dict(old_softmax).mode == "softmax"
+    minimal = {k: old_sigmoid[k] for k in ("edges", "count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm",
+                                           "pt_hist", "class_count", "class_sum_pt")}
+    assert af.BatchStats(**minimal).mode == "sigmoid"
+    assert af.BatchStats(**minimal, mode="softmax").mode == "softmax"

@@ -165,6 +165,7 @@ def reference(x, t, g: Gamma, gval, alpha, weight, ignore_index, ls, detach, edg
                 sum_pt_pos=total[3],
                 class_sum_grad_pos=per_class[5],
                 class_sum_grad_neg=per_class[6],
+                mode="sigmoid",
             )
     return loss, stats
 

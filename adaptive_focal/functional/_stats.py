@@ -63,6 +63,7 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
         sum_pt_pos=floats[5 + b + 2 * c],
         class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
         class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
+        mode="sigmoid",
     )
 
 
@@ -144,6 +145,7 @@ def _softmax_c_pass(logp, target, valid, per_sample, edges) -> BatchStats:
     loss_sum = per_sample.sum().to(f32)
     return BatchStats(  # views of the two buffers, in the kernel's layout
         edges=edges,
+        mode="softmax",
         count=counts[0],
         n_pos=counts[1],
         pt_hist=counts[2:2 + b],
@@ -176,6 +178,7 @@ def _softmax_from_cells(per_class, pt_hist, sum_grad_norm, per_sample, edges) ->
         sum_grad_norm = count - sum_pt
     return BatchStats(
         edges=edges,
+        mode="softmax",
         count=count,
         n_pos=count.clone(),
         sum_pt=sum_pt.to(f32),

@@ -83,7 +83,7 @@ import torch
 from ..loss import FocalLoss
 from ..stats import BatchStats
 from ..gamma_forms import GammaTable
-from .base import GammaPolicy, RunContext, _check_number, _stats_mode, register_policy, state_tensor
+from .base import GammaPolicy, RunContext, _check_number, register_policy, state_tensor
 from .space import Float
 
 __all__ = ["AdaFocal", "ClasswiseAdaFocal", "adafocal_update", "equal_mass_edges"]
@@ -216,7 +216,7 @@ class _AdaFocalBase(GammaPolicy):
             )
         missing = [f for f in self._fields if getattr(stats, f, None) is None]
         if missing:
-            mode = _stats_mode(stats)
+            mode = stats.mode
             what = ("per-element confidence max(p, 1 - p) bins" if mode == "sigmoid"
                     else "per-sample confidence max_c q_c bins")
             hint = (" (the sigmoid statistics pass does not compute them yet; their definition is in the "
@@ -243,7 +243,7 @@ class _AdaFocalBase(GammaPolicy):
         edges = self.edges
         if self.rebin:
             # the least possible confidence: 1 / C of a softmax over C classes, 1 / 2 of a binary element
-            floor = 0.5 if _stats_mode(val_stats) == "sigmoid" else 1.0 / val_stats.num_classes
+            floor = 0.5 if val_stats.mode == "sigmoid" else 1.0 / val_stats.num_classes
             count, total = val_stats.conf_count, val_stats.conf_sum
             if count is None:  # class-wise fields only: the global bins are their sums over classes
                 count, total = val_stats.class_conf_count.sum(0), val_stats.class_conf_sum.sum(0)
