@@ -54,12 +54,19 @@ class BatchStats:
         pt_hist: (B,) counts of p_t per bin.
         class_count: (C,) elements per class (sigmoid: index along dim 1) or samples per target class (softmax).
         class_sum_pt: (C,) sum of p_t per class.
-        conf_count, conf_sum, correct_sum: (B,) softmax only (None for sigmoid): samples binned by their
-            confidence ``max_c q_c``, the confidences' sum and the number predicted correctly per bin (the target
-            class has the highest probability; a tie counts as correct), which is what expected calibration error
-            and AdaFocal need.
-        class_conf_count, class_conf_sum, class_correct_sum: (C, B) softmax only: the same three split by the
-            samples' target class (their sums over classes are the three above), for class-wise calibration.
+        conf_count, conf_sum, correct_sum: (B,) per confidence bin (the bins of ``edges``): the number of
+            predictions whose confidence falls in the bin, the sum of their confidences and the number predicted
+            correctly, which is what expected calibration error and AdaFocal need. Softmax: a sample's confidence is
+            ``max_c q_c`` and it is correct when its target class has the highest probability (a tie counts as
+            correct; with probability targets the target class is their argmax). Sigmoid: every element is a
+            binary prediction, the two-class softmax of the logits ``(0, x)``: confidence ``max(p, 1 - p)`` and
+            correct when the sign of the logit agrees with the raw target read as a label (``x > 0`` for
+            ``t >= 0.5``, ``x < 0`` for ``t < 0.5``; ``x = 0``, where p = 1/2, is a tie and counts as correct). A
+            soft target counts as the label it rounds to (``t >= 0.5`` positive), as in ``n_pos``. None in
+            statistics built without them.
+        class_conf_count, class_conf_sum, class_correct_sum: (C, B) the same three split by class (their sums over
+            classes are the three above), for class-wise calibration: softmax by the sample's target class, sigmoid
+            by the element's index along dim 1 (its label).
         sum_pt_pos: sum of p_t over the elements ``n_pos`` counts (raw target >= 0.5); equal to ``sum_pt`` for
             softmax, where every sample counts as positive.
         class_sum_grad_pos, class_sum_grad_neg: (C,) sigmoid only (None for softmax): per class, the sums of

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import _kernels
+from .._kernels.layout import conf_offset
 from ..stats import BatchStats, default_edges
 from ._gamma import Gamma
 
@@ -32,13 +33,6 @@ def stat_edges(gamma: Gamma, stat_bins: int, device, dtype=torch.float32) -> tor
     return hit[0]
 
 
-def histogram(values: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-bin sum of ``weights`` (no host synchronisation: scatter_add rather than bincount)."""
-    idx = torch.bucketize(values.detach().reshape(-1), edges[1:-1].to(values.dtype), right=True)
-    out = torch.zeros(edges.numel() - 1, device=values.device, dtype=weights.dtype)
-    return out.scatter_add_(0, idx.reshape(-1), weights.reshape(-1))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # sigmoid: the kernel accumulator
 # ---------------------------------------------------------------------------------------------------------------
@@ -47,9 +41,10 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
     """BatchStats viewing the float64 accumulator of the kernel contract (layout: ``_kernels/__init__.py``); the
     int64 and float32 fields are converted in one operation each. ``sum_loss`` replaces the accumulator's."""
     b, c = edges.numel() - 1, num_classes
-    f32 = torch.float32
-    ints = acc[:5 + b + c].to(torch.int64)
-    floats = acc.to(f32)
+    o = conf_offset(c, b)  # conf_count, class_conf_count, conf_sum, correct_sum, class_conf_sum, class_correct_sum
+    ints = acc[:o + b + c * b].to(torch.int64)  # the float fields between the counts convert harmlessly
+    floats = acc.to(torch.float32)
+    f = o + b + c * b
     return BatchStats(
         edges=edges,
         count=ints[1],
@@ -63,6 +58,12 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
         sum_pt_pos=floats[5 + b + 2 * c],
         class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
         class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
+        conf_count=ints[o:o + b],
+        class_conf_count=ints[o + b:].view(c, b),
+        conf_sum=floats[f:f + b],
+        correct_sum=floats[f + b:f + 2 * b],
+        class_conf_sum=floats[f + 2 * b:f + 2 * b + c * b].view(c, b),
+        class_correct_sum=floats[f + 2 * b + c * b:].view(c, b),
         mode="sigmoid",
     )
 
