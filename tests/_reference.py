@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -297,7 +297,7 @@ def stable_ref_softmax(x, target, gamma=2.0, alpha=None, weight=None, reduction=
 # --------------------------------------------------------------------------------------------
 
 
-def upstream_like(loss: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+def upstream_like(loss: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """Deterministic upstream gradient for a 'none' reduction (so every element is weighted)."""
     if loss.dim() == 0:
         return torch.ones((), dtype=torch.float64)
@@ -344,7 +344,7 @@ def far_from_edges_sigmoid(make_x, make_t, edges, label_smoothing=0.0, ignore_in
     inner = edges.to(torch.float64)[1:-1]
     for _ in range(max_iter):
         values = torch.stack([pt_sigmoid(x, t, label_smoothing, ignore_index), confidence_sigmoid(x)], -1)
-        d = (values.unsqueeze(-1) - inner).abs().amin((-2, -1)) if inner.numel() else torch.ones_like(x, dtype=torch.float64)
+        d = (values.unsqueeze(-1) - inner).abs().amin((-2, -1)) if inner.numel() else torch.ones_like(values[..., 0])
         bad = d < margin
         if ignore_index is not None:
             bad &= t != ignore_index

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import Table, stable_ref_softmax, to_lib_gamma, value_and_grad
 
 import adaptive_focal as af
-from _reference import Table, stable_ref_softmax, to_lib_gamma, value_and_grad
 from adaptive_focal._kernels import MIN_NUMEL, kernel_available
 
 f64 = torch.float64

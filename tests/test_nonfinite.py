@@ -17,11 +17,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import sigmoid_limit
 
 import adaptive_focal as af
 import adaptive_focal.functional as functional
 from adaptive_focal._kernels import MIN_NUMEL, kernel_available
-from _reference import sigmoid_limit
 
 INF, NAN = math.inf, math.nan
 IGNORE = -1.0

@@ -15,7 +15,12 @@ import torch
 
 import adaptive_focal as af
 from adaptive_focal.policies.adafocal import (
-    BIN_FIELDS, CLASSWISE_FIELDS, AdaFocal, ClasswiseAdaFocal, adafocal_update, equal_mass_edges,
+    BIN_FIELDS,
+    CLASSWISE_FIELDS,
+    AdaFocal,
+    ClasswiseAdaFocal,
+    adafocal_update,
+    equal_mass_edges,
 )
 
 DEFAULTS = dict(lam=1.0, switch_threshold=0.2, gamma_min=-2.0, gamma_max=20.0)

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from _reference import Table, far_from_edges_sigmoid, stable_ref_sigmoid, value_and_grad
 
 import adaptive_focal as af
-from _reference import Table, far_from_edges_sigmoid, stable_ref_sigmoid, value_and_grad
 
 SIG = af.sigmoid_focal_loss
 SMX = af.softmax_focal_loss

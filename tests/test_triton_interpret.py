@@ -275,9 +275,9 @@ SHAPES = [
 @pytest.mark.parametrize("gamma_case", GAMMAS, ids=GAMMA_IDS)
 def test_matches_reference(gamma_case, opts, shape_hooks):
     shape, hooks = shape_hooks
-    a, w, i, l, d, s = opts
+    a, w, i, smooth, d, s = opts
     seed = hash((GAMMAS.index(gamma_case), L8.index(opts), len(shape))) % 1000
-    case = make_case(shape, gamma_case, a, w, i, 0.1 if l else 0.0, bool(d), s, seed=seed)
+    case = make_case(shape, gamma_case, a, w, i, 0.1 if smooth else 0.0, bool(d), s, seed=seed)
     check(case, hooks)
 
 

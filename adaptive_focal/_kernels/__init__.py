@@ -45,7 +45,7 @@ __all__ = ["MIN_NUMEL", "kernel_available", "sigmoid_focal"]
 MIN_NUMEL = 1 << 15
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_available() -> bool:
     try:
         from . import triton_sigmoid  # noqa: F401

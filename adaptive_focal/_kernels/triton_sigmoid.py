@@ -385,7 +385,7 @@ def _launch(n_prog, args, meta, need_stats):
         import warnings
 
         warnings.warn(f"adaptive_focal: Triton kernel with tl.histogram failed ({type(exc).__name__}: "
-                      f"{str(exc)[:200]}); using the per-bin reduction fallback", RuntimeWarning)
+                      f"{str(exc)[:200]}); using the per-bin reduction fallback", RuntimeWarning, stacklevel=3)
         _HIST_MODE = 1
         _sigmoid_focal_fwd_kernel[(n_prog,)](*args, HIST_MODE=1, **meta)
 

@@ -82,9 +82,9 @@ import math
 
 import torch
 
+from ..gamma_forms import GammaTable
 from ..loss import FocalLoss
 from ..stats import BatchStats
-from ..gamma_forms import GammaTable
 from .base import GammaPolicy, RunContext, _check_number, register_policy, state_tensor
 from .space import Float
 
