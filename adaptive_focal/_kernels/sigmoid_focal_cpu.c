@@ -170,7 +170,7 @@ typedef struct {
         uint64_t packed[BLOCK];                       /* the AVX-512 path */
         struct { int32_t cell[BLOCK], d[BLOCK]; } split;  /* the portable one */
     } conf;
-    int64_t *cells;      /* this thread's cells: C (2B + 1), and the spare one */
+    uint64_t *cells;     /* this thread's cells: C (2B + 1), and the spare one (unsigned: it may wrap) */
     int64_t conf_since;  /* elements added to the cells since they were last folded into acc */
     int32_t spare;       /* index of the spare cell */
 #ifdef HIST_AVX512
@@ -650,7 +650,7 @@ static void conf_cells(const focal_args *a, block_buf *restrict b, int32_t len) 
 
 /* The confidence statistics of a block: the cells and values, then one addition per element. */
 static void block_conf(const focal_args *a, block_buf *restrict b, int32_t len) {
-    int64_t *restrict cells = b->cells;
+    uint64_t *restrict cells = b->cells;
 #ifdef HIST_AVX512
     if (a->stat_bins <= 16 && b->spare < (1 << 20)) {  /* the packed cell index has 20 bits */
         conf_cells_avx512(a, b, len);
@@ -658,10 +658,10 @@ static void block_conf(const focal_args *a, block_buf *restrict b, int32_t len) 
         const int32_t whole = (len + 15) & ~15;  /* whole vectors were written, each in its own order */
         for (int32_t j = 0; j < whole; j += 4) {
             const uint64_t v0 = pk[j], v1 = pk[j + 1], v2 = pk[j + 2], v3 = pk[j + 3];
-            cells[v0 >> 44] += (int64_t)(v0 & low);
-            cells[v1 >> 44] += (int64_t)(v1 & low);
-            cells[v2 >> 44] += (int64_t)(v2 & low);
-            cells[v3 >> 44] += (int64_t)(v3 & low);
+            cells[v0 >> 44] += v0 & low;
+            cells[v1 >> 44] += v1 & low;
+            cells[v2 >> 44] += v2 & low;
+            cells[v3 >> 44] += v3 & low;
         }
         b->conf_since += len;
         return;
@@ -669,19 +669,19 @@ static void block_conf(const focal_args *a, block_buf *restrict b, int32_t len) 
 #endif
     conf_cells(a, b, len);
     const int32_t *restrict cell = b->conf.split.cell, *restrict dv = b->conf.split.d;
-    for (int32_t j = 0; j < len; ++j) cells[cell[j]] += ((int64_t)1 << CONF_COUNT_SHIFT) + dv[j];
+    for (int32_t j = 0; j < len; ++j) cells[cell[j]] += ((uint64_t)1 << CONF_COUNT_SHIFT) + (uint32_t)dv[j];
     b->conf_since += len;
 }
 
 /* Adds the cells into acc (per class and bin: count, confidence sum, number correct) and clears them. */
 static void fold_conf(const focal_args *a, block_buf *b, double *acc) {
     const int64_t B = a->stat_bins, C = a->c;
-    const int64_t mask = ((int64_t)1 << CONF_COUNT_SHIFT) - 1;
+    const uint64_t mask = ((uint64_t)1 << CONF_COUNT_SHIFT) - 1;
     const conf_acc f = conf_fields(a, acc);
-    int64_t *cell = b->cells;
+    uint64_t *cell = b->cells;
     for (int64_t c = 0; c < C; ++c) {
         for (int64_t sub = 0; sub <= 2 * B; ++sub, ++cell) {
-            const int64_t n = (int64_t)((uint64_t)*cell >> CONF_COUNT_SHIFT), d = *cell & mask;
+            const int64_t n = (int64_t)(*cell >> CONF_COUNT_SHIFT), d = (int64_t)(*cell & mask);
             *cell = 0;
             if (n == 0) continue;
             const int64_t at = c * B + (sub < 2 * B ? sub / 2 : B - 1);
@@ -821,7 +821,7 @@ static int run_range(const focal_args *a) {
     b->conf_since = 0;
     b->spare = (int32_t)(C * (2 * a->stat_bins + 1));
     if (a->need_stats) {
-        b->cells = (int64_t *)calloc((size_t)b->spare + 1, sizeof(int64_t));
+        b->cells = (uint64_t *)calloc((size_t)b->spare + 1, sizeof(uint64_t));
         if (!b->cells) return -1;
     }
 #ifdef HIST_AVX512

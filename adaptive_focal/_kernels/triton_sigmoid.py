@@ -273,7 +273,7 @@ def _sigmoid_focal_fwd_kernel(
             fb = tl.where(valid, _bin_index(s, sedges_ptr, NB_STAT), NB_STAT)
             packed = 1 + correct.to(tl.int32) * 65536  # count | number correct << 16, per element
             hk2 = tl.arange(0, HIST_PAD)[None, :]
-            for k in range(0, NB_STAT):
+            for k in range(NB_STAT):
                 in_k = fb == k
                 both = tl.sum(tl.sum(tl.where(in_k, packed, 0), axis=2), axis=0)
                 conf = tl.sum(tl.sum(tl.where(in_k, s, 0.0), axis=2), axis=0)
