@@ -39,12 +39,14 @@ def stat_edges(gamma: Gamma, stat_bins: int, device, dtype=torch.float32) -> tor
 def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
                      sum_loss: torch.Tensor | None = None) -> BatchStats:
     """BatchStats viewing the float64 accumulator of the kernel contract (layout: ``_kernels/__init__.py``); the
-    int64 and float32 fields are converted in one operation each. ``sum_loss`` replaces the accumulator's."""
+    int64 and float32 fields are converted in one operation each, and each field is one view of them (this runs
+    every training step, where each tensor operation costs a microsecond or more: the (C, B) fields are made with
+    ``as_strided`` rather than a slice and a ``view``). ``sum_loss`` replaces the accumulator's."""
     b, c = edges.numel() - 1, num_classes
     o = conf_offset(c, b)  # conf_count, class_conf_count, conf_sum, correct_sum, class_conf_sum, class_correct_sum
-    ints = acc[:o + b + c * b].to(torch.int64)  # the float fields between the counts convert harmlessly
-    floats = acc.to(torch.float32)
     f = o + b + c * b
+    ints = acc[:f].to(torch.int64)  # the float fields between the counts convert harmlessly
+    floats = acc.to(torch.float32)
     return BatchStats(
         edges=edges,
         count=ints[1],
@@ -59,11 +61,11 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
         class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
         class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
         conf_count=ints[o:o + b],
-        class_conf_count=ints[o + b:].view(c, b),
+        class_conf_count=ints.as_strided((c, b), (b, 1), o + b),
         conf_sum=floats[f:f + b],
         correct_sum=floats[f + b:f + 2 * b],
-        class_conf_sum=floats[f + 2 * b:f + 2 * b + c * b].view(c, b),
-        class_correct_sum=floats[f + 2 * b + c * b:].view(c, b),
+        class_conf_sum=floats.as_strided((c, b), (b, 1), f + 2 * b),
+        class_correct_sum=floats.as_strided((c, b), (b, 1), f + 2 * b + c * b),
         mode="sigmoid",
     )
 
