@@ -57,10 +57,13 @@ class GammaLogger(Protocol):
 
 
 def stats_record(stats: BatchStats, detail: bool = False) -> dict:
-    """The summary numbers of a BatchStats, with ECE and accuracy for softmax statistics.
+    """The summary numbers of a BatchStats, with ECE and accuracy when they carry confidence bins.
 
-    With ``detail`` it also holds per-class lists (``classes``: count, mean p_t and, for softmax, recall) and,
-    for softmax, the per-confidence-bin sums a reliability diagram needs (``bins``).
+    Softmax statistics: ECE, accuracy and balanced accuracy of the samples. Sigmoid statistics: ECE and accuracy
+    of the elements, each a binary prediction (see :func:`~adaptive_focal.metrics.ece_from_stats`); a balanced
+    accuracy would need each label's positives, which the statistics do not split. With ``detail`` it also holds
+    per-class lists (``classes``: count, mean p_t and, for softmax, recall) and the per-confidence-bin sums a
+    reliability diagram needs (``bins``).
     """
     record = {
         "count": int(stats.count),
@@ -68,10 +71,12 @@ def stats_record(stats: BatchStats, detail: bool = False) -> dict:
         "mean_loss": float(stats.mean_loss),
         "mean_grad_norm": float(stats.mean_grad_norm),
     }
-    softmax = stats.conf_count is not None
-    if softmax:
+    calibration = stats.conf_count is not None and stats.conf_sum is not None and stats.correct_sum is not None
+    softmax = calibration and stats.mode == "softmax" and stats.class_conf_count is not None
+    if calibration:
         record["ece"] = float(ece_from_stats(stats))
         record["accuracy"] = float(stats.correct_sum.sum() / stats.count.clamp_min(1))
+    if softmax:
         per_class = stats.class_conf_count.sum(1).to(torch.float64)
         recall = stats.class_correct_sum.sum(1).to(torch.float64) / per_class.clamp_min(1)
         present = per_class > 0
@@ -80,6 +85,7 @@ def stats_record(stats: BatchStats, detail: bool = False) -> dict:
         classes = {"count": stats.class_count.tolist(), "mean_pt": stats.class_mean_pt.tolist()}
         if softmax:
             classes["recall"] = torch.where(present, recall, torch.full_like(recall, float("nan"))).tolist()
+        if calibration:
             record["bins"] = {"edges": stats.edges.tolist(), "count": stats.conf_count.tolist(),
                               "confidence_sum": stats.conf_sum.tolist(), "correct_sum": stats.correct_sum.tolist()}
         record["classes"] = classes

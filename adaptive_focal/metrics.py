@@ -237,45 +237,58 @@ def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -
 
 
 def ece_from_stats(stats: BatchStats) -> torch.Tensor:
-    """Expected calibration error (Guo et al., 2017) from the confidence bins of softmax :class:`BatchStats`.
+    """Expected calibration error (Guo et al., 2017) from the confidence bins of :class:`BatchStats`.
 
-    Uses the per-bin sums that ``softmax_focal_loss(..., return_stats=True)`` accumulates -- ``conf_count``,
-    ``conf_sum`` and ``correct_sum`` -- so the ECE of a whole validation set follows from statistics added up
-    over its batches (or all-reduced over processes) without keeping the probabilities:
+    Uses the per-bin sums that ``return_stats=True`` accumulates -- ``conf_count``, ``conf_sum`` and
+    ``correct_sum`` -- so the ECE of a whole validation set follows from statistics added up over its batches (or
+    all-reduced over processes) without keeping the probabilities:
     ``sum_b |correct_sum_b - conf_sum_b| / sum_b conf_count_b``.
 
     The bins are the statistics' own (``stats.edges``, 15 equal-width bins by default) with the statistics'
-    convention ``[lo, hi)`` (``torch.bucketize(right=True)``; the last bin also holds 1), and a sample counts as
-    correct when its target class attains the maximum probability, a tie included; ignored samples
-    (``ignore_index``) are left out. :func:`ece` bins ``(lo, hi]`` and breaks ties by the first maximal class;
-    the two agree when no confidence lies exactly on an edge and no sample has tied top probabilities.
+    convention ``[lo, hi)`` (``torch.bucketize(right=True)``; the last bin also holds 1); ignored samples or
+    elements (``ignore_index``) are left out.
+
+    * Softmax statistics: a sample's confidence is ``max_c q_c`` and it is correct when its target class attains
+      the maximum probability, a tie included. :func:`ece` bins ``(lo, hi]`` and breaks ties by the first maximal
+      class; the two agree when no confidence lies exactly on an edge and no sample has tied top probabilities.
+    * Sigmoid statistics: every element is a binary prediction, the two-class softmax of the logits ``(0, x)``,
+      with confidence ``max(p, 1 - p)``, correct when the logit's sign agrees with the target's label
+      (``t >= 0.5``; ``x = 0`` counts as correct). This is the ECE of the elements as binary predictions: for a
+      binary task the ECE of the same task written as a two-class softmax (``ece(torch.stack([1 - p, p], 1),
+      labels)``), for a multi-label one the ECE of all (sample, label) predictions together.
 
     Args:
-        stats: softmax statistics (from ``softmax_focal_loss`` or ``FocalLoss(mode="softmax")``).
+        stats: statistics with confidence bins, from either loss (``softmax_focal_loss``, ``sigmoid_focal_loss``
+            or ``FocalLoss``).
 
     Returns:
-        A 0-d float tensor on the statistics' device; NaN when they count no sample.
+        A 0-d float tensor on the statistics' device; NaN when they count nothing.
 
     Raises:
         TypeError: ``stats`` is not a BatchStats.
-        ValueError: ``stats`` are sigmoid statistics (no confidence bins).
+        ValueError: ``stats`` have no confidence bins (statistics built without them).
 
     Example:
         >>> import torch
-        >>> from adaptive_focal import softmax_focal_loss
+        >>> from adaptive_focal import sigmoid_focal_loss, softmax_focal_loss
         >>> from adaptive_focal.metrics import ece, ece_from_stats
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [0.5, 0.0, 1.5]])
         >>> labels = torch.tensor([0, 2, 2])
         >>> _, stats = softmax_focal_loss(logits, labels, gamma=2.0, return_stats=True)
         >>> round(ece_from_stats(stats).item(), 4) == round(ece(logits.softmax(1), labels).item(), 4)
         True
+        >>> x, t = torch.tensor([2.0, -1.0, 0.5, 3.0]), torch.tensor([1.0, 1.0, 0.0, 1.0])  # binary
+        >>> _, stats = sigmoid_focal_loss(x, t, return_stats=True)
+        >>> p = torch.sigmoid(x)
+        >>> round(ece_from_stats(stats).item(), 4) == round(ece(torch.stack([1 - p, p], 1), t.long()).item(), 4)
+        True
     """
     if not isinstance(stats, BatchStats):
         raise TypeError(f"stats must be a BatchStats, got {type(stats).__name__}")
     if stats.conf_count is None or stats.conf_sum is None or stats.correct_sum is None:
         raise ValueError(
-            "stats must be softmax BatchStats with confidence bins (conf_count, conf_sum, correct_sum); "
-            "got sigmoid statistics, whose conf_count is None"
+            f"stats must carry confidence bins (conf_count, conf_sum, correct_sum); these {stats.mode} statistics "
+            f"have None there"
         )
     gap = (stats.correct_sum.to(stats.conf_sum.dtype) - stats.conf_sum).abs().sum()
     count = stats.conf_count.sum().to(gap.dtype)

@@ -13,6 +13,9 @@ import torch
 
 __all__ = ["BatchStats", "default_edges"]
 
+#: the losses that compute statistics
+MODES = ("sigmoid", "softmax")
+
 
 def check_bins(bins) -> None:
     """Validates a number of statistics bins (the losses' ``stat_bins``)."""
@@ -51,12 +54,19 @@ class BatchStats:
         pt_hist: (B,) counts of p_t per bin.
         class_count: (C,) elements per class (sigmoid: index along dim 1) or samples per target class (softmax).
         class_sum_pt: (C,) sum of p_t per class.
-        conf_count, conf_sum, correct_sum: (B,) softmax only (None for sigmoid): samples binned by their
-            confidence ``max_c q_c``, the confidences' sum and the number predicted correctly per bin (the target
-            class has the highest probability; a tie counts as correct), which is what expected calibration error
-            and AdaFocal need.
-        class_conf_count, class_conf_sum, class_correct_sum: (C, B) softmax only: the same three split by the
-            samples' target class (their sums over classes are the three above), for class-wise calibration.
+        conf_count, conf_sum, correct_sum: (B,) per confidence bin (the bins of ``edges``): the number of
+            predictions whose confidence falls in the bin, the sum of their confidences and the number predicted
+            correctly, which is what expected calibration error and AdaFocal need. Softmax: a sample's confidence is
+            ``max_c q_c`` and it is correct when its target class has the highest probability (a tie counts as
+            correct; with probability targets the target class is their argmax). Sigmoid: every element is a
+            binary prediction, the two-class softmax of the logits ``(0, x)``: confidence ``max(p, 1 - p)`` and
+            correct when the sign of the logit agrees with the raw target read as a label (``x > 0`` for
+            ``t >= 0.5``, ``x < 0`` for ``t < 0.5``; ``x = 0``, where p = 1/2, is a tie and counts as correct). A
+            soft target counts as the label it rounds to (``t >= 0.5`` positive), as in ``n_pos``. None in
+            statistics built without them.
+        class_conf_count, class_conf_sum, class_correct_sum: (C, B) the same three split by class (their sums over
+            classes are the three above), for class-wise calibration: softmax by the sample's target class, sigmoid
+            by the element's index along dim 1 (its label).
         sum_pt_pos: sum of p_t over the elements ``n_pos`` counts (raw target >= 0.5); equal to ``sum_pt`` for
             softmax, where every sample counts as positive.
         class_sum_grad_pos, class_sum_grad_neg: (C,) sigmoid only (None for softmax): per class, the sums of
@@ -66,8 +76,12 @@ class BatchStats:
             constant, so it is the gradient the loss back-propagates, without the reduction's 1 / denominator).
             Their ratio is the positive-to-negative gradient ratio of Equalized Focal Loss (Li et al., 2022).
 
-        The last three default to None, for statistics built without them; a sum with such statistics has None
-        there too.
+        mode: ``"sigmoid"`` or ``"softmax"``, the loss that computed the statistics. Left out (None), it is
+            read from the fields as statistics from before it existed carried it: softmax statistics have the
+            confidence bins and not the per-class gradient sums, sigmoid statistics the opposite.
+
+        The fields after ``class_sum_pt`` default to None, for statistics built without them; a sum with such
+        statistics has None there too.
 
     Example:
         >>> import torch
@@ -99,12 +113,20 @@ class BatchStats:
     sum_pt_pos: torch.Tensor | None = None
     class_sum_grad_pos: torch.Tensor | None = None
     class_sum_grad_neg: torch.Tensor | None = None
+    mode: str | None = None
 
     _SUMMED = (
         "count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm", "pt_hist", "class_count", "class_sum_pt",
         "conf_count", "conf_sum", "correct_sum", "class_conf_count", "class_conf_sum", "class_correct_sum",
         "sum_pt_pos", "class_sum_grad_pos", "class_sum_grad_neg",
     )
+
+    def __post_init__(self) -> None:
+        if self.mode is None:
+            self.mode = ("softmax" if self.conf_count is not None and self.class_sum_grad_pos is None
+                         else "sigmoid")
+        elif self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
 
     # -- derived values -------------------------------------------------------------------------------------
     @property
@@ -161,9 +183,9 @@ class BatchStats:
                 f"BatchStats can only be added with the same number of classes, got {self.num_classes} "
                 f"and {other.num_classes}"
             )
-        if (self.conf_count is None) != (other.conf_count is None):
-            raise ValueError("cannot add sigmoid and softmax BatchStats")
-        kwargs = {"edges": self.edges}
+        if self.mode != other.mode:
+            raise ValueError(f"cannot add {self.mode} and {other.mode} BatchStats")
+        kwargs = {"edges": self.edges, "mode": self.mode}
         for name in self._SUMMED:
             a, b = getattr(self, name), getattr(other, name)
             kwargs[name] = None if a is None or b is None else a + b.to(a.device)
@@ -175,7 +197,7 @@ class BatchStats:
         return NotImplemented
 
     def to(self, device: torch.device | str) -> BatchStats:
-        return BatchStats(**{f.name: (None if (v := getattr(self, f.name)) is None else v.to(device))
+        return BatchStats(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
                              for f in fields(self)})
 
     def all_reduce(self, group=None) -> BatchStats:
@@ -196,12 +218,15 @@ class BatchStats:
             n = value.numel()
             out[name] = flat[offset:offset + n].reshape(value.shape).to(value.dtype)
             offset += n
-        return BatchStats(edges=self.edges, **out)
+        return BatchStats(edges=self.edges, mode=self.mode, **out)
 
     def state_dict(self) -> dict:
-        """The fields as a plain dict of CPU tensors (None for absent softmax fields)."""
-        return {f.name: (None if (v := getattr(self, f.name)) is None else v.detach().cpu()) for f in fields(self)}
+        """The fields as a plain dict: CPU tensors, None for absent fields, and the mode as a string."""
+        return {f.name: (v.detach().cpu() if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                for f in fields(self)}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> BatchStats:
+        """The statistics of ``state_dict()``; a state saved before a field existed leaves it None (and a state
+        without ``mode`` has its mode read from the fields)."""
         return cls(**{f.name: state.get(f.name) for f in fields(cls)})

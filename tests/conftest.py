@@ -9,14 +9,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-# TEMPORARY: tests/test_functional_sigmoid.py still imports these from here; they go when that file imports them
-# from helpers.reference (after the sigmoid-statistics branch lands)
-from helpers.reference import assert_close, compare_with_reference  # noqa: E402, F401
-
 # keep the suite quick and deterministic on small CI machines
 # small tensors: intra-op threads only add synchronisation overhead (and are very slow on a loaded
 # 2-core machine); the multi-threaded kernel path has its own test (test_large_input_multithreaded)
-TORCH_THREADS_DEFAULT = torch.get_num_threads()
 torch.set_num_threads(1)
 
 

@@ -173,3 +173,37 @@ def test_bad_arguments(kwargs, error, match):
     with pytest.raises(ValueError, match="holds 2 logger states"):
         GammaCallback(policy, loggers=[MemoryLogger()]).load_state_dict(
             {"policy": policy.state_dict(), "loggers": [None, None]})
+
+
+def test_sigmoid_records_hold_ece_and_accuracy_of_the_elements():
+    """Sigmoid statistics carry confidence bins: their records report the ECE and accuracy of the elements as
+    binary predictions (no balanced accuracy: the statistics do not split each label's positives), and a sigmoid
+    AdaFocal policy driven by the callback moves its table."""
+    from adaptive_focal.callbacks import stats_record
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss = af.FocalLoss("sigmoid")
+    history = MemoryLogger()
+    callback = GammaCallback(af.create_policy("adafocal", loss, num_bins=5), loggers=[history], log_every=4)
+    for step in range(8):
+        x, y = _data(step)
+        value, stats = loss(model(x) * 3.0, torch.nn.functional.one_hot(y, 3).float(), return_stats=True)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        callback.on_train_batch_end(stats)
+        if (step + 1) % 4 == 0:
+            with torch.no_grad():
+                vx, vy = _data(1000 + step)
+                _, val = loss(model(vx) * 3.0, torch.nn.functional.one_hot(vy, 3).float(), return_stats=True)
+            callback.on_epoch_end(val)
+    record = history.epochs[-1]["val"]
+    assert record["ece"] == pytest.approx(float(ece_from_stats(val)))
+    assert record["accuracy"] == pytest.approx(float(val.correct_sum.sum()) / (32 * 3))
+    assert "balanced_accuracy" not in record and "recall" not in record["classes"]
+    assert sum(record["bins"]["count"]) == 32 * 3 and record["bins"]["edges"] == pytest.approx(val.edges.tolist())
+    assert "ece" in history.steps[0]["train"]
+    assert not torch.equal(loss.gamma.values, torch.ones(5))  # AdaFocal moved its gammas at each epoch end
+    assert stats_record(val) == {k: v for k, v in record.items() if k not in ("bins", "classes")}

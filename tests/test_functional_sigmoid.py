@@ -1,15 +1,25 @@
 """adaptive_focal.sigmoid_focal_loss against an independent float64 reference (spec: Semantics)."""
 import itertools
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import adaptive_focal as af
-from _reference import (Table, far_from_edges_sigmoid, pt_sigmoid, ref_sigmoid, stable_ref_sigmoid,
-                        to_lib_gamma, upstream_like, value_and_grad)
-from conftest import assert_close, compare_with_reference
+from helpers.reference import (
+    Table,
+    assert_close,
+    compare_with_reference,
+    far_from_edges_sigmoid,
+    pt_sigmoid,
+    ref_sigmoid,
+    stable_ref_sigmoid,
+    to_lib_gamma,
+    upstream_like,
+    value_and_grad,
+)
 
 LIB = af.sigmoid_focal_loss
 
@@ -152,13 +162,13 @@ def test_reference_self_consistency(gname, opt, gen):
         pm = torch.sigmoid(-x64)
         q = t * pm + (1 - t) * p
         pt = 1 - q
-        from _reference import dense_gamma
+        from helpers.reference import dense_gamma
         gam = dense_gamma(g, x64, pt)
         base = torch.where(gam >= 0, q, 2 - q)
         m = base ** gam.abs()
-        l = F.binary_cross_entropy_with_logits(x64, t, reduction="none")
+        bce = F.binary_cross_entropy_with_logits(x64, t, reduction="none")
         r = p * pm / base
-        grad = m * (p - t) + gam * m * r * (1 - 2 * t) * l
+        grad = m * (p - t) + gam * m * r * (1 - 2 * t) * bce
         torch.testing.assert_close(ga, grad, rtol=1e-9, atol=1e-12)
 
 
@@ -174,7 +184,8 @@ def test_matches_reference_float64(shape, gname, opt, reduction, gen):
 
 
 @pytest.mark.parametrize("shape,gname,opt,reduction",
-                         cases(opts=["plain", "all", "ls_ignore", "ignore_pos"], reductions=["none", "mean", "positives"]))
+                         cases(opts=["plain", "all", "ls_ignore", "ignore_pos"],
+                               reductions=["none", "mean", "positives"]))
 def test_matches_reference_float32(shape, gname, opt, reduction, gen):
     x, t, g, kw = make_case(SHAPES[shape], gname, opt, gen, dtype=torch.float32)
     check_against_ref(x, t, g, kw, reduction, torch.float32, gen)
@@ -485,7 +496,8 @@ def test_extreme_logits_float32(gamma, ls, detach, gen):
     assert_close(grad[keep], ref_grad[keep], torch.float32)
     # reduced forms are finite too
     for red in ("mean", "sum", "positives"):
-        l2, g2 = value_and_grad(lambda xx: LIB(xx, t, gamma=to_lib_gamma(g), reduction=red, label_smoothing=ls), x)
+        l2, g2 = value_and_grad(
+            lambda xx, red=red: LIB(xx, t, gamma=to_lib_gamma(g), reduction=red, label_smoothing=ls), x)
         assert torch.isfinite(l2) and torch.isfinite(g2).all()
 
 
@@ -536,7 +548,8 @@ def test_half_inputs(dtype, reduction, gname, opt, gen):
     if "weight" in kw32:
         kw32["weight"] = kwh["weight"].float()
     loss_f, grad_f = value_and_grad(lambda xx: lib_call(xx, th.float(), g, kw32, reduction), xh.float(), upstream=up)
-    torch.testing.assert_close(loss_h, loss_f, rtol=1e-5, atol=1e-6 * max(1.0, float(loss_f.abs().max()) if loss_f.numel() else 1.0))
+    scale = max(1.0, float(loss_f.abs().max()) if loss_f.numel() else 1.0)
+    torch.testing.assert_close(loss_h, loss_f, rtol=1e-5, atol=1e-6 * scale)
     assert_close(grad_h.float(), grad_f, dtype)
     # and against the float64 reference on the rounded values
     ref_loss, _ = value_and_grad(lambda xx: ref_sigmoid(xx, th, g, reduction=reduction, **kw32), xh.double())
@@ -758,14 +771,13 @@ def test_large_and_small_paths_agree(gen):
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_large_input_multithreaded(gname, reduction, gen):
     """The compiled kernel splits work over torch's threads: results (and stats) match the reference."""
-    import conftest
     x, t, g, kw = large_case(gname, "all", gen, shape=(4096, 64))
     g2 = _gamma_for_large(gname, x.shape, gen)
     if g2 is not None:
         g = g2
     kw["alpha"] = torch.rand(64, generator=gen)
     old = torch.get_num_threads()
-    torch.set_num_threads(max(2, conftest.TORCH_THREADS_DEFAULT))
+    torch.set_num_threads(max(2, os.cpu_count() or 2))
     try:
         check_against_ref(x, t, g, kw, reduction, torch.float32, gen)
         _, st = LIB(x, t, gamma=to_lib_gamma(g), reduction=reduction, return_stats=True, **kw)
@@ -811,7 +823,8 @@ def test_extreme_logits_float32_large_path(gamma, ls, detach, gen):
     if not isinstance(g, Table):  # (a table's bin at x = 0 depends on float32 rounding, see `keep`)
         check_grad_stats(x, t, g, dict(label_smoothing=ls), detach=detach)
     for red in ("mean", "sum", "positives"):
-        l2, g2 = value_and_grad(lambda xx: LIB(xx, t, gamma=to_lib_gamma(g), reduction=red, label_smoothing=ls), x)
+        l2, g2 = value_and_grad(
+            lambda xx, red=red: LIB(xx, t, gamma=to_lib_gamma(g), reduction=red, label_smoothing=ls), x)
         assert torch.isfinite(l2) and torch.isfinite(g2).all()
         r2 = stable_ref_sigmoid(x, t, g, reduction=red, label_smoothing=ls)
         assert_close(l2, r2, torch.float32)

@@ -5,7 +5,8 @@ integration reads gamma through :mod:`adaptive_focal.gamma_forms` (``gamma_recor
 each policy runs a few steps and epoch ends through the plain GammaCallback with a JSON-lines logger, the W&B
 logger (offline, in a temporary folder), the Lightning callback in a small Trainer, the Hugging Face Trainer
 callback, and Optuna's ``suggest_policy`` over its search space. The policies are built by one helper
-(``tests/_policies.py``) from what each needs to know about the run.
+(``tests/helpers/policies.py``) from what each needs to know about the run; AdaFocal and its class-wise
+variant also run on a sigmoid loss.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from adaptive_focal.gamma_forms import GammaForm, gamma_scalars
 from helpers.policies import FEATURES, NUM_CLASSES, Run, batches, extra_kwargs, loss_mode, make_policy
 
 POLICIES = af.list_policies()
+#: (policy, loss mode): each policy on the loss it applies to (softmax where both), and AdaFocal's pair on sigmoid
+#: too, whose statistics (each element's confidence bins) differ from the softmax ones
+CASES = [(name, loss_mode(name)) for name in POLICIES] + [
+    (name, "sigmoid") for name in ("adafocal", "classwise_adafocal") if loss_mode(name) != "sigmoid"]
+CASE_IDS = [name if mode == loss_mode(name) else f"{name}-{mode}" for name, mode in CASES]
 EPOCHS = 2
 BATCH = 16
 TRAIN, VAL = 32, 16  # 2 steps per epoch, one validation batch
@@ -43,9 +49,9 @@ def _no_logger_dropped():
     assert not dropped, dropped
 
 
-def _setup(name: str, *, lr_from_optimizer: bool = True):
-    """Model, optimizer, loss, data and policy for ``name`` (the same for every integration)."""
-    mode = loss_mode(name)
+def _setup(name: str, mode: str, *, lr_from_optimizer: bool = True):
+    """Model, optimizer, loss, data and policy for ``name`` on a loss of ``mode`` (the same for every
+    integration)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(FEATURES, NUM_CLASSES)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
@@ -56,8 +62,8 @@ def _setup(name: str, *, lr_from_optimizer: bool = True):
     return model, optimizer, loss, train, val, run
 
 
-def _plain_loop(name: str, loggers_for) -> tuple[af.GammaPolicy, af.FocalLoss]:
-    model, optimizer, loss, train, val, run = _setup(name)
+def _plain_loop(name: str, mode: str, loggers_for) -> tuple[af.GammaPolicy, af.FocalLoss]:
+    model, optimizer, loss, train, val, run = _setup(name, mode)
     policy = make_policy(name, loss, run)
     callback = GammaCallback(policy, loggers=loggers_for(policy), log_every=1)
     for _ in range(EPOCHS):
@@ -75,11 +81,11 @@ def _plain_loop(name: str, loggers_for) -> tuple[af.GammaPolicy, af.FocalLoss]:
 
 
 # -- the plain loop: GammaCallback + JSON lines ----------------------------------------------------------------
-@pytest.mark.parametrize("name", POLICIES)
-def test_plain_loop_json_lines(name, tmp_path):
+@pytest.mark.parametrize("name,mode", CASES, ids=CASE_IDS)
+def test_plain_loop_json_lines(name, mode, tmp_path):
     path = tmp_path / "gamma.jsonl"
     with _no_logger_dropped():
-        policy, loss = _plain_loop(name, lambda policy: [JSONLinesLogger(path)])
+        policy, loss = _plain_loop(name, mode, lambda policy: [JSONLinesLogger(path)])
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["kind"] for r in records] == ["step", "step", "epoch"] * EPOCHS
     assert all(gamma_scalars(r["gamma"]) for r in records)  # every record holds a gamma a logger can plot
@@ -90,8 +96,8 @@ def test_plain_loop_json_lines(name, tmp_path):
 
 
 # -- W&B, offline into a temporary folder ------------------------------------------------------------------------
-@pytest.mark.parametrize("name", POLICIES)
-def test_wandb_offline(name, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name,mode", CASES, ids=CASE_IDS)
+def test_wandb_offline(name, mode, tmp_path, monkeypatch):
     from adaptive_focal.integrations.wandb import WandbLogger
 
     for key in ("WANDB_API_KEY", "WANDB_BASE_URL"):
@@ -112,7 +118,7 @@ def test_wandb_offline(name, tmp_path, monkeypatch):
         return [logger]
 
     with _no_logger_dropped():
-        _, loss = _plain_loop(name, make)
+        _, loss = _plain_loop(name, mode, make)
         loggers[0].finish()
     assert loggers[0].run.settings.mode == "offline"
     assert len(logged) == EPOCHS * 3  # every step and epoch record reached the run
@@ -127,8 +133,8 @@ def _loader(parts):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
 
 
-@pytest.mark.parametrize("name", POLICIES)
-def test_lightning(name, tmp_path):
+@pytest.mark.parametrize("name,mode", CASES, ids=CASE_IDS)
+def test_lightning(name, mode, tmp_path):
     L = pytest.importorskip("lightning.pytorch")
     from adaptive_focal.integrations.lightning import GammaPolicyCallback
 
@@ -161,7 +167,7 @@ def test_lightning(name, tmp_path):
         def log_metrics(self, metrics, step=None):
             self.rows.append(dict(metrics))
 
-    model, _, loss, train, val, run = _setup(name, lr_from_optimizer=False)
+    model, _, loss, train, val, run = _setup(name, mode, lr_from_optimizer=False)
     policy = make_policy(name, loss, run)
     recorder = Recorder()
     trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=recorder, log_every_n_steps=1,
@@ -178,8 +184,8 @@ def test_lightning(name, tmp_path):
 
 
 # -- Hugging Face Trainer ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", POLICIES)
-def test_transformers(name, tmp_path):
+@pytest.mark.parametrize("name,mode", CASES, ids=CASE_IDS)
+def test_transformers(name, mode, tmp_path):
     transformers = pytest.importorskip("transformers")
     from adaptive_focal.integrations.transformers import FocalLossHook, GammaTrainerCallback
 
@@ -202,10 +208,10 @@ def test_transformers(name, tmp_path):
         def __getitem__(self, i):
             return {"x": self.x[i], "labels": self.y[i]}
 
-    model, _, loss, train, val, run = _setup(name, lr_from_optimizer=False)
+    model, _, loss, train, val, run = _setup(name, mode, lr_from_optimizer=False)
     policy = make_policy(name, loss, run)
     hook = FocalLossHook(loss)
-    callback = GammaTrainerCallback(policy, hook, name=f"every-policy-{name}")
+    callback = GammaTrainerCallback(policy, hook, name=f"every-policy-{name}-{mode}")
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH,
         per_device_eval_batch_size=BATCH, learning_rate=0.3, optim="sgd", lr_scheduler_type="constant",
@@ -230,15 +236,15 @@ def _as_tuple(spec):
     return spec.as_tuple() if hasattr(spec, "as_tuple") else tuple(spec)
 
 
-@pytest.mark.parametrize("name", POLICIES)
-def test_optuna_search_space(name):
+@pytest.mark.parametrize("name,mode", CASES, ids=CASE_IDS)
+def test_optuna_search_space(name, mode):
     optuna = pytest.importorskip("optuna")
     from adaptive_focal.integrations.optuna import suggest_policy
 
     space = af.policy_class(name).search_space
 
     def objective(trial):
-        model, optimizer, loss, train, val, run = _setup(name)
+        model, optimizer, loss, train, val, run = _setup(name, mode)
         fixed = {k: v for k, v in extra_kwargs(name, run).items() if k not in space}
         policy = suggest_policy(trial, loss, policies=[name], fixed={name: fixed}, context=run.context())
         assert type(policy) is af.policy_class(name)

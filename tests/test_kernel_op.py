@@ -73,6 +73,19 @@ def test_fullgraph_compile_without_recompiling_for_new_gamma():
     assert counter.frame_count == 1
 
 
+@pytest.fixture
+def no_compile_caches():
+    """Inductor's caches key a graph by its code, not by the op's fake outputs: a graph compiled against another
+    version of the kernel contract (its accumulator's length) would be reused, with that version's sizes."""
+    import torch._functorch.config
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(
+            enable_autograd_cache=False):
+        yield
+
+
+@pytest.mark.usefixtures("no_compile_caches")
 def test_inductor_compiles_around_the_op():
     torch._dynamo.reset()
     x = torch.randn(MIN_NUMEL // 32, 32, requires_grad=True)

@@ -303,14 +303,62 @@ def test_ece_from_stats_bins_lo_inclusive():
 
 
 def test_ece_from_stats_empty_and_errors():
+    import dataclasses
+
     x = torch.randn(3, 4)
     _, stats = af.softmax_focal_loss(x, torch.full((3,), -100), return_stats=True)
     assert math.isnan(M.ece_from_stats(stats).item())
-    _, sig = af.sigmoid_focal_loss(x, torch.ones(3, 4), return_stats=True)
-    with pytest.raises(ValueError, match="sigmoid.*conf_count is None"):
-        M.ece_from_stats(sig)
+    _, sig = af.sigmoid_focal_loss(x, torch.full((3, 4), -1.0), ignore_index=-1.0, return_stats=True)
+    assert math.isnan(M.ece_from_stats(sig).item())
+    without = dataclasses.replace(sig, conf_count=None, conf_sum=None, correct_sum=None)
+    with pytest.raises(ValueError, match="must carry confidence bins .* these sigmoid statistics have None"):
+        M.ece_from_stats(without)
     with pytest.raises(TypeError, match="stats must be a BatchStats, got dict"):
         M.ece_from_stats(stats.state_dict())
+
+
+def _sigmoid_logits_far_from_edges(gen, shape, n_bins, margin=1e-4):
+    """Logits whose confidence max(p, 1 - p) is at least ``margin`` away from every interior edge."""
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2.5
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1]
+    for _ in range(100):
+        p = torch.sigmoid(x.float().double())
+        near = ((torch.maximum(p, 1 - p).unsqueeze(-1) - edges).abs() < margin).any(-1)
+        if not bool(near.any()):
+            return x.float()
+        x = torch.where(near, torch.randn(shape, generator=gen, dtype=torch.float64) * 2.5, x)
+    raise RuntimeError("could not draw logits far from the edges")
+
+
+def sigmoid_ece_written_out(x, t, n_bins, ignore_index=None):
+    """ECE of the elements as binary predictions, from its definition: confidence max(p, 1 - p), correct when
+    (p > 1/2) == (t >= 1/2), equal-width bins [lo, hi) (the last closed), sum_b |accuracy_b - confidence_b| n_b / n."""
+    x, t = x.double().reshape(-1), t.double().reshape(-1)
+    if ignore_index is not None:
+        x, t = x[t != ignore_index], t[t != ignore_index]
+    p = torch.sigmoid(x)
+    conf = torch.maximum(p, 1 - p)
+    correct = ((p > 0.5) == (t >= 0.5)).double()
+    b = (conf * n_bins).floor().clamp(max=n_bins - 1).long()
+    total = sum(abs(float(correct[b == k].sum() - conf[b == k].sum())) for k in range(n_bins))
+    return total / x.numel()
+
+
+@pytest.mark.parametrize("shape", [(600,), (200, 7), (20, 3, 6, 5)], ids=["binary", "multilabel", "dense"])
+@pytest.mark.parametrize("stat_bins", [15, 10])
+def test_ece_from_stats_of_sigmoid_statistics(gen, shape, stat_bins):
+    x = _sigmoid_logits_far_from_edges(gen, shape, stat_bins)
+    t = (torch.rand(shape, generator=gen) < torch.sigmoid(0.5 * x)).float()  # over-confident logits
+    t.view(-1)[::5] = torch.rand(t.view(-1)[::5].shape, generator=gen)  # soft targets count as their label
+    t.view(-1)[::11] = -1.0
+    _, stats = af.sigmoid_focal_loss(x, t, return_stats=True, stat_bins=stat_bins, ignore_index=-1.0)
+    expected = sigmoid_ece_written_out(x, t, stat_bins, ignore_index=-1.0)
+    assert M.ece_from_stats(stats).item() == pytest.approx(expected, abs=1e-6)
+    assert expected > 0.02  # the construction is over-confident: the ECE is not trivially 0
+    keep = t.reshape(-1) != -1.0
+    p = torch.sigmoid(x.reshape(-1)[keep])
+    two_class = M.ece(torch.stack([1 - p, p], 1), (t.reshape(-1)[keep] >= 0.5).long(), n_bins=stat_bins)
+    assert M.ece_from_stats(stats).item() == pytest.approx(two_class.item(), abs=1e-6)  # the two-class softmax
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ INF, NAN = math.inf, math.nan
 IGNORE = -1.0
 STAT_FIELDS = ("count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm", "pt_hist", "class_count", "class_sum_pt",
                "sum_pt_pos", "class_sum_grad_pos", "class_sum_grad_neg")
+CONF_FIELDS = ("conf_count", "conf_sum", "correct_sum", "class_conf_count", "class_conf_sum", "class_correct_sum")
 
 
 def _cases(targets):
@@ -98,7 +99,7 @@ def _sigmoid_stats(x, t, **kw):
 
 
 def _assert_same_stats(a, b, rtol=1e-4):
-    for name in STAT_FIELDS:
+    for name in STAT_FIELDS + CONF_FIELDS:
         u, v = getattr(a, name), getattr(b, name)
         assert torch.equal(u.isnan(), v.isnan()), f"{name}: {u} vs {v}"
         torch.testing.assert_close(u.double(), v.double(), rtol=rtol, atol=1e-4, equal_nan=True, msg=name)
@@ -136,6 +137,18 @@ def test_sigmoid_statistics_of_nonfinite_logits_agree_between_the_c_pass_and_pyt
             assert getattr(s, name).isnan(), name
         assert s.class_sum_pt.isnan().tolist() == [False, True, True, False, False]
         assert not s.mean_pt.isfinite()  # what the policies test before moving gamma
+        _assert_nan_confidence_bins(s, nan_classes=[1, 2])
+
+
+def _assert_nan_confidence_bins(s, nan_classes):
+    """A NaN logit's confidence is counted in the last bin, whose confidence and correct sums it makes NaN (for
+    its class and in total); every other cell stays finite."""
+    b = s.num_bins
+    assert int(s.conf_count.sum()) == int(s.count) and torch.equal(s.class_conf_count.sum(1), s.class_count)
+    for cells in (s.class_conf_sum, s.class_correct_sum):
+        assert cells.isnan().nonzero().tolist() == [[c, b - 1] for c in nan_classes]
+    for total in (s.conf_sum, s.correct_sum):
+        assert total.isnan().tolist() == [False] * (b - 1) + [True]
 
 
 def test_sigmoid_statistics_of_nonfinite_logits_fused_kernel_agrees_with_pytorch(gen):
@@ -147,13 +160,14 @@ def test_sigmoid_statistics_of_nonfinite_logits_fused_kernel_agrees_with_pytorch
     pytorch = _sigmoid_stats(x, t, gamma=torch.tensor(2.0, requires_grad=True))
     _assert_same_stats(fused, pytorch, rtol=1e-3)
     assert fused.sum_pt.isnan() and int(fused.pt_hist.sum()) == int(fused.count)
+    _assert_nan_confidence_bins(fused, nan_classes=[1, 2])
 
 
 def test_sigmoid_infinite_logits_keep_the_statistics_finite_but_the_loss_sum(gen):
     x, t = _nonfinite_batch(gen)
     x[3, 1], x[4, 2] = 1.0, -1.0  # no NaN left, only infinite logits (one of them wrong: loss inf)
     s = _sigmoid_stats(x, t, gamma=2.0)
-    for name in STAT_FIELDS:
+    for name in STAT_FIELDS + CONF_FIELDS:
         if name != "sum_loss":
             assert getattr(s, name).isfinite().all(), name
     assert s.sum_loss == INF

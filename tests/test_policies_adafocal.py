@@ -15,6 +15,8 @@ import torch
 
 import adaptive_focal as af
 from adaptive_focal.policies.adafocal import (
+    BIN_FIELDS,
+    CLASSWISE_FIELDS,
     AdaFocal,
     ClasswiseAdaFocal,
     adafocal_update,
@@ -576,11 +578,14 @@ def sigmoid_confidence_bins(logits: torch.Tensor, target: torch.Tensor, edges: t
 
 
 def sigmoid_val_stats(loss, logits, target):
-    """The sigmoid loss's statistics with the per-confidence-bin fields (from the reference above when the loss's
-    own statistics do not carry them yet)."""
+    """The sigmoid loss's validation statistics, their per-confidence-bin fields checked against the reference."""
     _, stats = loss(logits, target, return_stats=True)
-    if stats.conf_count is None:
-        stats = dataclasses.replace(stats, **sigmoid_confidence_bins(logits, target, stats.edges))
+    for name, want in sigmoid_confidence_bins(logits, target, stats.edges).items():
+        got = getattr(stats, name)
+        if want.dtype == torch.int64:
+            assert torch.equal(got, want), name
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
     return stats
 
 
@@ -681,3 +686,109 @@ def test_sigmoid_adafocal_state_round_trip(gen):
         b.epoch_end(sigmoid_val_stats(loss_b, x, t))
         assert torch.equal(loss_a.gamma.values, loss_b.gamma.values)
         assert torch.equal(loss_a.gamma.edges, loss_b.gamma.edges)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sigmoid end to end: create_policy on FocalLoss("sigmoid"), a binary and a multi-label problem
+# ---------------------------------------------------------------------------------------------------------------
+def _sigmoid_task(n, gen, labels):
+    """Features and targets drawn from a logistic model (a label is on with probability sigmoid(x @ w)); a binary
+    task (labels == 1) has 1-D targets."""
+    w = torch.randn(8, labels, generator=torch.Generator().manual_seed(1)) * 1.5
+    x = torch.randn(n, 8, generator=gen)
+    t = (torch.rand(n, labels, generator=gen) < torch.sigmoid(x @ w)).float()
+    return x, (t[:, 0] if labels == 1 else t)
+
+
+def _sigmoid_policy(name, loss, labels):
+    return af.create_policy(name, loss, **({"num_classes": labels} if name == "classwise_adafocal" else {}))
+
+
+TASKS = {"binary": 1, "multilabel": 3}
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("name", ["adafocal", "classwise_adafocal"])
+def test_sigmoid_end_to_end_training(name, task, gen):
+    labels = TASKS[task]
+    torch.manual_seed(0)
+    x, t = _sigmoid_task(512, gen, labels)
+    xv, tv = _sigmoid_task(256, gen, labels)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, labels))
+    forward = (lambda z: model(z)[:, 0]) if labels == 1 else model  # a binary task's logits are 1-D
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    criterion = af.FocalLoss("sigmoid")
+    policy = _sigmoid_policy(name, criterion, labels)
+    init_edges = criterion.gamma.edges.clone()
+    for _ in range(5):
+        for i in range(0, 512, 64):
+            loss, stats = criterion(forward(x[i:i + 64]), t[i:i + 64], return_stats=True)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            policy.step(stats)
+            assert torch.isfinite(loss)
+        with torch.no_grad():
+            val_stats = sigmoid_val_stats(criterion, forward(xv), tv)
+        assert torch.equal(val_stats.edges, criterion.gamma.edges)  # binned by the table in force
+        policy.epoch_end(val_stats)
+    table = criterion.gamma
+    assert isinstance(table, af.GammaTable) and policy.epoch == 5 and policy.step_count == 40
+    assert table.values.shape == ((labels, 15) if name == "classwise_adafocal" else (15,))
+    assert torch.isfinite(table.values).all() and (table.values >= -2).all() and (table.values <= 20).all()
+    assert not torch.equal(table.edges, init_edges) and table.edges[1] >= 0.5  # re-binned above the floor 1/2
+    assert not torch.allclose(table.values, torch.ones_like(table.values))  # moved by the validation gaps
+    with torch.no_grad():
+        accuracy = ((forward(xv) > 0) == (tv >= 0.5)).float().mean().item()
+    assert accuracy > 0.6  # learned something (a constant prediction gets about 0.5)
+
+
+def _miscalibrated(edges, labels, gap, gen, per_cell=20):
+    """Validation logits and targets with a known calibration gap: in every bin of ``edges`` above 1/2 and for
+    every label, ``per_cell`` elements of confidence c (the middle of the bin's part above 1/2) of which
+    round((c - gap) per_cell) are right (positive ``gap``: over-confident)."""
+    columns_x, columns_t = [], []
+    for _ in range(labels):
+        xs, ts = [], []
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+            if hi <= 0.5:
+                continue
+            c = (max(lo, 0.5) + hi) / 2
+            right = min(per_cell, max(0, round((c - gap) * per_cell)))
+            t = (torch.rand(per_cell, generator=gen) < 0.5).float()
+            sign = torch.where(t == 1.0, 1.0, -1.0) * torch.where(torch.arange(per_cell) < right, 1.0, -1.0)
+            xs.append(sign * math.log(c / (1 - c)))
+            ts.append(t)
+        order = torch.randperm(per_cell * len(xs), generator=gen)
+        columns_x.append(torch.cat(xs)[order])
+        columns_t.append(torch.cat(ts)[order])
+    if labels == 1:
+        return columns_x[0], columns_t[0]
+    return torch.stack(columns_x, 1), torch.stack(columns_t, 1)
+
+
+@pytest.mark.parametrize("gap", [0.25, -0.15], ids=["over-confident", "under-confident"])
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("name", ["adafocal", "classwise_adafocal"])
+def test_sigmoid_gamma_moves_with_the_sign_of_the_calibration_gap(name, task, gap, gen):
+    """create_policy on FocalLoss("sigmoid") with its defaults: validation elements whose confidence exceeds their
+    accuracy in every bin (and label) raise every occupied bin's gamma by exp(lam E); under-confident ones lower
+    it; bins without validation elements keep theirs."""
+    labels = TASKS[task]
+    loss = af.FocalLoss("sigmoid")
+    policy = _sigmoid_policy(name, loss, labels)
+    before, edges = policy.values.clone(), loss.gamma.edges.clone()
+    x, t = _miscalibrated(edges, labels, gap, gen)
+    stats = sigmoid_val_stats(loss, x, t)
+    ref = sigmoid_confidence_bins(x, t, edges)
+    fields = CLASSWISE_FIELDS if name == "classwise_adafocal" else BIN_FIELDS
+    count, conf_sum, correct = (ref[f].double() for f in fields)
+    occupied = count > 0
+    measured = (conf_sum - correct) / count.clamp_min(1)
+    assert occupied.sum() >= 7 * (labels if name == "classwise_adafocal" else 1)  # bins 7..14 of 15 are above 1/2
+    assert ((measured[occupied] > 0.15) if gap > 0 else (measured[occupied] < 0)).all()  # the construction
+    policy.epoch_end(stats)
+    after = policy.values
+    assert ((after[occupied] > before[occupied]) if gap > 0 else (after[occupied] < before[occupied])).all()
+    torch.testing.assert_close(after[occupied], before[occupied] * torch.exp(measured[occupied]))
+    assert torch.equal(after[~occupied], before[~occupied])

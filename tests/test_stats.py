@@ -1,11 +1,13 @@
 """BatchStats returned with return_stats=True, checked against values computed directly (spec: BatchStats)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import adaptive_focal as af
-from _reference import Table, far_from_edges_sigmoid, stable_ref_sigmoid, value_and_grad
+from helpers.reference import Table, far_from_edges_sigmoid, stable_ref_sigmoid, value_and_grad
 
 SIG = af.sigmoid_focal_loss
 SMX = af.softmax_focal_loss
@@ -80,12 +82,34 @@ def sigmoid_expected(x, t, ls, ignore_index, edges, loss_none, grad=None):
         class_count=np.bincount(cls[v], minlength=C),
         class_sum_pt=np.bincount(cls[v], weights=pt[v], minlength=C),
         sum_pt_pos=pt[v & (t_raw >= 0.5)].sum(),
+        **sigmoid_confidence_expected(p, t_raw, v, cls, C, edges),
     )
     if grad is not None:
         g = np.abs(grad.double().numpy())
         out["class_sum_grad_pos"] = np.bincount(cls[v], weights=(g * tt)[v], minlength=C)
         out["class_sum_grad_neg"] = np.bincount(cls[v], weights=(g * (1 - tt))[v], minlength=C)
     return out
+
+
+def sigmoid_confidence_expected(p, t_raw, valid, cls, C, edges):
+    """The confidence bins: every valid element a binary prediction with confidence max(p, 1 - p), correct when
+    (p > 1/2) == (t >= 1/2) or p = 1/2 (a tie), binned by ``edges``, per class (index along dim 1) and in total."""
+    conf = np.maximum(p, 1 - p)
+    correct = (((p > 0.5) == (t_raw >= 0.5)) | (p == 0.5)).astype(np.float64)
+    B = len(edges) - 1
+    cell = (cls * B + np_bin(conf, edges))[valid]
+
+    def per_cell(w):
+        return np.bincount(cell, weights=w[valid], minlength=C * B).reshape(C, B)
+
+    count = np.bincount(cell, minlength=C * B).reshape(C, B)
+    conf_sum, n_correct = per_cell(conf), per_cell(correct)
+    return dict(conf_count=count.sum(0), conf_sum=conf_sum.sum(0), correct_sum=n_correct.sum(0),
+                class_conf_count=count, class_conf_sum=conf_sum, class_correct_sum=n_correct)
+
+
+CONF_COUNTS = ("conf_count", "class_conf_count")
+CONF_SUMS = ("conf_sum", "correct_sum", "class_conf_sum", "class_correct_sum")
 
 
 def assert_stats_equal_expected(st, exp, edges, rtol=2e-5):
@@ -96,12 +120,14 @@ def assert_stats_equal_expected(st, exp, edges, rtol=2e-5):
         v = getattr(st, k)
         assert v.dtype == torch.int64 and v.dim() == 0, (k, v)
         assert int(v) == exp[k], (k, int(v), exp[k])
-    for k in ("pt_hist", "class_count"):
+    for k in ("pt_hist", "class_count") + CONF_COUNTS:
+        if k not in exp:
+            continue
         v = getattr(st, k)
         assert v.dtype == torch.int64, (k, v.dtype)
         np.testing.assert_array_equal(v.numpy(), exp[k], err_msg=k)
     for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt", "sum_pt_pos", "class_sum_grad_pos",
-              "class_sum_grad_neg"):
+              "class_sum_grad_neg") + CONF_SUMS:
         if k not in exp:
             continue
         v = getattr(st, k)
@@ -133,7 +159,7 @@ def sig_case(shape, opt, gen, edges, dtype=torch.float32):
 
 
 SMALL_SHAPES = {"N": (50,), "NC": (40, 3), "NCHW": (4, 3, 5, 6)}
-LARGE_SHAPES = {"large": (2048, 64), "largeNCHW": (8, 4, 64, 64)}
+LARGE_SHAPES = {"large": (2048, 64), "largeNCHW": (8, 4, 64, 64), "wide": (64, 600)}  # wide: rows > a block
 
 
 @pytest.mark.parametrize("shape", list({**SMALL_SHAPES, **LARGE_SHAPES}.values()),
@@ -170,17 +196,20 @@ def _check_sigmoid_stats(shape, opt, gform, reduction, gen):
     grad = ref_elem_grad(x, t, Table(TABLE_EDGES, table_values) if gform == "table" else 2.0, kw)
     exp = sigmoid_expected(x, t, kw["label_smoothing"], kw["ignore_index"], edges, none, grad)
     assert_stats_equal_expected(st, exp, edges)
-    assert st.conf_count is None and st.conf_sum is None and st.correct_sum is None
+    assert st.mode == "sigmoid"
     assert st.num_bins == len(edges) - 1
     assert st.num_classes == (1 if len(shape) == 1 else shape[1])
-    for f in ("count", "sum_pt", "pt_hist", "class_count", "class_sum_pt", "sum_loss"):
+    for f in ("count", "sum_pt", "pt_hist", "class_count", "class_sum_pt", "sum_loss") + CONF_COUNTS + CONF_SUMS:
         assert getattr(st, f).device == x.device
 
 
 @pytest.mark.parametrize("bins", [1, 4, 10, 15, 32])
-def test_sigmoid_stat_bins(bins, gen):
+@pytest.mark.parametrize("shape", [(30, 4), (1024, 40)], ids=["small", "large"])
+def test_sigmoid_stat_bins(bins, shape, gen):
+    # more than 16 bins: the kernel's portable binning, even in its AVX-512 build
+    af._kernels.kernel_available("cpu")
     edges = np.linspace(0, 1, bins + 1)
-    x, t, kw = sig_case((30, 4), "plain", gen, edges)
+    x, t, kw = sig_case(shape, "plain", gen, edges)
     _, st = SIG(x, t, return_stats=True, stat_bins=bins)
     exp = sigmoid_expected(x, t, 0.0, None, edges, SIG(x, t, reduction="none"))
     assert_stats_equal_expected(st, exp, edges)
@@ -233,15 +262,16 @@ def test_sigmoid_stats_halves_add_up(opt, shape, gform, gen):
 def assert_stats_added_equal(added, whole):
     assert isinstance(added, af.BatchStats)
     assert torch.equal(added.edges, whole.edges)
-    for k in ("count", "n_pos", "pt_hist", "class_count", "conf_count"):
+    assert added.mode == whole.mode
+    for k in ("count", "n_pos", "pt_hist", "class_count") + CONF_COUNTS:
         a, w = getattr(added, k), getattr(whole, k)
         if w is None:
             assert a is None
             continue
         assert a.dtype == torch.int64
         assert torch.equal(a, w), k
-    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt", "conf_sum", "correct_sum", "sum_pt_pos",
-              "class_sum_grad_pos", "class_sum_grad_neg"):
+    for k in ("sum_pt", "sum_loss", "sum_grad_norm", "class_sum_pt", "sum_pt_pos", "class_sum_grad_pos",
+              "class_sum_grad_neg") + CONF_SUMS:
         a, w = getattr(added, k), getattr(whole, k)
         if w is None:
             assert a is None
@@ -589,3 +619,81 @@ def test_default_edges_are_shared_and_rebuilt_after_an_in_place_change(gen):
     _, c = SIG(x, t, return_stats=True)
     assert c.edges is not a.edges and torch.equal(c.edges, torch.linspace(0, 1, 16))
     assert torch.equal(c.pt_hist, b.pt_hist)
+
+
+# --------------------------------------------------------------------------------------------
+# the mode
+# --------------------------------------------------------------------------------------------
+
+
+def test_stats_know_their_mode(gen):
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    sig = SIG(x, t, return_stats=True)[1]
+    smx = SMX(x, torch.randint(0, 3, (20,), generator=gen), return_stats=True)[1]
+    assert (sig.mode, smx.mode) == ("sigmoid", "softmax")
+    assert (sig + sig).mode == "sigmoid" and (smx + smx).mode == "softmax"
+    assert sig.to("cpu").mode == "sigmoid" and sum([smx, smx]).mode == "softmax"
+    assert af.BatchStats.from_state_dict(sig.state_dict()).mode == "sigmoid"
+    with pytest.raises(ValueError, match="cannot add sigmoid and softmax BatchStats"):
+        sig + smx
+    with pytest.raises(ValueError, match="mode must be one of 'sigmoid', 'softmax', got 'binary'"):
+        af.BatchStats(**{**sig.state_dict(), "mode": "binary"})
+
+
+def test_stats_without_a_mode_read_it_from_their_fields(gen):
+    """States saved before BatchStats had a mode, and code that builds BatchStats by hand, still work: softmax
+    statistics had the confidence bins and no per-class gradient sums, sigmoid statistics the opposite."""
+    x, t, _ = sig_case((20, 3), "plain", gen, DEFAULT_EDGES)
+    old_sigmoid = {k: v for k, v in SIG(x, t, return_stats=True)[1].state_dict().items()
+                   if k != "mode" and not k.startswith(("conf_", "correct_", "class_conf_", "class_correct_"))}
+    old_softmax = {k: v for k, v in SMX(x, torch.randint(0, 3, (20,), generator=gen), return_stats=True)[1]
+                   .state_dict().items() if k not in ("mode", "class_sum_grad_pos", "class_sum_grad_neg")}
+    assert af.BatchStats.from_state_dict(old_sigmoid).mode == "sigmoid"
+    assert af.BatchStats.from_state_dict(old_softmax).mode == "softmax"
+    minimal = {k: old_sigmoid[k] for k in ("edges", "count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm",
+                                           "pt_hist", "class_count", "class_sum_pt")}
+    assert af.BatchStats(**minimal).mode == "sigmoid"
+    assert af.BatchStats(**minimal, mode="softmax").mode == "softmax"
+
+
+# --------------------------------------------------------------------------------------------
+# sigmoid confidence bins
+# --------------------------------------------------------------------------------------------
+
+CONF_CASES = {  # logit, raw target -> (confidence, correct); 4 bins [0, .25, .5, .75, 1]
+    "right positive": (math.log(3.0), 1.0, 0.75, 1.0),
+    "wrong positive": (-math.log(3.0), 1.0, 0.75, 0.0),
+    "right negative": (-math.log(9.0), 0.0, 0.9, 1.0),
+    "tie": (0.0, 0.0, 0.5, 1.0),  # p = 1/2: correct whatever the target
+    "soft target, its label 1": (math.log(4.0), 0.5, 0.8, 1.0),
+    "soft target, its label 0": (math.log(4.0), 0.3, 0.8, 0.0),
+    "+inf": (math.inf, 0.0, 1.0, 0.0),
+    "-inf": (-math.inf, 0.0, 1.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("path", ["pytorch", "c_pass", "kernel"])
+def test_sigmoid_confidence_bins_hand_checked(path, monkeypatch):
+    """Each element a binary prediction: confidence max(p, 1 - p), correct when the logit's sign agrees with the
+    raw target read as a label (label smoothing does not change it); ignored elements are left out."""
+    if path != "pytorch" and not af._kernels.kernel_available("cpu"):
+        pytest.skip("no C compiler for the CPU kernel")
+    if path == "pytorch":
+        monkeypatch.setattr(af.functional, "_sigmoid_stats_kernel_fits", lambda *args: False)
+    xs, ts, conf, correct = (list(v) for v in zip(*CONF_CASES.values()))
+    x, t = torch.tensor(xs + [5.0]), torch.tensor(ts + [-1.0])  # the last one is ignored
+    reps = af._kernels.MIN_NUMEL // x.numel() + 1 if path == "kernel" else 1
+    x, t = x.repeat(reps, 1), t.repeat(reps, 1)  # (reps, cases): class c is case c
+    _, st = SIG(x, t, ignore_index=-1.0, label_smoothing=0.2, return_stats=True, stat_bins=4)
+    bins = [min(int(c * 4), 3) for c in conf]  # .5 -> bin 2, .75 -> bin 3, 1 -> bin 3 (closed)
+    c = len(conf)
+    want_count = torch.zeros(c + 1, 4, dtype=torch.int64)
+    want_conf, want_correct = torch.zeros(c + 1, 4), torch.zeros(c + 1, 4)
+    for i, (b, cf, ok) in enumerate(zip(bins, conf, correct)):
+        want_count[i, b], want_conf[i, b], want_correct[i, b] = reps, reps * cf, reps * ok
+    assert torch.equal(st.class_conf_count, want_count)
+    torch.testing.assert_close(st.class_conf_sum, want_conf, rtol=1e-6, atol=1e-4)
+    assert torch.equal(st.class_correct_sum, want_correct)
+    assert torch.equal(st.conf_count, want_count.sum(0))
+    torch.testing.assert_close(st.conf_sum, want_conf.sum(0), rtol=1e-6, atol=1e-3)
+    assert torch.equal(st.correct_sum, want_correct.sum(0))

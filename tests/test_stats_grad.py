@@ -1,8 +1,9 @@
 """sum_pt_pos and the per-class gradient sums (class_sum_grad_pos / class_sum_grad_neg) of sigmoid_focal_loss.
 
 The gradient sums are checked against torch.autograd.grad of the library's own element losses (reduction="none":
-the gradient the loss back-propagates) and against the independent float64 reference in _reference.py. With an
-input of shape (1, K) every element is its own class, so the class sums are the per-element values themselves.
+the gradient the loss back-propagates) and against the independent float64 reference in tests/helpers/reference.py.
+With an input of shape (1, K) every element is its own class, so the class sums are the per-element values
+themselves.
 """
 
 import math
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import adaptive_focal as af
-from _reference import Table, stable_ref_sigmoid, to_lib_gamma, value_and_grad
+from helpers.reference import Table, stable_ref_sigmoid, to_lib_gamma, value_and_grad
 
 SIG = af.sigmoid_focal_loss
 

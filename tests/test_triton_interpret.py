@@ -41,6 +41,8 @@ if (_INTERP_OK and not _HAS_CUDA
 
 import torch.nn.functional as F  # noqa: E402
 
+from adaptive_focal._kernels.layout import acc_len, conf_offset  # noqa: E402
+
 DEV = "cuda" if _HAS_CUDA else "cpu"
 STAT_EDGES = torch.linspace(0, 1, 16)  # default 15 bins; 0.5 is not an edge
 TABLE_EDGES = torch.tensor([0.0, 0.2, 0.45, 0.7, 0.9, 1.0])
@@ -104,22 +106,43 @@ def reference(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
             torch.where(valid & (t >= 0.5), p_t, 0.0).sum().reshape(1),       # sum_pt_pos
             (grad.abs() * t).sum(dim=(0, 2)),                                   # |dl/dx| t (0 where ignored)
             (grad.abs() * (1 - t)).sum(dim=(0, 2)),                             # |dl/dx| (1 - t)
+            *confidence_bins(x.detach(), t, valid, stat_edges),
         ])
     return elem.detach(), grad, acc
+
+
+def confidence_bins(x, t, valid, stat_edges):
+    """The confidence bins of the contract, in its order: every valid element a binary prediction with
+    confidence max(p, 1 - p), correct when (p > 1/2) == (t >= 1/2) (p = 1/2 counts as correct), binned by
+    the statistics' edges, per class (dim 1) and summed over the classes."""
+    N, C, S = x.shape
+    B = stat_edges.numel() - 1
+    p = torch.sigmoid(x.double())
+    conf = torch.maximum(p, 1 - p)
+    correct = (((p > 0.5) == (t >= 0.5)) | (p == 0.5)).double()
+    cell = (torch.arange(C).reshape(1, C, 1) * B + _bins(conf, stat_edges.double()))[valid]
+
+    def per_cell(w):
+        return torch.zeros(C * B, dtype=torch.float64).index_add_(0, cell, w[valid]).view(C, B)
+
+    count, conf_sum, n_correct = per_cell(torch.ones_like(p)), per_cell(conf), per_cell(correct)
+    return (count.sum(0), count.reshape(-1), conf_sum.sum(0), n_correct.sum(0), conf_sum.reshape(-1),
+            n_correct.reshape(-1))
 
 
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------
 def _push_off_edges(x, tp, edge_sets, tol=1e-4):
-    """Move logits whose p_t sits within tol of a bin edge (a float32/float64 tie could bin
-    differently); keeps the comparison exact."""
+    """Move logits whose p_t or confidence max(p, 1 - p) sits within tol of a bin edge (a
+    float32/float64 tie could bin differently); keeps the comparison exact."""
     x = x.clone()
     inner = torch.cat([e[1:-1].double() for e in edge_sets])
     for _ in range(100):
         p = torch.sigmoid(x.double())
         p_t = p * tp + (1 - p) * (1 - tp)
-        near = ((p_t.unsqueeze(-1) - inner).abs() < tol).any(-1)
+        conf = torch.maximum(p, 1 - p)
+        near = ((torch.stack([p_t, conf], -1).unsqueeze(-1) - inner).abs() < tol).any(-1).any(-1)
         if not near.any():
             return x
         x[near] += 0.037
@@ -195,7 +218,7 @@ def check(case, hooks, need_elementwise=True, need_stats=True):
     N, C, S = elem_r.shape
     B = STAT_EDGES.numel() - 1
     assert grad.shape == (N, C, S) and grad.dtype == torch.float32
-    assert acc.shape == (6 + B + 4 * C,) and acc.dtype == torch.float64
+    assert acc.shape == (acc_len(C, B),) and acc.dtype == torch.float64
     assert torch.isfinite(grad).all() and torch.isfinite(acc).all()
     if need_elementwise:
         assert elem.shape == (N, C, S) and elem.dtype == torch.float32
@@ -210,7 +233,16 @@ def check(case, hooks, need_elementwise=True, need_stats=True):
         assert torch.equal(acc[5:5 + B], acc_r[5:5 + B])                        # hist
         assert torch.equal(acc[5 + B:5 + B + C], acc_r[5 + B:5 + B + C])        # class_count
         # class_sum_pt, sum_pt_pos, class_sum_grad_pos, class_sum_grad_neg
-        torch.testing.assert_close(acc[5 + B + C:], acc_r[5 + B + C:], rtol=1e-5, atol=1e-5)
+        o = conf_offset(C, B)
+        torch.testing.assert_close(acc[5 + B + C:o], acc_r[5 + B + C:o], rtol=1e-5, atol=1e-5)
+        # confidence bins: counts exact; confidence sums; numbers correct exact
+        f = o + B + C * B
+        assert torch.equal(acc[o:f], acc_r[o:f])                                 # conf_count, class_conf_count
+        torch.testing.assert_close(acc[f:f + B], acc_r[f:f + B], rtol=1e-5, atol=1e-5)  # conf_sum
+        assert torch.equal(acc[f + B:f + 2 * B], acc_r[f + B:f + 2 * B])         # correct_sum
+        torch.testing.assert_close(acc[f + 2 * B:f + 2 * B + C * B], acc_r[f + 2 * B:f + 2 * B + C * B],
+                                   rtol=1e-5, atol=1e-5)                         # class_conf_sum
+        assert torch.equal(acc[f + 2 * B + C * B:], acc_r[f + 2 * B + C * B:])   # class_correct_sum
     else:
         assert torch.all(acc[3:] == 0)
     return elem, grad, acc
@@ -243,9 +275,9 @@ SHAPES = [
 @pytest.mark.parametrize("gamma_case", GAMMAS, ids=GAMMA_IDS)
 def test_matches_reference(gamma_case, opts, shape_hooks):
     shape, hooks = shape_hooks
-    a, w, i, l, d, s = opts
+    a, w, i, smooth, d, s = opts
     seed = hash((GAMMAS.index(gamma_case), L8.index(opts), len(shape))) % 1000
-    case = make_case(shape, gamma_case, a, w, i, 0.1 if l else 0.0, bool(d), s, seed=seed)
+    case = make_case(shape, gamma_case, a, w, i, 0.1 if smooth else 0.0, bool(d), s, seed=seed)
     check(case, hooks)
 
 
@@ -352,7 +384,7 @@ def test_nonfinite_logits_follow_the_library_rule(gamma, ls, alpha_on):
     """The rule of adaptive_focal/_kernels/__init__.py, as the C kernel and the PyTorch path apply it: +-inf gives
     the limits of the loss and gradient, NaN gives NaN and stays in the statistics (NaN sums, the last bin),
     ignored elements give 0 whatever their logit."""
-    from _reference import sigmoid_limit
+    from helpers.reference import sigmoid_limit
 
     inf, nan = math.inf, math.nan
     targets = [0.0, 1.0, 0.3]
@@ -377,6 +409,20 @@ def test_nonfinite_logits_follow_the_library_rule(gamma, ls, alpha_on):
     class_sum_pt = acc[5 + B + C:5 + B + 2 * C]
     assert class_sum_pt.isnan().tolist() == [False] * 6 + [True, True] + [False] * 4
     assert acc[5 + B + 2 * C].isnan()                               # sum_pt_pos: a positive NaN element
+    # confidence bins: every counted element once; a NaN logit in the last bin, its sums NaN
+    o = conf_offset(C, B)
+    f = o + B + C * B
+    class_count = acc[o + B:f].view(C, B)
+    assert class_count.sum() == 27 and acc[o:o + B].sum() == 27
+    assert class_count.sum(1).tolist() == [3.0] * 8 + [0.0] * 3 + [3.0]    # columns 8-10 are ignored
+    assert torch.all(class_count[6:8, B - 1] == 3)
+    class_sum, class_correct = acc[f + 2 * B:f + 2 * B + C * B].view(C, B), acc[f + 2 * B + C * B:].view(C, B)
+    for cells in (class_sum, class_correct):
+        assert cells.isnan().nonzero().tolist() == [[6, B - 1], [7, B - 1]]
+    assert acc[f + B - 1].isnan() and acc[f + 2 * B - 1].isnan()   # conf_sum, correct_sum of the last bin
+    assert not acc[f:f + B - 1].isnan().any()
+    # +-inf logits are computed at +-1e4: confidence 1, correct when the sign agrees with the target
+    assert class_correct[:6, B - 1].tolist() == [0.0, 3.0, 3.0, 0.0, 0.0, 3.0]
     from adaptive_focal._kernels import cpu
     if cpu.available():  # the C kernel gives the same, statistics included
         args = [case[k] for k in ("x", "t", "gamma", "gamma_kind", "table_edges", "alpha", "weight",

@@ -11,12 +11,18 @@ stat_edges, need_elementwise, need_stats) -> (elem, grad, acc)`` (``cpu.sigmoid_
   ``table_edges`` (Bt + 1,).
 * ``alpha``: (C,) or None; ``weight``: (N, C, S) or None; ``ignore_index``: float or None.
 * ``elem``: the element losses (N, C, S) when ``need_elementwise``, else an empty tensor.
-* ``acc``: float64 of length 6 + B + 4C, ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C],
-  class_sum_pt[C], sum_pt_pos, class_sum_grad_pos[C], class_sum_grad_neg[C]]`` (the statistics after ``n_pos`` are
-  zero unless ``need_stats``), over the non-ignored elements: ``n_pos`` and ``sum_pt_pos`` count / sum p_t over
-  raw targets >= 0.5, ``sum_absdiff`` sums ``|p - t'|``, ``hist[b]`` counts ``edges[b] <= p_t < edges[b + 1]`` (the
-  last bin closed; values outside [edges[0], edges[B]] count in the first / last bin), and the class gradient
-  sums add ``|g| t`` and ``|g| (1 - t)`` with g the element's entry of ``grad`` and t the raw target.
+* ``acc``: float64 of length 6 + 4B + 4C + 3CB (``layout.acc_len``), ``[sum_loss, count, n_pos, sum_pt,
+  sum_absdiff, hist[B], class_count[C], class_sum_pt[C], sum_pt_pos, class_sum_grad_pos[C], class_sum_grad_neg[C],
+  conf_count[B], class_conf_count[C][B], conf_sum[B], correct_sum[B], class_conf_sum[C][B], class_correct_sum[C][B]]``
+  (the statistics after ``n_pos`` are zero unless ``need_stats``), over the non-ignored elements: ``n_pos`` and
+  ``sum_pt_pos`` count / sum p_t over raw targets >= 0.5, ``sum_absdiff`` sums ``|p - t'|``, ``hist[b]`` counts
+  ``edges[b] <= p_t < edges[b + 1]`` (the last bin closed; values outside [edges[0], edges[B]] count in the first /
+  last bin), and the class gradient sums add ``|g| t`` and ``|g| (1 - t)`` with g the element's entry of ``grad``
+  and t the raw target. The confidence bins hold each element as a binary prediction: its confidence
+  ``max(p, 1 - p) = sigmoid(|x|)``, binned by the same edges, and whether it is correct, ``x >= 0`` for a raw
+  target ``t >= 0.5`` and ``x <= 0`` for ``t < 0.5`` (x the logit as computed, +-inf saturated), by class (index
+  along dim 1) and summed over the classes. A NaN logit (the rule of ``sigmoid_focal_cpu.c``'s header) is counted:
+  its p_t and its confidence fall in the last bin, and every sum it enters is NaN.
 * ``grad``: d(sum of element losses)/dx, (N, C, S) float32. It is returned so that autograd can save it: the
   backward is one multiplication, and the memory kept for backward is one float32 tensor the size of the logits.
 
@@ -31,6 +37,7 @@ import functools
 import torch
 
 from . import cpu
+from .layout import acc_len
 
 __all__ = ["MIN_NUMEL", "kernel_available", "sigmoid_focal"]
 
@@ -38,7 +45,7 @@ __all__ = ["MIN_NUMEL", "kernel_available", "sigmoid_focal"]
 MIN_NUMEL = 1 << 15
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_available() -> bool:
     try:
         from . import triton_sigmoid  # noqa: F401
@@ -59,10 +66,6 @@ def kernel_available(device_type: str) -> bool:
     if device_type == "cuda":
         return _triton_available()
     return False
-
-
-def _acc_len(c: int, stat_edges: torch.Tensor) -> int:
-    return 6 + (stat_edges.numel() - 1) + 4 * c
 
 
 @torch.library.custom_op("adaptive_focal::sigmoid_focal", mutates_args=())
@@ -98,7 +101,7 @@ def sigmoid_focal(
 def _(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing, detach_modulator,
       stat_edges, need_elementwise, need_stats):
     elem = torch.empty_like(x) if need_elementwise else x.new_empty(0)
-    acc = x.new_empty(_acc_len(x.shape[1], stat_edges), dtype=torch.float64)
+    acc = x.new_empty(acc_len(x.shape[1], stat_edges.numel() - 1), dtype=torch.float64)
     return elem, acc, torch.empty_like(x)
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from .layout import acc_len
+
 _SOURCE = Path(__file__).with_name("sigmoid_focal_cpu.c")
 _BASE_FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 
@@ -215,11 +217,19 @@ def sigmoid_focal_forward(
     # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
     threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
     # one row per thread (zeroed by the kernel), summed after; a single thread writes the returned vector itself
-    acc = torch.empty((6 + bins + 4 * c) if threads == 1 else (threads, 6 + bins + 4 * c), dtype=torch.float64)
+    size = acc_len(c, bins)
+    acc = torch.empty(size if threads == 1 else (threads, size), dtype=torch.float64)
     args = _make_args(x, t, grad, elem if need_elementwise else None, gamma, gamma_kind, table_edges, alpha, weight,
                       ignore_index, label_smoothing, detach_modulator, stat_edges, need_stats, gamma_negative)
-    lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), acc.shape[-1])
+    _check(lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), size), c, bins)
     return elem, grad, acc if threads == 1 else acc.sum(0)
+
+
+def _check(rc: int, c: int, bins: int) -> None:
+    """Raises for a failed kernel call: it could not allocate its confidence cells (one set per thread)."""
+    if rc != 0:
+        raise MemoryError(f"the CPU focal-loss kernel could not allocate its statistics' confidence cells for {c} "
+                          f"classes and {bins} bins")
 
 
 def _make_args(x, t, grad, elem, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing,
@@ -270,7 +280,7 @@ def sigmoid_focal_stats(
     if numel >= SCRATCH_NUMEL:
         raise ValueError(f"sigmoid_focal_stats is for inputs under {SCRATCH_NUMEL} elements, got {numel}")
     bins = stat_edges.numel() - 1
-    size = 6 + bins + 4 * c
+    size = acc_len(c, bins)
     grad = getattr(_scratch, "grad", None)
     if grad is None or grad.numel() < numel:
         grad = _scratch.grad = torch.empty(max(numel, 1024))
@@ -282,7 +292,7 @@ def sigmoid_focal_stats(
         acc = accs[size] = torch.empty(size, dtype=torch.float64)
     args = _make_args(x, t, grad, None, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
                       label_smoothing, detach_modulator, stat_edges, True, gamma_negative)
-    lib.sigmoid_focal_cpu(ctypes.byref(args), n if s == 1 else n * c, 1, acc.data_ptr(), size)
+    _check(lib.sigmoid_focal_cpu(ctypes.byref(args), n if s == 1 else n * c, 1, acc.data_ptr(), size), c, bins)
     return acc
 
 

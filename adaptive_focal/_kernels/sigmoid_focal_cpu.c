@@ -29,9 +29,17 @@
  * blocks pay nothing for the rule; a NaN logit gives a NaN loss and
  * gradient and is kept in the statistics (its p_t is NaN: the sums over it are NaN, and the histogram counts it
  * in the last bin, as torch.bucketize does).
+ *
+ * Confidence bins: each element is also a binary prediction with confidence max(p, 1 - p) = sigmoid(|x|) (the s
+ * = 1 / (1 + exp(-|x|)) both main loops compute anyway) that is correct when the logit's sign agrees with the raw
+ * target's label (x >= 0 for t >= 0.5, x <= 0 for t < 0.5). The main loops store it signed (+s correct, -s not);
+ * block_conf bins it and adds it into per-thread integer cells per (class, bin, correct): a float32 confidence in
+ * [1/2, 1] is a multiple of 2^-24, so (conf - 1/2) 2^24 is an integer below 2^23 and the sums are exact integers,
+ * whatever the order. A NaN confidence has a cell of its own per class (its bin is the last, its sums NaN).
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The AVX-512 paths (statistics and histogram) need these extensions (Ice Lake, Zen 4 and later, with
@@ -154,6 +162,17 @@ typedef struct {
     const float *x;
     float *elem;
     float xs[BLOCK], el[BLOCK];
+    /* confidence bins (see block_conf): the signed confidence of each element (+s correct, -s wrong), the first
+       cell of each position's class, and each element's cell and value */
+    float cf[BLOCK];
+    int32_t cell0[BLOCK];
+    union {
+        uint64_t packed[BLOCK];                       /* the AVX-512 path */
+        struct { int32_t cell[BLOCK], d[BLOCK]; } split;  /* the portable one */
+    } conf;
+    uint64_t *cells;     /* this thread's cells: C (2B + 1), and the spare one (unsigned: it may wrap) */
+    int64_t conf_since;  /* elements added to the cells since they were last folded into acc */
+    int32_t spare;       /* index of the spare cell */
 #ifdef HIST_AVX512
     hist_state hist;
 #endif
@@ -401,7 +420,9 @@ static inline __attribute__((always_inline)) void fused_loop(
         n_pos += pos ? 1 : 0;
         if (stats) {  /* the rest in block_stats */
             float d = p - ts;
+            int correct = tv >= 0.5f ? xv >= 0.0f : xv <= 0.0f;  /* the label of the raw target */
             b->pt[j] = valid ? pt : -1.0f;
+            b->cf[j] = correct ? s : -s;                          /* s = max(p, 1 - p) */
             absd += valid ? (d < 0.0f ? -d : d) : 0.0f;  /* sum_absdiff: a float sum per block */
         }
     }
@@ -456,6 +477,7 @@ static inline __attribute__((always_inline)) void hard_loop(
         n_pos += (valid & pos) ? 1 : 0;
         if (stats) {  /* the rest in block_stats; |p - t| = 1 - p_t for a hard target */
             b->pt[j] = valid ? pt : -1.0f;
+            b->cf[j] = z >= 0.0f ? s : -s;  /* max(p, 1 - p), correct when z = +-x agrees with the target */
             absd += valid ? q : 0.0f;
         }
     }
@@ -536,10 +558,166 @@ static inline __attribute__((always_inline)) void block_stats_loop(
 }
 #endif
 
+/*
+ * Confidence bins. Each thread adds its elements into integer cells, 2B + 1 per class: bin k of the correct
+ * predictions (2k), of the wrong ones (2k + 1), and the NaN confidences (2B); one more cell takes the ignored
+ * elements (and the lanes past a block's end) and is never read. A cell holds a count in its top 21 bits and the
+ * sum of the fixed-point confidences d = (conf - 1/2) 2^24 (an integer below 2^23) in its low 43 bits, so one
+ * addition records an element; the cells are folded into acc (float64) before they hold CONF_FOLD elements, so
+ * neither field can overflow. The binning of a block is vectorised (conf_cells); the additions cannot be (several
+ * elements of a vector may share a cell), and at about half a nanosecond per element they are most of the
+ * statistics' cost.
+ */
+#define CONF_COUNT_SHIFT 43
+#define CONF_FOLD ((int64_t)1 << 20)
+
+/* acc offsets of the confidence statistics (layout: adaptive_focal/_kernels/__init__.py) */
+typedef struct { double *count, *class_count, *sum, *correct, *class_sum, *class_correct; } conf_acc;
+
+static conf_acc conf_fields(const focal_args *a, double *acc) {
+    const int64_t B = a->stat_bins, C = a->c;
+    conf_acc f;
+    f.count = acc + 6 + B + 4 * C;
+    f.class_count = f.count + B;
+    f.sum = f.class_count + C * B;
+    f.correct = f.sum + B;
+    f.class_sum = f.correct + B;
+    f.class_correct = f.class_sum + C * B;
+    return f;
+}
+
+#ifdef HIST_AVX512
+/* The cells and values of a block, 16 at a time with the p_t histogram's tables (hist_avx512), packed as
+   cell << 44 | 1 << 43 | d (in an order of their own: the additions do not care). Whole vectors: the lanes past
+   len go to the spare cell. */
+static void conf_cells_avx512(const focal_args *a, block_buf *restrict b, int32_t len) {
+    const int32_t nb = a->stat_bins;
+    const hist_state *h = &b->hist;
+    const __m512 vtab = _mm512_loadu_ps(h->tab), vlo = _mm512_loadu_ps(h->lo), vhi = _mm512_loadu_ps(h->hi);
+    const __m512 fb = _mm512_set1_ps((float)nb), zero = _mm512_setzero_ps();
+    const __m512 half = _mm512_set1_ps(0.5f), scale = _mm512_set1_ps(16777216.0f);
+    const __m512i last = _mm512_set1_epi32(nb - 1), one = _mm512_set1_epi32(1);
+    const __m512i nan_sub = _mm512_set1_epi32(2 * nb), absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512i spare = _mm512_set1_epi32(b->spare), unit = _mm512_set1_epi32(1 << (CONF_COUNT_SHIFT - 32));
+    for (int32_t j0 = 0; j0 < len; j0 += 16) {
+        const __mmask16 m = len - j0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - j0)) - 1u);
+        const __m512i bits = _mm512_loadu_si512(b->cf + j0);
+        const __m512 conf = _mm512_castsi512_ps(_mm512_and_si512(bits, absmask));
+        const __mmask16 valid = _mm512_mask_cmp_ps_mask(m, _mm512_loadu_ps(b->pt + j0), zero, _CMP_NLT_UQ);
+        __m512i k;
+        if (a->hist_equal) {  /* floor(conf B) is the bin or next to it; its two edges decide (see bins_equal16) */
+            k = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_mul_ps(conf, fb)), last);
+            const __mmask16 down = _mm512_cmp_ps_mask(conf, _mm512_permutexvar_ps(k, vlo), _CMP_LT_OQ);
+            const __mmask16 up = _mm512_cmp_ps_mask(conf, _mm512_permutexvar_ps(k, vhi), _CMP_GE_OQ);
+            k = _mm512_mask_add_epi32(_mm512_mask_sub_epi32(k, down, k, one), up, k, one);
+        } else {  /* a binary search over the interior edges (see bins_search16) */
+            k = _mm512_setzero_si512();
+            for (int32_t step = 8; step >= 1; step >>= 1) {
+                const __m512i cand = _mm512_add_epi32(k, _mm512_set1_epi32(step));
+                const __mmask16 ge = _mm512_cmp_ps_mask(conf, _mm512_permutexvar_ps(cand, vtab), _CMP_NLT_UQ);
+                k = _mm512_mask_mov_epi32(k, ge, cand);
+            }
+            k = _mm512_min_epi32(k, last);
+        }
+        /* 2k for a correct prediction, 2k + 1 for a wrong one (stored negative), 2B for NaN */
+        __m512i sub = _mm512_add_epi32(_mm512_add_epi32(k, k), _mm512_srli_epi32(bits, 31));
+        sub = _mm512_mask_mov_epi32(sub, _mm512_cmp_ps_mask(conf, conf, _CMP_UNORD_Q), nan_sub);
+        const __m512i cell = _mm512_mask_add_epi32(spare, valid, _mm512_loadu_si512(b->cell0 + j0), sub);
+        /* d exact; NaN to 0 (max_ps returns its second operand) */
+        const __m512i d = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(conf, half), scale), zero));
+        const __m512i high = _mm512_or_si512(_mm512_slli_epi32(cell, 44 - 32), unit);
+        _mm512_storeu_si512(b->conf.packed + j0, _mm512_unpacklo_epi32(d, high));
+        _mm512_storeu_si512(b->conf.packed + j0 + 8, _mm512_unpackhi_epi32(d, high));
+    }
+}
+#endif
+
+/* The same for any number of bins: each element's cell and d. */
+static void conf_cells(const focal_args *a, block_buf *restrict b, int32_t len) {
+    const int32_t nb = a->stat_bins;
+    int32_t *restrict cell = b->conf.split.cell, *restrict dv = b->conf.split.d;
+#pragma omp simd
+    for (int32_t j = 0; j < len; ++j) {
+        const float cf = b->cf[j], conf = __builtin_fabsf(cf);
+        const int32_t k = (int32_t)bin_of(conf, a->stat_edges, nb);
+        const int32_t sub = conf != conf ? 2 * nb : 2 * k + (cf < 0.0f ? 1 : 0);
+        cell[j] = b->pt[j] < 0.0f ? b->spare : b->cell0[j] + sub;
+        float d = (conf - 0.5f) * 16777216.0f;  /* exact; NaN to 0, and nothing outside [0, 2^23] */
+        d = d > 0.0f ? (d < 8388608.0f ? d : 8388608.0f) : 0.0f;
+        dv[j] = (int32_t)d;
+    }
+}
+
+/* The confidence statistics of a block: the cells and values, then one addition per element. */
+static void block_conf(const focal_args *a, block_buf *restrict b, int32_t len) {
+    uint64_t *restrict cells = b->cells;
+#ifdef HIST_AVX512
+    if (a->stat_bins <= 16 && b->spare < (1 << 20)) {  /* the packed cell index has 20 bits */
+        conf_cells_avx512(a, b, len);
+        const uint64_t *restrict pk = b->conf.packed, low = ((uint64_t)1 << 44) - 1;
+        const int32_t whole = (len + 15) & ~15;  /* whole vectors were written, each in its own order */
+        for (int32_t j = 0; j < whole; j += 4) {
+            const uint64_t v0 = pk[j], v1 = pk[j + 1], v2 = pk[j + 2], v3 = pk[j + 3];
+            cells[v0 >> 44] += v0 & low;
+            cells[v1 >> 44] += v1 & low;
+            cells[v2 >> 44] += v2 & low;
+            cells[v3 >> 44] += v3 & low;
+        }
+        b->conf_since += len;
+        return;
+    }
+#endif
+    conf_cells(a, b, len);
+    const int32_t *restrict cell = b->conf.split.cell, *restrict dv = b->conf.split.d;
+    for (int32_t j = 0; j < len; ++j) cells[cell[j]] += ((uint64_t)1 << CONF_COUNT_SHIFT) + (uint32_t)dv[j];
+    b->conf_since += len;
+}
+
+/* Adds the cells into acc (per class and bin: count, confidence sum, number correct) and clears them. */
+static void fold_conf(const focal_args *a, block_buf *b, double *acc) {
+    const int64_t B = a->stat_bins, C = a->c;
+    const uint64_t mask = ((uint64_t)1 << CONF_COUNT_SHIFT) - 1;
+    const conf_acc f = conf_fields(a, acc);
+    uint64_t *cell = b->cells;
+    for (int64_t c = 0; c < C; ++c) {
+        for (int64_t sub = 0; sub <= 2 * B; ++sub, ++cell) {
+            const int64_t n = (int64_t)(*cell >> CONF_COUNT_SHIFT), d = (int64_t)(*cell & mask);
+            *cell = 0;
+            if (n == 0) continue;
+            const int64_t at = c * B + (sub < 2 * B ? sub / 2 : B - 1);
+            f.class_count[at] += (double)n;
+            if (sub == 2 * B) {  /* NaN confidences: counted in the last bin, whose sums they make NaN */
+                f.class_sum[at] = f.class_correct[at] = __builtin_nan("");
+                continue;
+            }
+            f.class_sum[at] += 0.5 * (double)n + (double)d * (1.0 / 16777216.0);
+            if (sub % 2 == 0) f.class_correct[at] += (double)n;
+        }
+    }
+    b->cells[b->spare] = 0;
+    b->conf_since = 0;
+}
+
+/* The last fold of a thread, and its per-bin sums over the classes. */
+static void finish_conf(const focal_args *a, block_buf *b, double *acc) {
+    fold_conf(a, b, acc);
+    const int64_t B = a->stat_bins, C = a->c;
+    const conf_acc f = conf_fields(a, acc);
+    for (int64_t c = 0; c < C; ++c) {
+        for (int64_t k = 0; k < B; ++k) {
+            f.count[k] += f.class_count[c * B + k];
+            f.sum[k] += f.class_sum[c * B + k];
+            f.correct[k] += f.class_correct[c * B + k];
+        }
+    }
+}
+
 static void block_stats(const focal_args *a, block_buf *b, int64_t off, int32_t len, int32_t width, double *acc) {
     const int32_t rows = len / width;
     if (a->has_ignore) block_stats_loop(a, b, off, rows, width, acc, 1);
     else block_stats_loop(a, b, off, rows, width, acc, 0);
+    if (b->conf_since + len > CONF_FOLD - 1) fold_conf(a, b, acc);
+    block_conf(a, b, len);
     const int32_t nb = a->stat_bins;
 #ifdef HIST_AVX512
     if (nb <= 16) {
@@ -626,13 +804,26 @@ static void process_block(const focal_args *a, block_buf *b, int64_t off, int32_
     if (a->need_stats) block_stats(a, b, off, len, width, acc);
 }
 
-/* Runs units [unit_begin, unit_end) of a->... on the calling thread. */
-static void run_range(const focal_args *a) {
+/* The first confidence cell of the class of each block position j < len (whose class is cls[j]). */
+static void conf_positions(block_buf *b, int64_t len, int32_t nb) {
+    for (int64_t j = 0; j < len; ++j) b->cell0[j] = b->cls[j] * (2 * nb + 1);
+}
+
+/* Runs units [unit_begin, unit_end) of a->... on the calling thread; returns 0, or -1 when the confidence cells
+   could not be allocated. */
+static int run_range(const focal_args *a) {
     block_buf *b = (block_buf *)__builtin_alloca(sizeof(block_buf));
     const int64_t C = a->c, S = a->s;
     double *acc = a->acc, *class_count = acc + 5 + a->stat_bins;
     int32_t since_fold = 0;  /* blocks */
     clear_sums(b, BLOCK);
+    b->cells = NULL;
+    b->conf_since = 0;
+    b->spare = (int32_t)(C * (2 * a->stat_bins + 1));
+    if (a->need_stats) {
+        b->cells = (uint64_t *)calloc((size_t)b->spare + 1, sizeof(uint64_t));
+        if (!b->cells) return -1;
+    }
 #ifdef HIST_AVX512
     const int hist_vec = a->need_stats && a->stat_bins <= 16;  /* block_stats bins with hist_avx512 */
     if (hist_vec) hist_avx512_init(&b->hist, a->stat_bins, a->stat_edges);
@@ -647,6 +838,7 @@ static void run_range(const focal_args *a) {
             b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
             b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
         }
+        conf_positions(b, span, a->stat_bins);
         for (int64_t row = a->unit_begin; row < a->unit_end; row += rows_per_block) {
             int64_t rows = a->unit_end - row < rows_per_block ? a->unit_end - row : rows_per_block;
             process_block(a, b, row * C, (int32_t)(rows * C), (int32_t)C, acc);
@@ -665,6 +857,7 @@ static void run_range(const focal_args *a) {
                     b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c0 + j] : 0.0f);
                     b->a_pos[j] = a->alpha ? a->alpha[c0 + j] : 1.0f;
                 }
+                conf_positions(b, len, a->stat_bins);
                 process_block(a, b, row * C + c0, len, len, acc);
                 fold_sums(a, b, len, acc);
             }
@@ -681,6 +874,7 @@ static void run_range(const focal_args *a) {
                 b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
                 b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
             }
+            conf_positions(b, used, a->stat_bins);
             for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
                 int32_t len = (int32_t)(S - s0 < BLOCK ? S - s0 : BLOCK);
                 process_block(a, b, unit * S + s0, len, len, acc);
@@ -694,6 +888,11 @@ static void run_range(const focal_args *a) {
 #ifdef HIST_AVX512
     if (hist_vec) hist_avx512_flush(&b->hist, a->stat_bins, acc + 5);
 #endif
+    if (a->need_stats) {
+        finish_conf(a, b, acc);
+        free(b->cells);
+    }
+    return 0;
 }
 
 /* Runs all units on `threads` threads; thread i handles the i-th of `threads` equal ranges and accumulates into
@@ -701,6 +900,8 @@ static void run_range(const focal_args *a) {
    order. Returns 0 on success. */
 int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, double *acc_rows, int64_t acc_len) {
     const int32_t hist_equal = a->need_stats ? equal_width_edges(a->stat_edges, a->stat_bins) : 0;
+    int failed = 0;
+    if (a->need_stats && a->c * (2 * (int64_t)a->stat_bins + 1) >= INT32_MAX) return -1;  /* int32 cell indices */
     memset(acc_rows, 0, sizeof(double) * (size_t)threads * (size_t)acc_len);
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int32_t i = 0; i < threads; ++i) {
@@ -709,9 +910,12 @@ int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, doubl
         local.unit_end = units * (i + 1) / threads;
         local.acc = acc_rows + i * acc_len;
         local.hist_equal = hist_equal;
-        run_range(&local);
+        if (run_range(&local) != 0) {
+#pragma omp atomic write
+            failed = 1;
+        }
     }
-    return 0;
+    return failed ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------------------------------------------------

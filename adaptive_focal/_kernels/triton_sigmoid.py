@@ -24,6 +24,14 @@ Design
   them (in float64) and writes one row of a small float64 buffer (counts are exact integers), and
   torch sums the rows; no atomics, so results are bit-reproducible run to run. The p_t histogram
   uses ``tl.histogram`` (with a per-bin-reduction fallback if that fails to compile).
+* Confidence bins: each element is also a binary prediction, confidence max(p, 1 - p) (the ``s``
+  the sigmoid computes anyway), correct when the sign of the logit agrees with the raw target's
+  label. Per tile and bin, one masked reduction over the tile's N and S axes gives each class's
+  count and number correct (packed in one int32: a tile holds fewer than 2^16 elements of a
+  class) and one its confidence sum, added into (BLOCK_C, bins) accumulators: 2B reductions per
+  tile, the statistics' largest cost on the device (measured by research/benchmarks/bench_triton.py).
+  A NaN confidence falls in the last bin and makes its confidence sum NaN; the host makes the
+  matching correct sum NaN too.
 
 The module imports ``triton`` at import time; it must only be imported when triton is available
 (``adaptive_focal._kernels`` checks this). With ``TRITON_INTERPRET=1`` set before triton is first
@@ -36,6 +44,8 @@ import math
 import os
 
 import torch
+
+from . import layout
 
 try:
     import triton
@@ -99,7 +109,7 @@ def _log1p_kernel(u_ptr, out_ptr, n, BLOCK: tl.constexpr):
 @triton.jit(do_not_specialize=["N", "N_TILES", "P_REST"])
 def _sigmoid_focal_fwd_kernel(
     x_ptr, t_ptr, gamma_ptr, tedges_ptr, alpha_ptr, w_ptr, sedges_ptr,
-    elem_ptr, grad_ptr, part_s_ptr, part_c_ptr,
+    elem_ptr, grad_ptr, part_s_ptr, part_c_ptr, part_f_ptr,
     N, C, S, NB_S, N_TILES, P_REST, NCB,
     NB_TABLE, NB_STAT,
     ignore_value, ls,
@@ -144,6 +154,10 @@ def _sigmoid_focal_fwd_kernel(
         acc_gpos = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_gneg = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_hist = tl.zeros((HIST_PAD,), tl.int32)
+        # confidence bins per (class of the block, bin)
+        acc_fcnt = tl.zeros((BLOCK_C, HIST_PAD), tl.int32)
+        acc_fcor = tl.zeros((BLOCK_C, HIST_PAD), tl.int32)
+        acc_fsum = tl.zeros((BLOCK_C, HIST_PAD), tl.float32)
 
     for tile in range(pid_rest, N_TILES, P_REST):
         nb = tile // NB_S
@@ -253,6 +267,19 @@ def _sigmoid_focal_fwd_kernel(
                 hkk = tl.arange(0, HIST_PAD)
                 for k in tl.static_range(HIST_PAD):
                     acc_hist += tl.where(hkk == k, tl.sum((hb == k).to(tl.int32)), 0)
+            # each element as a binary prediction: confidence max(p, 1 - p) = s, correct when the
+            # logit's sign agrees with the raw target's label (x = 0 is a tie: correct)
+            correct = tl.where(t >= 0.5, x >= 0.0, x <= 0.0)
+            fb = tl.where(valid, _bin_index(s, sedges_ptr, NB_STAT), NB_STAT)
+            packed = 1 + correct.to(tl.int32) * 65536  # count | number correct << 16, per element
+            hk2 = tl.arange(0, HIST_PAD)[None, :]
+            for k in range(NB_STAT):
+                in_k = fb == k
+                both = tl.sum(tl.sum(tl.where(in_k, packed, 0), axis=2), axis=0)
+                conf = tl.sum(tl.sum(tl.where(in_k, s, 0.0), axis=2), axis=0)
+                acc_fcnt = tl.where(hk2 == k, acc_fcnt + (both & 65535)[:, None], acc_fcnt)
+                acc_fcor = tl.where(hk2 == k, acc_fcor + (both >> 16)[:, None], acc_fcor)
+                acc_fsum = tl.where(hk2 == k, acc_fsum + conf[:, None], acc_fsum)
 
     # ---- per-program partials: row `pid` of part_s, row `pid_rest` (class slice) of part_c ----
     row = part_s_ptr + pid * PART_W
@@ -275,6 +302,13 @@ def _sigmoid_focal_fwd_kernel(
         tl.store(crow + C + cvec, cpt, mask=cvec < C)
         tl.store(crow + 2 * C + cvec, cgpos, mask=cvec < C)
         tl.store(crow + 3 * C + cvec, cgneg, mask=cvec < C)
+        # confidence cells of the block's classes: [count, sum, number correct] x (C, NB_STAT)
+        frow = part_f_ptr + pid_rest * (3 * C * NB_STAT)
+        cell = cvec[:, None] * NB_STAT + tl.arange(0, HIST_PAD)[None, :]
+        in_range = (cvec[:, None] < C) & (tl.arange(0, HIST_PAD)[None, :] < NB_STAT)
+        tl.store(frow + cell, acc_fcnt.to(tl.float64), mask=in_range)
+        tl.store(frow + C * NB_STAT + cell, acc_fsum.to(tl.float64), mask=in_range)
+        tl.store(frow + 2 * C * NB_STAT + cell, acc_fcor.to(tl.float64), mask=in_range)
     else:
         tl.store(row + 3, 0.0)
         tl.store(row + 4, 0.0)
@@ -351,7 +385,7 @@ def _launch(n_prog, args, meta, need_stats):
         import warnings
 
         warnings.warn(f"adaptive_focal: Triton kernel with tl.histogram failed ({type(exc).__name__}: "
-                      f"{str(exc)[:200]}); using the per-bin reduction fallback", RuntimeWarning)
+                      f"{str(exc)[:200]}); using the per-bin reduction fallback", RuntimeWarning, stacklevel=3)
         _HIST_MODE = 1
         _sigmoid_focal_fwd_kernel[(n_prog,)](*args, HIST_MODE=1, **meta)
 
@@ -362,9 +396,9 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     """Fused sigmoid focal loss; see the module docstring and the spec's kernel contract.
 
     Returns ``(elem, grad, acc)``: elem (N, C, S) float32 (empty unless ``need_elementwise``),
-    grad (N, C, S) float32 = d(sum elem)/dx, acc float64 of length 6 + B + 4C
+    grad (N, C, S) float32 = d(sum elem)/dx, acc float64 in the contract's layout (``layout.acc_len``:
     ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C], class_sum_pt[C], sum_pt_pos,
-    class_sum_grad_pos[C], class_sum_grad_neg[C]]``.
+    class_sum_grad_pos[C], class_sum_grad_neg[C]]`` and the confidence bins).
     ``_tile`` / ``_programs`` override the tile size and program count (tests only).
     """
     if x.dim() == 0:
@@ -446,7 +480,7 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
 
     grad = torch.empty((N, C, S), **f32)
     elem = torch.empty((N, C, S), **f32) if need_elementwise else torch.empty(0, **f32)
-    acc_len = 6 + B + 4 * C
+    acc_len = layout.acc_len(C, B)
     if numel == 0:
         grad.zero_()
         return elem, grad, torch.zeros(acc_len, device=device, dtype=torch.float64)
@@ -464,13 +498,15 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     part_w = 6 + B
     part_s = torch.empty((n_prog, part_w), device=device, dtype=torch.float64)
     part_c = torch.empty((p_rest, 4 * C), device=device, dtype=torch.float64) if need_stats else None
+    # part_f rows: the confidence cells [count, sum, correct] x (C, B) per class-block slice
+    part_f = torch.empty((p_rest, 3 * C * B), device=device, dtype=torch.float64) if need_stats else None
     idx64 = (N + bn) * C * (S + bs) >= 2 ** 31  # offsets of masked lanes past the end must fit too
     dummy = x
 
     args = (
         x, t, gamma, table_edges, alpha if has_alpha else dummy, weight if has_weight else dummy,
         stat_edges, elem if need_elementwise else dummy, grad, part_s,
-        part_c if need_stats else part_s,
+        part_c if need_stats else part_s, part_f if need_stats else part_s,
         N, C, S, nb_s, n_tiles, p_rest, ncb, nb_table, B, ignore_value, ls,
     )
     meta = dict(
@@ -483,9 +519,14 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     acc_s = part_s.sum(0)
     if need_stats:
         acc_c = part_c.sum(0)
-        acc = torch.cat([acc_s[:5 + B], acc_c[:2 * C], acc_s[5 + B:], acc_c[2 * C:]])
+        count, conf_sum, correct = part_f.sum(0).view(3, C, B)
+        # a NaN confidence (a NaN logit) made its cell's confidence sum NaN: its number correct is NaN too
+        correct = torch.where(conf_sum.isnan(), conf_sum, correct)
+        acc = torch.cat([acc_s[:5 + B], acc_c[:2 * C], acc_s[5 + B:], acc_c[2 * C:],
+                         count.sum(0), count.reshape(-1), conf_sum.sum(0), correct.sum(0), conf_sum.reshape(-1),
+                         correct.reshape(-1)])
     else:
-        acc = torch.cat([acc_s, torch.zeros(4 * C, device=device, dtype=torch.float64)])
+        acc = torch.cat([acc_s, torch.zeros(acc_len - acc_s.numel(), device=device, dtype=torch.float64)])
     return elem, grad, acc
 
 

@@ -11,8 +11,7 @@ from numbers import Real
 
 import torch
 
-from ..gamma_forms import AsymmetricGamma, FocalMixture
-from ..gamma_forms import GammaTable
+from ..gamma_forms import AsymmetricGamma, FocalMixture, GammaTable
 from ._checks import on_host
 
 # gamma kinds, shared with the kernel contract

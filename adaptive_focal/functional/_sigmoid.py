@@ -18,7 +18,6 @@ from ..gamma_forms import FocalMixture
 from ..stats import BatchStats
 from ._checks import on_host, with_class_weight
 from ._gamma import FULL, PER_CLASS, SCALAR, TABLE, Gamma, check_mixture
-from ._stats import histogram
 
 
 def canonical_shape(input: torch.Tensor) -> tuple[int, int, int]:
@@ -136,37 +135,64 @@ def reference(x, t, g: Gamma, gval, alpha, weight, ignore_index, ls, detach, edg
     stats = None
     if need_stats:
         with torch.no_grad():
-            v = torch.ones_like(p_t) if valid is None else valid.to(p_t.dtype)
-            positive = t >= 0.5 if valid is None else (t >= 0.5) & valid
-            pos = positive.to(v.dtype)
-            f32 = torch.float32
-            # |dl/dx| per element (0 where ignored), split by the raw target
-            grad = _elem_grad(p, p_t, ts, ce, log_p, log_pm, log_q, m, gam, g.nonneg, detach, alpha_t,
-                              weight).abs() * v
-            # seven per-element quantities summed per class in one reduction (this runs every training step);
-            # float64 sums keep the counts exact however many elements a batch has
-            # (p_t over the positives is selected, not multiplied by 0/1, so that a negative's NaN stays out of it)
-            per_class = torch.stack([v, pos, p_t * v, torch.where(positive, p_t, 0.0), (p - ts).abs() * v, grad * t,
-                                     grad * (1.0 - t)]
-                                    ).sum((1, 3), dtype=torch.float64)  # (7, C)
-            total = per_class.sum(1)
-            ints = torch.cat([total[:2], per_class[0]]).to(torch.int64)  # count, n_pos, then per class
-            total, per_class = total.to(f32), per_class.to(f32)
-            stats = BatchStats(
-                edges=edges,
-                count=ints[0],
-                n_pos=ints[1],
-                sum_pt=total[2],
-                sum_loss=loss.detach().sum().to(f32),
-                sum_grad_norm=total[4],
-                pt_hist=histogram(p_t, edges, v.to(torch.int64)),
-                class_count=ints[2:],
-                class_sum_pt=per_class[2],
-                sum_pt_pos=total[3],
-                class_sum_grad_pos=per_class[5],
-                class_sum_grad_neg=per_class[6],
-            )
+            stats = _stats(x, t, ts, p, p_t, valid, loss, edges, g, gam, ce, log_p, log_pm, log_q, m, detach,
+                           alpha_t, weight)
     return loss, stats
+
+
+def _stats(x, t, ts, p, p_t, valid, loss, edges, g: Gamma, gam, ce, log_p, log_pm, log_q, m, detach, alpha_t,
+           weight) -> BatchStats:
+    """The statistics of the element losses (called under no_grad): ``x`` the logits as computed (ignored ones 0,
+    infinite ones saturated), ``t`` / ``ts`` the raw (ignored ones 0) and smoothed targets."""
+    c = x.shape[1]
+    b = edges.numel() - 1
+    v = torch.ones_like(p_t) if valid is None else valid.to(p_t.dtype)
+    positive = t >= 0.5 if valid is None else (t >= 0.5) & valid
+    pos = positive.to(v.dtype)
+    f32, f64 = torch.float32, torch.float64
+    # |dl/dx| per element (0 where ignored), split by the raw target
+    grad = _elem_grad(p, p_t, ts, ce, log_p, log_pm, log_q, m, gam, g.nonneg, detach, alpha_t, weight).abs() * v
+    # seven per-element quantities summed per class in one reduction (this runs every training step); float64
+    # sums keep the counts exact however many elements a batch has (p_t over the positives is selected, not
+    # multiplied by 0/1, so that a negative's NaN stays out of it)
+    per_class = torch.stack([v, pos, p_t * v, torch.where(positive, p_t, 0.0), (p - ts).abs() * v, grad * t,
+                             grad * (1.0 - t)]).sum((1, 3), dtype=f64)  # (7, C)
+    total = per_class.sum(1)
+    # each element as a binary prediction: confidence max(p, 1 - p) = sigmoid(|x|), correct when the logit's sign
+    # agrees with the target's label (x = 0 is a tie: correct); a NaN logit makes both NaN
+    conf = torch.sigmoid(x.abs())
+    correct = torch.where(t >= 0.5, x >= 0, x <= 0).to(x.dtype)
+    correct = torch.where(torch.isnan(x), x, correct)
+    # one scatter-add: elements, confidences and correct ones per (class, confidence bin), and the p_t histogram
+    inner = edges[1:-1].to(x.dtype)
+    cell = torch.arange(0, c * b, b, device=x.device).view(1, c, 1) + torch.bucketize(conf, inner, right=True)
+    index = torch.stack([cell, cell, cell, torch.bucketize(p_t, inner, right=True)]).reshape(4, -1)
+    weights = torch.stack([v, conf * v, correct * v, v]).reshape(4, -1).to(f64)
+    cells = torch.zeros(4, c * b, device=x.device, dtype=f64).scatter_add_(1, index, weights)
+    per_bin = cells[:3].view(3, c, b).sum(1)  # (3, B): the confidence bins summed over classes
+    ints = torch.cat([total[:2], per_class[0], cells[3, :b], per_bin[0], cells[0]]).to(torch.int64)
+    total, per_class, per_bin, cells = total.to(f32), per_class.to(f32), per_bin.to(f32), cells.to(f32)
+    return BatchStats(
+        edges=edges,
+        count=ints[0],
+        n_pos=ints[1],
+        sum_pt=total[2],
+        sum_loss=loss.detach().sum().to(f32),
+        sum_grad_norm=total[4],
+        pt_hist=ints[2 + c:2 + c + b],
+        class_count=ints[2:2 + c],
+        class_sum_pt=per_class[2],
+        sum_pt_pos=total[3],
+        class_sum_grad_pos=per_class[5],
+        class_sum_grad_neg=per_class[6],
+        conf_count=ints[2 + c + b:2 + c + 2 * b],
+        conf_sum=per_bin[1],
+        correct_sum=per_bin[2],
+        class_conf_count=ints[2 + c + 2 * b:].view(c, b),
+        class_conf_sum=cells[1].view(c, b),
+        class_correct_sum=cells[2].view(c, b),
+        mode="sigmoid",
+    )
 
 
 def _elem_grad(p, p_t, ts, ce, log_p, log_pm, log_q, m, gam, nonneg, detach, alpha_t, weight):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import _kernels
+from .._kernels.layout import conf_offset
 from ..stats import BatchStats, default_edges
 from ._gamma import Gamma
 
@@ -32,24 +33,20 @@ def stat_edges(gamma: Gamma, stat_bins: int, device, dtype=torch.float32) -> tor
     return hit[0]
 
 
-def histogram(values: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-bin sum of ``weights`` (no host synchronisation: scatter_add rather than bincount)."""
-    idx = torch.bucketize(values.detach().reshape(-1), edges[1:-1].to(values.dtype), right=True)
-    out = torch.zeros(edges.numel() - 1, device=values.device, dtype=weights.dtype)
-    return out.scatter_add_(0, idx.reshape(-1), weights.reshape(-1))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # sigmoid: the kernel accumulator
 # ---------------------------------------------------------------------------------------------------------------
 def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
                      sum_loss: torch.Tensor | None = None) -> BatchStats:
     """BatchStats viewing the float64 accumulator of the kernel contract (layout: ``_kernels/__init__.py``); the
-    int64 and float32 fields are converted in one operation each. ``sum_loss`` replaces the accumulator's."""
+    int64 and float32 fields are converted in one operation each, and each field is one view of them (this runs
+    every training step, where each tensor operation costs a microsecond or more: the (C, B) fields are made with
+    ``as_strided`` rather than a slice and a ``view``). ``sum_loss`` replaces the accumulator's."""
     b, c = edges.numel() - 1, num_classes
-    f32 = torch.float32
-    ints = acc[:5 + b + c].to(torch.int64)
-    floats = acc.to(f32)
+    o = conf_offset(c, b)  # conf_count, class_conf_count, conf_sum, correct_sum, class_conf_sum, class_correct_sum
+    f = o + b + c * b
+    ints = acc[:f].to(torch.int64)  # the float fields between the counts convert harmlessly
+    floats = acc.to(torch.float32)
     return BatchStats(
         edges=edges,
         count=ints[1],
@@ -63,6 +60,13 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
         sum_pt_pos=floats[5 + b + 2 * c],
         class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
         class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
+        conf_count=ints[o:o + b],
+        class_conf_count=ints.as_strided((c, b), (b, 1), o + b),
+        conf_sum=floats[f:f + b],
+        correct_sum=floats[f + b:f + 2 * b],
+        class_conf_sum=floats.as_strided((c, b), (b, 1), f + 2 * b),
+        class_correct_sum=floats.as_strided((c, b), (b, 1), f + 2 * b + c * b),
+        mode="sigmoid",
     )
 
 
@@ -144,6 +148,7 @@ def _softmax_c_pass(logp, target, valid, per_sample, edges) -> BatchStats:
     loss_sum = per_sample.sum().to(f32)
     return BatchStats(  # views of the two buffers, in the kernel's layout
         edges=edges,
+        mode="softmax",
         count=counts[0],
         n_pos=counts[1],
         pt_hist=counts[2:2 + b],
@@ -176,6 +181,7 @@ def _softmax_from_cells(per_class, pt_hist, sum_grad_norm, per_sample, edges) ->
         sum_grad_norm = count - sum_pt
     return BatchStats(
         edges=edges,
+        mode="softmax",
         count=count,
         n_pos=count.clone(),
         sum_pt=sum_pt.to(f32),

@@ -69,9 +69,11 @@ differs from the softmax case: the unit is the element (a multi-label output of 
 predictions per sample, and a sample's confidently-right labels and confidently-wrong ones land in different
 bins); confidences are never below 0.5, which is the floor of the re-derived edges (1 / C for softmax); and
 ``ClasswiseAdaFocal`` splits the bins by each element's label (its index along dim 1) rather than by the sample's
-target class. The sigmoid statistics must carry the per-confidence-bin fields ``conf_count``, ``conf_sum`` and
-``correct_sum`` (and the (C, B) ``class_*`` ones for the class-wise variant) with these definitions; without them
-``epoch_end`` says so.
+target class. The sigmoid statistics carry the per-confidence-bin fields ``conf_count``, ``conf_sum`` and
+``correct_sum`` (and the (C, B) ``class_*`` ones for the class-wise variant) with these definitions
+(:class:`~adaptive_focal.BatchStats`): on every path of the loss they decide correctness by the sign of the logit,
+``p > 0.5`` exactly, so that a p rounded to 0.5 never turns a prediction into a tie; statistics built without
+those fields (by hand, or saved before they existed) make ``epoch_end`` say what is missing.
 """
 
 from __future__ import annotations
@@ -80,10 +82,10 @@ import math
 
 import torch
 
+from ..gamma_forms import GammaTable
 from ..loss import FocalLoss
 from ..stats import BatchStats
-from ..gamma_forms import GammaTable
-from .base import GammaPolicy, RunContext, _check_number, _stats_mode, register_policy, state_tensor
+from .base import GammaPolicy, RunContext, _check_number, register_policy, state_tensor
 from .space import Float
 
 __all__ = ["AdaFocal", "ClasswiseAdaFocal", "adafocal_update", "equal_mass_edges"]
@@ -215,14 +217,11 @@ class _AdaFocalBase(GammaPolicy):
                 f"or with gamma=loss.gamma"
             )
         missing = [f for f in self._fields if getattr(stats, f, None) is None]
-        if missing:
-            mode = _stats_mode(stats)
-            what = ("per-element confidence max(p, 1 - p) bins" if mode == "sigmoid"
+        if missing:  # statistics built by hand, or from before the sigmoid statistics had these fields
+            what = ("per-element confidence max(p, 1 - p) bins" if stats.mode == "sigmoid"
                     else "per-sample confidence max_c q_c bins")
-            hint = (" (the sigmoid statistics pass does not compute them yet; their definition is in the "
-                    "docstring of adaptive_focal.policies.adafocal)" if mode == "sigmoid" else "")
             raise ValueError(f"the {self.name!r} policy needs val_stats with {', '.join(missing)} ({what}); these "
-                             f"{mode} statistics do not carry them{hint}")
+                             f"{stats.mode} statistics do not carry them")
         for f in self._fields:
             value = getattr(stats, f)
             shape = self.values.shape if f.startswith("class_") else (self.num_bins,)
@@ -243,7 +242,7 @@ class _AdaFocalBase(GammaPolicy):
         edges = self.edges
         if self.rebin:
             # the least possible confidence: 1 / C of a softmax over C classes, 1 / 2 of a binary element
-            floor = 0.5 if _stats_mode(val_stats) == "sigmoid" else 1.0 / val_stats.num_classes
+            floor = 0.5 if val_stats.mode == "sigmoid" else 1.0 / val_stats.num_classes
             count, total = val_stats.conf_count, val_stats.conf_sum
             if count is None:  # class-wise fields only: the global bins are their sums over classes
                 count, total = val_stats.class_conf_count.sum(0), val_stats.class_conf_sum.sum(0)

@@ -47,6 +47,7 @@ import torch
 
 from ..gamma_forms import form_from_state, form_state
 from ..loss import GAMMA_MODULES, FocalLoss
+from ..stats import MODES as _MODES
 from ..stats import BatchStats, _distributed
 from .space import Categorical, Float, Int, as_param
 
@@ -54,7 +55,6 @@ __all__ = [
     "GammaPolicy", "RunContext", "create_policy", "list_policies", "policy_class", "register_policy",
 ]
 
-_MODES = ("sigmoid", "softmax")
 _REGISTRY: dict[str, type[GammaPolicy]] = {}
 
 
@@ -267,15 +267,6 @@ def state_tensor(state: dict, key: str, like: torch.Tensor, *, finite: bool = Tr
 # ---------------------------------------------------------------------------------------------------------------
 # the base class
 # ---------------------------------------------------------------------------------------------------------------
-def _stats_mode(stats: BatchStats) -> str:
-    """"sigmoid" or "softmax": an explicit ``mode`` if the statistics carry one, else their fields tell (softmax
-    statistics have the confidence bins and never the per-class gradient sums of sigmoid statistics)."""
-    mode = getattr(stats, "mode", None)
-    if mode in _MODES:
-        return mode
-    return "softmax" if stats.conf_count is not None and stats.class_sum_grad_pos is None else "sigmoid"
-
-
 #: up to this many elements a 1-D CPU tensor's finiteness is read through ``tolist`` (under a microsecond)
 _HOST_CHECK_NUMEL = 256
 
@@ -629,7 +620,7 @@ class GammaPolicy:
             return
         if not isinstance(stats, BatchStats):
             raise TypeError(f"{name} must be a BatchStats (from return_stats=True), got {type(stats).__name__}")
-        mode = _stats_mode(stats)
+        mode = stats.mode
         if mode != self.loss.mode:
             raise ValueError(f"the {self.name!r} policy drives a {self.loss.mode} FocalLoss and needs "
                              f"{self.loss.mode} statistics, got {mode} statistics")

@@ -58,7 +58,7 @@ def saved_bytes(fn, x) -> int:
 def time_interleaved(contenders: dict, x: torch.Tensor, rounds: int, warmup: int = 2) -> dict[str, float]:
     leaf = x.detach().clone().requires_grad_()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for name, fn in contenders.items():
+    for fn in contenders.values():
         for _ in range(warmup):
             fn(leaf).backward()
             leaf.grad = None
@@ -98,8 +98,8 @@ def bench_sigmoid(n: int, c: int, rounds: int, with_compile: bool) -> dict:
     ours_stats = lambda z: af.sigmoid_focal_loss(z, t, gamma=2.0, alpha=0.25, return_stats=True)[0]  # noqa: E731
     composed = lambda z: composed_sigmoid_focal(z, t)  # noqa: E731
     bce = lambda z: F.binary_cross_entropy_with_logits(z, t)  # noqa: E731
-    contenders = {"adaptive_focal": ours, "adaptive_focal + stats": ours_stats, "composed (torchvision formula)": composed,
-                  "BCE-with-logits alone": bce}
+    contenders = {"adaptive_focal": ours, "adaptive_focal + stats": ours_stats,
+                  "composed (torchvision formula)": composed, "BCE-with-logits alone": bce}
     first = {"adaptive_focal": first_call_seconds(ours, x)}
     if with_compile:
         gamma = torch.tensor(2.0)

@@ -187,7 +187,29 @@ def reference64(x, t, gamma, gamma_kind, alpha, ls, stat_edges):
             (grad.abs() * t.double()).sum(dim=(0, 2)),
             (grad.abs() * (1 - t.double())).sum(dim=(0, 2)),
         ])
+        # confidence bins: each element a binary prediction, confidence max(p, 1 - p), correct when the logit's
+        # sign agrees with the target's label
+        conf = torch.maximum(p, 1 - p)
+        correct = torch.where(t >= 0.5, xd >= 0, xd <= 0).double()
+        cell = (torch.arange(C, device=x.device).reshape(1, C, 1) * B
+                + torch.bucketize(conf, stat_edges[1:-1].double(), right=True).clamp(0, B - 1)).reshape(-1)
+
+        def per_cell(w):
+            return torch.zeros(C * B, dtype=torch.float64, device=x.device).index_add_(0, cell, w.reshape(-1))
+
+        count, conf_sum, n_correct = per_cell(torch.ones_like(conf)), per_cell(conf), per_cell(correct)
+        acc = torch.cat([acc, count.view(C, B).sum(0), count, conf_sum.view(C, B).sum(0),
+                         n_correct.view(C, B).sum(0), conf_sum, n_correct])
     return elem.detach(), grad, acc
+
+
+def conf_counts(B, C):
+    """Which entries of the accumulator's confidence section are counts (the rest are confidence sums)."""
+    is_count = torch.zeros(3 * B + 3 * C * B, dtype=torch.bool)
+    is_count[:B + C * B] = True  # conf_count, class_conf_count
+    is_count[2 * B + C * B:3 * B + C * B] = True  # correct_sum
+    is_count[3 * B + 2 * C * B:] = True  # class_correct_sum
+    return is_count
 
 
 def rel_err(a, b, floor):
@@ -226,7 +248,12 @@ def accuracy_checks(ts, device, n_rows, C, stat_edges):
             hist_abs_diff_total=hist_diff,   # ties at bin edges may flip between float32 and float64
             class_sum_pt_rel=rel_err(acc[5 + B + C:5 + B + 2 * C], ar[5 + B + C:5 + B + 2 * C], 1e-30),
             sum_pt_pos_rel=rel_err(acc[5 + B + 2 * C:6 + B + 2 * C], ar[5 + B + 2 * C:6 + B + 2 * C], 1e-30),
-            class_sum_grad_rel=rel_err(acc[6 + B + 2 * C:], ar[6 + B + 2 * C:], 1e-30),
+            class_sum_grad_rel=rel_err(acc[6 + B + 2 * C:6 + B + 4 * C], ar[6 + B + 2 * C:6 + B + 4 * C], 1e-30),
+            # confidence bins: counts and numbers correct may flip at edge ties, like the histogram
+            conf_counts_abs_diff_total=float((acc[6 + B + 4 * C:] - ar[6 + B + 4 * C:])[conf_counts(B, C)]
+                                             .abs().sum()),
+            conf_sum_rel=rel_err(acc[6 + B + 4 * C:][~conf_counts(B, C)], ar[6 + B + 4 * C:][~conf_counts(B, C)],
+                                 1e-30),
         )
     # saturated logits: finite everything for gamma in {0, 0.3, 2} (and the inverse form)
     vals = torch.tensor([1e4, -1e4, 104.0, -104.0, 88.0, -88.0, 30.0, -30.0, 0.0])

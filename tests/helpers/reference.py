@@ -331,17 +331,24 @@ def pt_sigmoid(x, target, label_smoothing=0.0, ignore_index=None):
     return p * ts + (1 - p) * (1 - ts)
 
 
+def confidence_sigmoid(x):
+    """max(p, 1 - p) of each element, in float64: its confidence as a binary prediction."""
+    p = torch.sigmoid(x.detach().to(torch.float64))
+    return torch.maximum(p, 1 - p)
+
+
 def far_from_edges_sigmoid(make_x, make_t, edges, label_smoothing=0.0, ignore_index=None,
                            margin=2e-3, max_iter=200):
-    """Draw x (and t) until every non-ignored element's p_t is >= margin from every interior edge.
+    """Draw x (and t) until every non-ignored element's p_t and confidence max(p, 1 - p) are >= margin from every
+    interior edge.
 
     make_x(n_mask) / make_t(mask) give fresh draws for the elements in ``mask``."""
     x = make_x(None)
     t = make_t(None)
     inner = edges.to(torch.float64)[1:-1]
     for _ in range(max_iter):
-        pt = pt_sigmoid(x, t, label_smoothing, ignore_index)
-        d = (pt.unsqueeze(-1) - inner).abs().min(-1).values if inner.numel() else torch.full_like(pt, 1.0)
+        values = torch.stack([pt_sigmoid(x, t, label_smoothing, ignore_index), confidence_sigmoid(x)], -1)
+        d = (values.unsqueeze(-1) - inner).abs().amin((-2, -1)) if inner.numel() else torch.ones_like(values[..., 0])
         bad = d < margin
         if ignore_index is not None:
             bad &= t != ignore_index
