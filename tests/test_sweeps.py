@@ -90,6 +90,28 @@ def test_stored_studies_keep_their_manifests():
         assert sorted(study.across_seeds_arms) == sorted(stored_across), path.name
 
 
+def test_the_stored_gauss_lt_study_shows_the_median_pruner_removing_the_winner():
+    """The stored case of the protocol issue, read from the committed export: gauss-lt ran with the per-epoch
+    MedianPruner (its manifest has no ``pruner`` key), the configuration that wins on validation is the smallest
+    gamma (gamma = 0 leads the fixed grid), and every TPE trial that sampled gamma < 0.5 was pruned, so gamma=tpe
+    never completed a run near the winner. tests/test_compare_runner.py replays the mechanism and shows that the
+    default (no pruning) and the late pruner keep such a configuration."""
+    data = export.read_export(ROOT / "sweeps" / "results" / "trials" / "gauss-lt.json.gz")
+    assert "pruner" not in data["manifest"]
+    metric = data["manifest"]["metric"]
+    grid = {}
+    for t in data["trials"]:
+        if t["arm"] in {f"gamma={g:g}" for g in GAMMA_GRID} and t["state"] == "COMPLETE":
+            grid.setdefault(t["arm"], []).append(t["val_metrics"][metric])
+    means = {arm: sum(v) / len(v) for arm, v in grid.items()}
+    assert max(means, key=means.get) == "gamma=0", means
+    tuned = [t for t in data["trials"] if t["arm"] == "gamma=tpe"]
+    small = [t["state"] for t in tuned if t["params"]["gamma"] < 0.5]
+    assert small and set(small) == {"PRUNED"}
+    completed = [t["params"]["gamma"] for t in tuned if t["state"] == "COMPLETE"]
+    assert completed and min(completed) > 0.5
+
+
 def test_headline_metric_matches_each_data_sets_task():
     from research.datasets import load_dataset
     from research.evaluate import HEADLINE, headline_metric
