@@ -9,10 +9,17 @@ Reads ``<results>/<study>.json.gz`` (written by :mod:`adaptive_focal.compare.exp
   matplotlib give the same bytes).
 
 A study without an export is a "not run" row (the GPU data sets CIFAR-10-LT / CIFAR-100-LT: "not run (needs a
-GPU)"), never an error, so the pipeline works with partial results. Every number is a mean over seeds of the trial
-each seed selects (the best validation headline metric; :func:`adaptive_focal.compare.results.selected`); paired
-comparisons are :func:`adaptive_focal.compare.analysis.paired_test` against the best fixed gamma (highest mean
-*validation* metric), as in the sweep report.
+GPU)"), never an error, so the pipeline works with partial results.
+
+- The confirmatory result comes from the seven ``*-confirm`` exports through :func:`research.confirm.run`, the
+  pre-registered analysis (research/preregistration.md): primary table with TOST verdicts, secondary table with
+  Holm within each study, calibration against cross-entropy.
+- The development/confirmation split: :func:`research.preregister.choose` recomputed from the development
+  exports; how digits-lt's configuration was chosen: research/results/default_search.json.
+- The development studies (exploratory): every number is a mean over seeds of the trial each seed selects (the
+  best validation headline metric; :func:`adaptive_focal.compare.results.selected`); paired comparisons are paired
+  t 95% intervals (:func:`adaptive_focal.compare.analysis.paired_t`) against the best fixed gamma (highest mean
+  *validation* metric), with Holm (:func:`adaptive_focal.compare.analysis.holm`) across the arms of a table.
 
     python -m paper.make_assets [--results sweeps/results/trials] [--out paper]
 """
@@ -42,10 +49,18 @@ RARE_METRICS = {"ece": "ECE", "ece_ts": "ECE (TS)", "recall_few": "few-shot reca
 #: baselines of question (d), in table order
 COMBINATIONS = ("baseline=cb_focal", "baseline=cb_ce", "baseline=logit_adjusted", "baseline=ghm")
 GENERATED = ("generated", "figures")
+#: research/default_search.py's committed results (how digits-lt's default configuration was chosen)
+DEFAULT_SEARCH = Path(__file__).resolve().parents[1] / "research" / "results" / "default_search.json"
 #: per-study macros of question (a), defined as "not run" for a study without an export
-TUNING_MACROS = ("BestFixedGamma", "BestFixedTest", "TunedGammaTest", "TunedGammaRuns", "BestPolicy",
-                 "BestPolicyTest", "BestPolicyDiff", "PoliciesAboveFixed", "Policies", "PoliciesBelowFixed")
-N_BOOT = analysis.N_BOOT
+TUNING_MACROS = ("BestFixedGamma", "BestFixedTest", "TunedGammaTest", "TunedGammaRuns", "PoliciesAboveFixed",
+                 "Policies", "PoliciesBelowFixed")
+#: 95% paired t intervals and Holm at 0.05 throughout (the confirmatory primary analysis uses 90%: research.confirm)
+LEVEL, ALPHA = 0.95, 0.05
+#: "small gamma" in the pruning reversal: the TPE trials below it on gauss-lt (sweeps/README.md, "Pruning")
+SMALL_GAMMA = 0.5
+#: the analysis object is computed for the reference arm, the tuning curves and the gamma trajectories only; no
+#: bootstrap interval is shown, so its resamples are kept to a minimum
+N_BOOT = 1
 NOT_RUN = "not run"
 NOT_RUN_GPU = "not run (needs a GPU)"
 
@@ -123,15 +138,14 @@ def _mean(values):
 # loading
 # ------------------------------------------------------------------------------------------------------------
 class Results:
-    """The exports found in ``folder``: per study its units (:func:`adaptive_focal.compare.results.load_units`), its
-    analysis (:func:`adaptive_focal.compare.analysis.analyse`) and the selected trial per arm and seed."""
+    """The exports found in ``folder``: per study its units (:func:`adaptive_focal.compare.results.load_units`),
+    its analysis (:func:`adaptive_focal.compare.analysis.analyse`) and the selected trial per arm and seed."""
 
-    def __init__(self, folder, *, n_boot: int = N_BOOT) -> None:
+    def __init__(self, folder) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ValueError(f"results folder {str(self.folder)!r} does not exist; export the sweeps with "
                              "`adaptive-focal sweep export <study> --out <folder>`")
-        self.n_boot = n_boot
         self._cache: dict = {}
 
     def has(self, study: str) -> bool:
@@ -146,8 +160,7 @@ class Results:
                 path = export_path(self.folder, study)
                 units = units_from_export(path, study)
                 self._cache[study] = {"units": units, "manifest": read_export(path)["manifest"],
-                                      "selected": selected(units),
-                                      "analysis": analysis.analyse(units, n_boot=self.n_boot)}
+                                      "selected": selected(units), "analysis": analysis.analyse(units, n_boot=N_BOOT)}
         return self._cache[study]
 
 
@@ -175,23 +188,49 @@ def arms_of(r: dict, kind: str) -> list[str]:
 
 
 def paired(r: dict, arm: str, reference: str, key: str | None = None) -> dict:
-    """:func:`adaptive_focal.compare.analysis.paired_test` of ``arm`` minus ``reference`` on test ``key`` (default:
-    the headline metric), paired by seed; the bootstrap is seeded as in the report."""
-    import zlib
-
+    """``arm`` minus ``reference`` on test ``key`` (default: the headline metric), paired by seed:
+    :func:`adaptive_focal.compare.analysis.paired_t` (95% interval, two-sided p) and wins/ties/losses.
+    ``p_holm`` is None until :func:`holm_family` adjusts the p-values of a table's family."""
     key = key or r["units"]["metric"]
     mine, ref = metric_values(r, arm, key), metric_values(r, reference, key)
     seeds = sorted(set(mine) & set(ref))
-    seed = (analysis.BOOT_SEED + zlib.crc32(arm.encode())) % 2 ** 32
-    return {"seeds": seeds, **analysis.paired_test([mine[s] - ref[s] for s in seeds], n_boot=r["analysis"]["n_boot"],
-                                                 seed=seed)}
+    return t_test([mine[s] - ref[s] for s in seeds])
 
 
-def _paired_cell(p: dict) -> str:
-    if not p["n"]:
+def t_test(diffs) -> dict:
+    t = analysis.paired_t(list(diffs), level=LEVEL)
+    return {"n": t["n"], "mean_diff": t["mean"], "low": t["low"], "high": t["high"], "p": t["p"],
+            "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
+            "losses": sum(d < 0 for d in diffs), "p_holm": None}
+
+
+def holm_family(tests) -> list:
+    """Holm's adjustment (:func:`adaptive_focal.compare.analysis.holm`) over one family of :func:`paired`
+    results (a table's arms against one reference); sets each one's ``p_holm``; returns the tests."""
+    tests = [t for t in tests if t is not None]
+    for t, p in zip(tests, analysis.holm([t["p"] for t in tests])):
+        t["p_holm"] = p
+    return tests
+
+
+def significant(t: dict | None) -> int:
+    """+1 / -1 when the difference is positive / negative with a Holm-adjusted p <= ALPHA, else 0."""
+    if not t or t["p_holm"] is None or t["p_holm"] > ALPHA:
+        return 0
+    return 1 if t["mean_diff"] > 0 else -1
+
+
+def interval(t: dict, low: str = "low", high: str = "high") -> str:
+    return "--" if t.get(low) is None else f"[{t[low]:+.3f}, {t[high]:+.3f}]"
+
+
+def _paired_cell(p: dict, wtl: bool = False) -> str:
+    """``+0.012 [+0.004, +0.020]*`` (*: Holm-adjusted p <= ALPHA in the table's family)."""
+    if not p or not p["n"]:
         return "--"
-    star = "$^{*}$" if p["ci_low"] is not None and (p["ci_low"] > 0 or p["ci_high"] < 0) else ""
-    return f"{p['mean_diff']:+.3f}{star} ({p['wins']}/{p['ties']}/{p['losses']})"
+    star = "$^{*}$" if significant(p) else ""
+    cell = f"{p['mean_diff']:+.3f}{star}" + (f" {interval(p)}" if p["low"] is not None else "")
+    return cell + (f" ({p['wins']}/{p['ties']}/{p['losses']})" if wtl else "")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -240,104 +279,73 @@ class Assets:
         self.num("StudiesRun", str(len(run)))
         self.num("StudiesPlanned", str(len(MAIN_STUDIES)))
 
-    # -- (a) tuning cost --------------------------------------------------------------------------------------
+    # -- (a) tuning cost (development, exploratory) -----------------------------------------------------------
     def tuning_cost(self) -> None:
-        rows, sentences, policy_rows, fixed_wins = [], [], {}, []
-        run, above_studies, below_studies = [], 0, 0
+        """Per development study: the grid's validation choice (six runs) against the TPE-tuned gamma, and how many
+        default policies are above / below that choice after Holm across the arms of the policies table."""
+        rows, sentences, policy_rows, fixed_wins, run, family, n_policies = [], [], {}, [], [], [0], [0]
         for study in MAIN_STUDIES:
             r = self.results.get(study)
             mac = macro_name(study)
             if r is None:
-                rows.append([tex(study)] + ["--"] * 6 + [NOT_RUN])
+                rows.append([tex(study)] + ["--"] * 5 + [NOT_RUN])
                 for key in TUNING_MACROS:
                     self.num(f"{mac}{key}", NOT_RUN)
                 continue
             run.append(study)
-            a = r["analysis"]
-            ref = a["reference"]
+            metric, ref = r["units"]["metric"], r["analysis"]["reference"]
             policies = arms_of(r, "policy")
-            val_mean = {p: _mean(val_values(r, p).values()) for p in policies}
-            ranked = [p for p in policies if val_mean[p] is not None]
-            best_policy = max(ranked, key=lambda p: val_mean[p]) if ranked else None
             tuned = arms_of(r, "tuned_gamma")
             tpe = tuned[0] if tuned else None
-            curve = a["tuning_cost"]["curves"].get(tpe, []) if tpe else []
             budget = max((len(ts) for ts in r["units"]["units"][tpe].values()), default=0) if tpe else 0
-            reach = None
-            if best_policy is not None:
-                reach = next((c["trials"] for c in curve if c["best_val_mean"] is not None
-                              and c["best_val_mean"] >= val_mean[best_policy]), None)
             grid = len(arms_of(r, "fixed"))
-            ref_test = metric_values(r, ref, r["units"]["metric"]) if ref else {}
-            pol_test = metric_values(r, best_policy, r["units"]["metric"]) if best_policy else {}
-            tpe_test = metric_values(r, tpe, r["units"]["metric"]) if tpe else {}
-            pp = paired(r, best_policy, ref) if best_policy and ref else None
-            reach_text = (str(reach) if reach is not None else f"$>{budget}$") if best_policy and tpe else "--"
+            ref_test = metric_values(r, ref, metric) if ref else {}
+            tpe_test = metric_values(r, tpe, metric) if tpe else {}
+            tests = {p: paired(r, p, ref) for p in policies + arms_of(r, "tuned_policy")} if ref else {}
+            holm_family(tests.values())
+            family.append(len(tests))
+            n_policies.append(len(policies))
+            for p, t in tests.items():
+                policy_rows.setdefault(p, {})[study] = t
+            above = [p for p in policies if significant(tests.get(p)) > 0]
+            below = [p for p in policies if significant(tests.get(p)) < 0]
+            tp = holm_family([paired(r, tpe, ref)])[0] if tpe and ref else None
             rows.append([tex(study), f"{arm_tex(ref)} ({grid} runs)" if ref else "--", pm(ref_test.values()),
                          f"{pm(tpe_test.values())} ({budget} runs)" if tpe else "--",
-                         arm_tex(best_policy) if best_policy else "--", pm(pol_test.values()),
-                         _paired_cell(pp) if pp else "--", reach_text])
-            better = sum(1 for p in policies
-                         if _mean(metric_values(r, p, r["units"]["metric"]).values()) is not None
-                         and _mean(ref_test.values()) is not None
-                         and _mean(metric_values(r, p, r["units"]["metric"]).values()) > _mean(ref_test.values()))
+                         _paired_cell(tp) if tp else "--", f"{len(above)} / {len(below)} of {len(policies)}"])
             self.num(f"{mac}BestFixedGamma", gamma_text(ref) if ref else "--")
             self.num(f"{mac}BestFixedTest", _mean(ref_test.values()))
             self.num(f"{mac}TunedGammaTest", _mean(tpe_test.values()))
             self.num(f"{mac}TunedGammaRuns", str(budget))
-            self.num(f"{mac}BestPolicy", best_policy.split("=", 1)[1] if best_policy else "--")
-            self.num(f"{mac}BestPolicyTest", _mean(pol_test.values()))
-            self.num(f"{mac}BestPolicyDiff", f3(pp["mean_diff"], signed=True) if pp else "--")
-            self.num(f"{mac}PoliciesAboveFixed", str(better))
+            self.num(f"{mac}PoliciesAboveFixed", str(len(above)))
             self.num(f"{mac}Policies", str(len(policies)))
-            if pp and pp["ci_low"] is not None:
-                above_studies += pp["ci_low"] > 0
-                below_studies += pp["ci_high"] < 0
-            if pp and pp["n"]:
-                ci = f"[{pp['ci_low']:+.3f}, {pp['ci_high']:+.3f}]"
-                verdict = ("above" if pp["ci_low"] > 0 else "below" if pp["ci_high"] < 0
-                           else "not distinguishable from")
-                sentences.append(
-                    f"On {tex(study)} the default policy with the best validation {tex(r['units']['metric'])}, "
-                    f"{arm_tex(best_policy)}, is {verdict} the best fixed gamma ({gamma_text(ref)}) after one run: "
-                    f"paired difference {pp['mean_diff']:+.3f} (95\\% bootstrap CI {ci}; "
-                    f"wins/ties/losses {pp['wins']}/{pp['ties']}/{pp['losses']} over {pp['n']} seeds; "
-                    f"Wilcoxon $p = {fp(pp['wilcoxon_p'])}$). {better} of {len(policies)} default policies have a "
-                    f"higher mean test {tex(r['units']['metric'])} than the best fixed gamma"
-                    + (f"; the TPE-tuned gamma's best-so-far validation metric reaches that policy's level after "
-                       f"{reach} of {budget} runs." if reach is not None else
-                       f"; the TPE-tuned gamma does not reach that policy's validation level within its {budget} "
-                       "runs." if tpe else "."))
-            for p in policies + arms_of(r, "tuned_policy"):
-                policy_rows.setdefault(p, {})[study] = paired(r, p, ref) if ref else None
-            below = [p for p in policies if (t := policy_rows[p][study]) and t["ci_high"] is not None
-                     and t["ci_high"] < 0]
             self.num(f"{mac}PoliciesBelowFixed", str(len(below)))
             if ref is None:
                 continue
+            sentences.append(
+                f"On {tex(study)} ({tex(metric)}), {len(above)} of {len(policies)} default policies are above the "
+                f"grid's validation choice ($\\gamma={gamma_text(ref)}$) and {len(below)} below it after Holm"
+                + (f" (above: {', '.join(arm_tex(a) for a in above)})" if above else "")
+                + (f"; the TPE-tuned $\\gamma$ ({budget} runs per seed) minus that choice is "
+                   f"{tp['mean_diff']:+.3f} {interval(tp)}" if tp and tp["n"] else "") + ".")
             fixed_wins.append(
-                f"on {tex(study)}, {len(below)} of {len(policies)} default policies fall below the best fixed gamma "
-                f"({gamma_text(ref)}) with a paired 95\\% CI below 0"
-                + (f" ({', '.join(arm_tex(p) for p in below)})" if below else "")
-                + (f", and the TPE-tuned gamma ({budget} runs per seed) reaches a mean test "
-                   f"{tex(r['units']['metric'])} of {_mean(tpe_test.values()):.3f} against the grid choice's "
-                   f"{_mean(ref_test.values()):.3f}" if tpe and tpe_test and ref_test else ""))
-        self.table("tuning_cost", ["data set", "best fixed $\\gamma$ (grid)", "test", "TPE $\\gamma$ test (cost)",
-                                   "best default policy", "test (1 run)", "diff. (W/T/L)",
-                                   "TPE runs to match"], rows, "lllllllr")
+                f"on {tex(study)}, {len(below)} of {len(policies)} default policies fall below the grid's choice "
+                f"($\\gamma={gamma_text(ref)}$) after Holm"
+                + (f" ({', '.join(arm_tex(p) for p in below)})" if below else ""))
+        self.table("tuning_cost", ["data set", "best fixed $\\gamma$ (grid, by validation)", "test",
+                                   "TPE-tuned $\\gamma$ test (cost)", "TPE $-$ grid, 95\\% CI",
+                                   "default policies above / below"], rows, "lllllr")
         self.files["findings_a.tex"] = (" ".join(sentences) if sentences else
-                                        "No main-comparison study has been run yet.") + "\n"
-        self.num("StudiesPolicyAbove", str(above_studies))
-        self.num("StudiesPolicyBelow", str(below_studies))
+                                        "No development study has been run yet.") + "\n"
         self.files["findings_fixed_wins.tex"] = (
-            ("Where fixed gamma wins: " + "; ".join(fixed_wins) + ".") if fixed_wins else
-            "No main-comparison study has been run yet.") + "\n"
-        # the policies against the best fixed gamma, one column per data set run
+            ("Where fixed gamma wins in the development studies: " + "; ".join(fixed_wins) + ".") if fixed_wins
+            else "No development study has been run yet.") + "\n"
+        self.num("MaxHolmFamily", str(max(family)))
+        self.num("MaxPolicies", str(max(n_policies)))
         header = ["arm"] + [tex(s) for s in run]
         body = []
         for arm in sorted(policy_rows, key=lambda a: (a.endswith("+tpe"), a)):
-            body.append([arm_tex(arm)] + [_paired_cell(policy_rows[arm][s]) if policy_rows[arm].get(s) else "--"
-                                          for s in run])
+            body.append([arm_tex(arm)] + [_paired_cell(policy_rows[arm].get(s)) for s in run])
         if not run:
             header, body = ["arm", "status"], [["--", NOT_RUN]]
         self.table("policies", header, body, "l" + "r" * (len(header) - 1))
@@ -346,6 +354,12 @@ class Assets:
     def rho(self) -> None:
         best_rows, grid_rows, findings, series = [], [], [], {}
         grid_arms: list[str] = []
+        ce_tests = {}  # the validation choice minus cross-entropy; Holm across the rows of the table
+        for _, _, study in rho_studies():
+            r = self.results.get(study)
+            if r and (ref := r["analysis"]["reference"]) and ref != "gamma=0" and "gamma=0" in arms_of(r, "fixed"):
+                ce_tests[study] = paired(r, ref, "gamma=0")
+        holm_family(ce_tests.values())
         for dataset, rho, study in rho_studies():
             r = self.results.get(study)
             mac = macro_name(dataset, "rho", rho)
@@ -362,13 +376,13 @@ class Assets:
             means = {g: _mean(metric_values(r, g, metric).values()) for g in fixed}
             valid = [m for m in means.values() if m is not None]
             ce = "gamma=0" if "gamma=0" in fixed else None
-            pp = paired(r, ref, ce) if ref and ce and ref != ce else None
+            pp = ce_tests.get(study)
             best_test = max((g for g in fixed if means[g] is not None), key=lambda g: means[g], default=None)
             best_rows.append([tex(dataset), str(rho), gamma_text(ref) if ref else "--",
                               pm(metric_values(r, ref, metric).values()) if ref else "--",
                               gamma_text(best_test) if best_test else "--",
                               pm(metric_values(r, ce, metric).values()) if ce else "--",
-                              (_paired_cell(pp) if pp else ("0 (is CE)" if ref == ce else "--")),
+                              (_paired_cell(pp, wtl=True) if pp else ("0 (is CE)" if ref == ce else "--")),
                               f3(max(valid) - min(valid)) if valid else "--"])
             grid_rows.append((dataset, rho, {"means": means, "ref": ref}))
             self.num(f"{mac}BestGamma", gamma_text(ref) if ref else "--")
@@ -462,15 +476,15 @@ class Assets:
                 self.num(f"{mac}{macro_name(key)}BestArm", arm_tex(best))
                 policies = [a for a in arms_of(r, "policy") if a in means]
                 tests = {a: paired(r, a, ref, key) for a in policies if a != ref}
-                tests = {a: t for a, t in tests.items() if t["ci_low"] is not None}
-                below = [a for a, t in tests.items() if t["ci_high"] < 0]
-                above = [a for a, t in tests.items() if t["ci_low"] > 0]
+                holm_family(tests.values())
+                below = [a for a, t in tests.items() if significant(t) < 0]
+                above = [a for a, t in tests.items() if significant(t) > 0]
                 improve, worse = (below, above) if lower_better else (above, below)
                 what = "test ECE" if key == "ece" else "few-shot recall"
                 findings.append(
                     f"On {tex(study)}, {what}: best fixed gamma ({gamma_text(ref)}) {means[ref]:.3f}, best arm "
                     f"{arm_tex(best)} {means[best]:.3f}; {len(improve)} of {len(policies)} default policies "
-                    f"{'lower' if lower_better else 'raise'} it with a paired 95\\% CI excluding 0"
+                    f"{'lower' if lower_better else 'raise'} it after Holm across the policies"
                     + (f" ({', '.join(arm_tex(a) for a in improve)})" if improve else "")
                     + f", {len(worse)} {'makes' if len(worse) == 1 else 'make'} it worse"
                     + (f" ({', '.join(arm_tex(a) for a in worse)})" if worse else "") + ".")
@@ -491,29 +505,29 @@ class Assets:
             rows.append([tex(study), f"focal alone, {arm_tex(ref)}", pm(metric_values(r, ref, metric).values()),
                          "--", "--", "--", "reference"])
             wins = []
+            tests = holm_family({a: paired(r, a, ref) for a in COMBINATIONS if a in r["units"]["arms"]}.values())
+            tests = dict(zip([a for a in COMBINATIONS if a in r["units"]["arms"]], tests))
             for arm in COMBINATIONS:
-                if arm not in r["units"]["arms"]:
+                if arm not in tests:
                     rows.append([tex(study), arm_tex(arm), "--", "--", "--", "--", "not applicable"])
                     continue
-                p = paired(r, arm, ref)
-                ci = "--" if p["ci_low"] is None else f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+                p = tests[arm]
                 rows.append([tex(study), arm_tex(arm), pm(metric_values(r, arm, metric).values()),
-                             f3(p["mean_diff"], signed=True), ci, f"{p['wins']}/{p['ties']}/{p['losses']}",
-                             f"$p={fp(p['wilcoxon_p'])}$"])
-                if p["ci_low"] is not None and p["ci_low"] > 0:
+                             f3(p["mean_diff"], signed=True), interval(p), f"{p['wins']}/{p['ties']}/{p['losses']}",
+                             fp(p["p_holm"])])
+                if significant(p) > 0:
                     wins.append(arm)
             rows.append(["\\midrule"])
             combo_studies += bool(wins)
             if wins:
                 verb = "beats" if len(wins) == 1 else "beat"
                 findings.append(f"On {tex(study)}, {', '.join(arm_tex(a) for a in wins)} {verb} focal loss alone "
-                                "(paired 95\\% CI above 0).")
+                                "after Holm.")
             else:
-                findings.append(f"On {tex(study)}, no combination beats focal loss alone with a paired 95\\% CI "
-                                "above 0.")
+                findings.append(f"On {tex(study)}, no class-level method beats focal loss alone after Holm.")
         if rows and rows[-1] == ["\\midrule"]:
             rows.pop()
-        self.table("combinations", ["data set", "method", "test", "diff.", "95\\% CI", "W/T/L", "Wilcoxon"],
+        self.table("combinations", ["data set", "method", "test", "diff.", "95\\% CI", "W/T/L", "$p$ (Holm)"],
                    rows, "lllrlrl")
         self.num("StudiesCombinationWins", str(combo_studies))
         self.files["findings_d.tex"] = (" ".join(findings) if findings else
@@ -531,36 +545,38 @@ class Assets:
             scored = [(_mean(val_values(r, a).values()), a) for a in arms if val_values(r, a)]
             return max(scored, key=lambda t: t[0])[1] if scored else None
 
-        rows, findings, wins = [], [], 0
+        rows, findings, wins, overall_tests = [], [], 0, []
         for dataset in DATASETS:
             r = self.results.get(f"{dataset}-combos")
             if r is None:
                 rows.append([tex(dataset), "--", "--", "--", "--", "--", NOT_RUN])
                 continue
             metric = r["units"]["metric"]
+            focal = {sampler: by_val(r, [arm(g, sampler) for g in GAMMAS if g > 0]) for sampler in SAMPLERS}
+            tests = {sampler: paired(r, focal[sampler], arm(0.0, sampler)) if focal[sampler] else None
+                     for sampler in SAMPLERS}
+            holm_family(tests.values())  # Holm across the samplers of one data set
             for sampler in SAMPLERS:
                 cells = [pm(metric_values(r, arm(g, sampler), metric).values()) for g in GAMMAS]
-                focal = by_val(r, [arm(g, sampler) for g in GAMMAS if g > 0])
-                p = paired(r, focal, arm(0.0, sampler)) if focal else {"n": 0}
                 rows.append([tex(dataset), tex(sampler), *cells,
-                             focal.split("=", 1)[1].split("+", 1)[0] if focal else "--", _paired_cell(p)])
+                             focal[sampler].split("=", 1)[1].split("+", 1)[0] if focal[sampler] else "--",
+                             _paired_cell(tests[sampler], wtl=True)])
             rows.append(["\\midrule"])
             alone = by_val(r, [arm(g, "none") for g in GAMMAS if g > 0])
             combined = by_val(r, [arm(g, s) for s in SAMPLERS if s != "none" for g in GAMMAS if g > 0])
             overall = by_val(r, [arm(g, s) for s in SAMPLERS for g in GAMMAS])
-            if alone is None or combined is None:
-                continue
-            p = paired(r, combined, alone)
-            ci = "--" if p["ci_low"] is None else f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
-            verdict = ("better than" if p["ci_low"] is not None and p["ci_low"] > 0 else
-                       "worse than" if p["ci_high"] is not None and p["ci_high"] < 0 else "within noise of")
+            if alone is not None and combined is not None:
+                overall_tests.append((dataset, metric, alone, combined, overall, paired(r, combined, alone)))
+        holm_family(t[-1] for t in overall_tests)  # Holm across the data sets
+        for dataset, metric, alone, combined, overall, p in overall_tests:
+            verdict = {1: "better than", -1: "worse than", 0: "not distinguishable from"}[significant(p)]
             wins += verdict == "better than"
             findings.append(
                 f"On {tex(dataset)}, focal loss with the resampling chosen by validation {tex(metric)}, "
-                f"{arm_tex(combined)}, is {verdict} focal loss alone ({arm_tex(alone)}): paired difference "
-                f"{f3(p['mean_diff'], signed=True)} (95\\% CI {ci}; wins/ties/losses "
-                f"{p['wins']}/{p['ties']}/{p['losses']}); the arm chosen by validation among all nine is "
-                f"{arm_tex(overall)}.")
+                f"{arm_tex(combined)}, is {verdict} focal loss alone ({arm_tex(alone)}) after Holm across the data "
+                f"sets: paired difference {f3(p['mean_diff'], signed=True)} (95\\% CI {interval(p)}; "
+                f"wins/ties/losses {p['wins']}/{p['ties']}/{p['losses']}); the arm chosen by validation among "
+                f"all nine is {arm_tex(overall)}.")
         if rows and rows[-1] == ["\\midrule"]:
             rows.pop()
         self.table("resampling", ["data set", "sampler", *[f"$\\gamma={g:g}$" for g in GAMMAS],
@@ -569,6 +585,233 @@ class Assets:
         self.num("StudiesResamplingRun", str(sum(self.results.has(f"{d}-combos") for d in DATASETS)))
         self.files["findings_resampling.tex"] = (" ".join(findings) if findings else
                                                  "No resampling study has been run yet.") + "\n"
+
+    # -- the confirmatory result (research/preregistration.md, research.confirm) --------------------------------
+    def confirm(self) -> None:
+        """The seven ``*-confirm`` studies analysed by :func:`research.confirm.run`, as pre-registered: the primary
+        table (TOST verdicts), the secondary table (Holm within each study) and calibration against
+        cross-entropy (Holm across the two metrics)."""
+        from research import confirm as rc
+
+        out = rc.run(self.results.folder)
+        found = out["studies"]
+        primary, secondary, calib, findings = [], [], [], []
+        seeds = sorted({int(s) for a in found for s in a["primary"]["grid_gammas"]})
+        primary += [[tex(study)] + ["--"] * 7 + [NOT_RUN] for study in out["missing"]]
+        for a in found:
+            p, m, metric = a["primary"], a["means"], a["metric"]
+            small = sum(float(gamma_text(g)) <= 1 for g in p["grid_gammas"].values())
+            primary.append([tex(a["study"]), str(_epochs(a)), tex(metric),
+                            f"{m[rc.POLICY]['mean']:.3f} $\\pm$ {m[rc.POLICY]['std']:.3f}",
+                            f"{m['grid']['mean']:.3f} $\\pm$ {m['grid']['std']:.3f}",
+                            f3(p["mean_diff"], signed=True), interval({"low": p["ci90"][0], "high": p["ci90"][1]}),
+                            f"{small}/{len(p['grid_gammas'])}", p["verdict"]])
+            for r in a["secondary"]:
+                star = "$^{*}$" if r["p_holm"] is not None and r["p_holm"] <= rc.ALPHA else ""
+                secondary.append([tex(a["study"]), tex(r["label"]), f3(m.get(r["comparator"], {}).get("mean")),
+                                  f3(r["mean_diff"], signed=True) + star,
+                                  interval({"low": r["ci95"][0], "high": r["ci95"][1]}), fp(r["p_holm"])])
+            secondary.append(["\\midrule"])
+            for r in a["calibration"]:
+                star = "$^{*}$" if r["p_holm"] is not None and r["p_holm"] <= rc.ALPHA else ""
+                calib.append([tex(a["study"]), "after temperature scaling" if r["metric"] == "ece_ts" else "raw",
+                              f3(r["policy_mean"]), f3(r["ce_mean"]), f3(r["mean_diff"], signed=True) + star,
+                              interval({"low": r["ci95"][0], "high": r["ci95"][1]}), fp(r["p_holm"])])
+        if secondary and secondary[-1] == ["\\midrule"]:
+            secondary.pop()
+        self.table("confirm_primary", ["study", "epochs", "metric", "FLSD-53 (1 run)", "grid (6 runs)",
+                                       "difference", "90\\% CI", "grid $\\gamma \\le 1$", "verdict"],
+                   primary or [["--"] * 8 + [NOT_RUN]], "lrlrrrlrl")
+        self.table("confirm_secondary", ["study", "comparator", "its mean", "FLSD-53 $-$ it", "95\\% CI",
+                                         "$p$ (Holm)"], secondary or [["--"] * 5 + [NOT_RUN]], "llrrlr")
+        self.table("confirm_calibration", ["study", "ECE", "FLSD-53", "cross-entropy", "difference", "95\\% CI",
+                                           "$p$ (Holm)"], calib or [["--"] * 6 + [NOT_RUN]], "llrrrlr")
+
+        def names(studies) -> str:
+            studies = list(studies)
+            if not studies:
+                return "none"
+            return ", ".join(tex(x) for x in studies[:-1]) + (" and " if len(studies) > 1 else "") + tex(studies[-1])
+
+        self.num("ConfirmStudiesPlanned", str(len(rc.STUDIES)))
+        self.num("ConfirmStudiesRun", str(len(found)))
+        self.num("ConfirmSeeds", str(len(seeds)) if seeds else NOT_RUN)
+        self.num("ConfirmFirstSeed", str(seeds[0]) if seeds else NOT_RUN)
+        self.num("ConfirmLastSeed", str(seeds[-1]) if seeds else NOT_RUN)
+        self.num("ConfirmMargin", f"{rc.MARGIN:g}")
+        self.num("ConfirmPolicy", tex(rc.POLICY.split("=", 1)[1]))
+        self.num("ConfirmAlpha", f"{rc.ALPHA:g}")
+        by_verdict = {v: [a["study"] for a in found if a["primary"]["verdict"] == v]
+                      for v in ("matches", "not worse", "worse", "inconclusive")}
+        for v, studies in by_verdict.items():
+            key = macro_name("confirm", *v.split())
+            self.num(key, str(len(studies)))
+            self.num(f"{key}List", names(studies))
+        longer = sorted({_epochs(a) for a in found if a["dataset"] == "digits-lt" and "epochs" in a["overrides"]})
+        self.num("ConfirmDigitsLongerEpochs", " and ".join(map(str, longer)) if longer else NOT_RUN)
+        ok = len(by_verdict["matches"]) + len(by_verdict["not worse"])
+        self.num("ConfirmAnswer", NOT_RUN if not found else
+                 "it is no worse than the grid on every confirmatory study" if ok == len(found) else
+                 "it is no worse than the grid on none of the confirmatory studies" if ok == 0 else
+                 "it does not save the search in general: it is no worse than the grid on some studies and worse "
+                 "or inconclusive on others")
+        # logit adjustment: FLSD-53 minus it in the pre-registered secondary table (Holm), and, exploratory, the
+        # grid's choice minus it (a paired t interval; not part of the pre-registered analysis)
+        la = "baseline=logit_adjusted"
+        la_studies, la_ahead_policy, la_ahead_grid = [], [], []
+        for a in found:
+            row = next((r for r in a["secondary"] if r["comparator"] == la), None)
+            if row is None:
+                continue
+            la_studies.append(a["study"])
+            if row["p_holm"] is not None and row["p_holm"] <= rc.ALPHA and row["mean_diff"] < 0:
+                la_ahead_policy.append(a["study"])
+            units = units_from_export(export_path(self.results.folder, a["study"]), a["study"])
+            grid, other = rc.grid_choice(units), rc._one_run(units, la)
+            metric = a["metric"]
+            d = [other[s]["test"][metric] - grid[s]["test"][metric] for s in sorted(grid) if s in other]
+            t = analysis.paired_t(d, level=LEVEL)
+            if t["low"] is not None and t["low"] > 0:
+                la_ahead_grid.append(a["study"])
+        self.num("ConfirmLogitStudies", str(len(la_studies)))
+        self.num("ConfirmLogitAheadPolicy", str(len(la_ahead_policy)))
+        self.num("ConfirmLogitAheadGrid", str(len(la_ahead_grid)))
+        self.num("ConfirmLogitNotAheadPolicyList", names(s for s in la_studies if s not in la_ahead_policy))
+        # calibration against cross-entropy, per metric: FLSD-53 lower / higher after Holm, or neither
+        cal = {"ece": {"lower": [], "higher": [], "neither": []}, "ece_ts": {"lower": [], "higher": [], "neither": []}}
+        for a in found:
+            for r in a["calibration"]:
+                sig = r["p_holm"] is not None and r["p_holm"] <= rc.ALPHA
+                cal[r["metric"]]["neither" if not sig else "lower" if r["mean_diff"] < 0 else "higher"].append(
+                    a["study"])
+        n_cal = len([a for a in found if a["calibration"]])
+        self.num("ConfirmCalibrationStudies", str(n_cal))
+        self.num("ConfirmCalibrationReading", NOT_RUN if not n_cal else
+                 "After temperature scaling, cross-entropy is calibrated as well as or better than FLSD-53 on every "
+                 "multiclass confirmatory study" if not cal["ece_ts"]["lower"] else
+                 "After temperature scaling, FLSD-53 keeps a calibration advantage over cross-entropy on some "
+                 "multiclass confirmatory studies")
+        for key, groups in cal.items():
+            for word, studies in groups.items():
+                name = macro_name("confirm", "ts" if key == "ece_ts" else "raw", "ece", word)
+                self.num(name, str(len(studies)))
+                self.num(f"{name}List", names(studies))
+        for a in found:
+            p = a["primary"]
+            findings.append(
+                f"{tex(a['study'])}: FLSD-53 minus the grid's choice {f3(p['mean_diff'], signed=True)}, 90\\% CI "
+                f"{interval({'low': p['ci90'][0], 'high': p['ci90'][1]})}, TOST $p = {fp(p['tost_p'])}$: "
+                f"\\emph{{{p['verdict']}}}.")
+        self.files["findings_confirm.tex"] = (" ".join(findings) if findings else
+                                              "No confirmatory study has been run yet.") + "\n"
+
+    # -- the development / confirmation split -------------------------------------------------------------------
+    def preregistration(self) -> None:
+        """research.preregister's choice recomputed from the development exports: every candidate's rank per data
+        set by mean validation metric, its mean rank, and the policy chosen."""
+        from research import preregister
+
+        if not all(self.results.has(d) for d in preregister.DATASETS):
+            self.table("preregistration", ["policy", "status"], [["--", NOT_RUN]], "ll")
+            for key in ("PreregChosen", "PreregCandidates", "PreregDatasets", "PreregChosenRank",
+                        "PreregChosenGap"):
+                self.num(key, NOT_RUN)
+            return
+        choice = preregister.choose(self.results.folder)
+        rows = []
+        for row in choice["ranking"]:
+            rows.append([arm_tex(row["policy"]) if row["policy"] != choice["chosen"] else
+                         f"\\textbf{{{arm_tex(row['policy'])}}}", f"{row['mean_rank']:.1f}"]
+                        + [f"{row['ranks'][d]:g} ({row['val'][d]:.3f})" for d in choice["datasets"]]
+                        + [f3(row["mean_gap"], signed=True)])
+        self.table("preregistration", ["policy", "mean rank"] + [tex(d) for d in choice["datasets"]]
+                   + ["val. $-$ best fixed $\\gamma$"], rows, "lr" + "r" * (len(choice["datasets"]) + 1))
+        chosen = next(r for r in choice["ranking"] if r["policy"] == choice["chosen"])
+        self.num("PreregChosen", tex(choice["chosen"]))
+        self.num("PreregCandidates", str(len(choice["candidates"])))
+        self.num("PreregDatasets", str(len(choice["datasets"])))
+        self.num("PreregChosenRank", f"{chosen['mean_rank']:.1f}")
+        self.num("PreregChosenGap", f3(chosen["mean_gap"], signed=True))
+        seeds = sorted({s for d in preregister.DATASETS
+                        for per in self.results.get(d)["units"]["units"].values() for s in per})
+        self.num("DevSeeds", f"{seeds[0]}--{seeds[-1]}" if seeds else NOT_RUN)
+
+    # -- how digits-lt's configuration was chosen (research/default_search.py) ------------------------------------
+    def digits_default(self) -> None:
+        """The search behind digits-lt's default configuration, from research/results/default_search.json: how
+        many settings separated focal loss from cross-entropy, and the MLP at the default imbalance ratio over
+        epochs (on the seeds of the search, kept apart from the studies')."""
+        import json
+
+        from research.train import DATASET_DEFAULTS
+
+        path = DEFAULT_SEARCH
+        keys = ("DefaultSearchSettings", "DefaultSearchSeparated", "DefaultSearchFocalAhead", "DefaultSearchSeeds",
+                "DefaultShortlistSettings", "DefaultShortlistSeeds", "DigitsDefaultEpochs", "DigitsDefaultRho",
+                "DigitsDefaultDiffSearch", "DigitsDefaultDiffShortlist")
+        if not path.is_file():
+            self.table("digits_default", ["epochs", "status"], [["--", NOT_RUN]], "ll")
+            for key in keys:
+                self.num(key, NOT_RUN)
+            return
+        data = json.loads(path.read_text())
+        search = next(v for v in data.values() if v["candidates"] == "candidates")
+        shortlist = next((v for v in data.values() if v["candidates"] == "shortlist"), None)
+        epochs, rho = DATASET_DEFAULTS["digits-lt"]["epochs"], default_rho("digits-lt")
+
+        def plain_mlp(row, e=None) -> bool:  # the MLP, default learning rate and size, at rho, e epochs
+            o = row["overrides"]
+            return (set(o) == {"epochs", "dataset_kwargs"} and o["dataset_kwargs"] == {"imbalance_ratio": rho}
+                    and (e is None or o["epochs"] == e))
+
+        def seed_text(seeds) -> str:
+            return f"{min(seeds)}--{max(seeds)}"
+
+        rows = sorted((r for r in search["rows"] if plain_mlp(r)), key=lambda r: r["overrides"]["epochs"])
+        self.table("digits_default", ["epochs", "tuned $\\gamma$", "focal $-$ CE (SE)", "focal better / worse",
+                                      "separated"],
+                   [[str(r["overrides"]["epochs"]) + (" (chosen)" if r["overrides"]["epochs"] == epochs else ""),
+                     f"{r['gamma']:g}", f"{r['difference']:+.3f} ({r['standard_error']:.3f})",
+                     f"{r['wins']} / {r['losses']}", "yes" if r["separated"] else "no"] for r in rows],
+                   "lrrcl")
+        sep = [r for r in search["rows"] if r["separated"]]
+        self.num("DefaultSearchSettings", str(len(search["rows"])))
+        self.num("DefaultSearchSeparated", str(len(sep)))
+        self.num("DefaultSearchFocalAhead", str(sum(r["difference"] > 0 for r in sep)))
+        self.num("DefaultSearchSeeds", seed_text(search["seeds"]))
+        self.num("DefaultShortlistSettings", str(len(shortlist["rows"])) if shortlist else NOT_RUN)
+        self.num("DefaultShortlistSeeds", seed_text(shortlist["seeds"]) if shortlist else NOT_RUN)
+        self.num("DigitsDefaultEpochs", str(epochs))
+        self.num("DigitsDefaultRho", f"{rho:g}")
+        chosen = [next((r for r in v["rows"] if plain_mlp(r, epochs)), None) for v in (search, shortlist)]
+        self.num("DigitsDefaultDiffSearch", f"{chosen[0]['difference']:+.3f}" if chosen[0] else NOT_RUN)
+        self.num("DigitsDefaultDiffShortlist", f"{chosen[1]['difference']:+.3f}" if chosen[1] else NOT_RUN)
+
+    # -- reversals: what the development studies showed and why it is withdrawn ---------------------------------
+    def reversals(self) -> None:
+        """gammanet's gauss-lt result (meta-trained on the balanced validation set in the committed study) and
+        the per-epoch MedianPruner's effect on the TPE-tuned gamma there, from the gauss-lt export."""
+        from research.train import DEFAULT_HOLDOUT
+
+        self.num("HoldoutFraction", f"{DEFAULT_HOLDOUT:g}")
+        keys = ("GaussLtGammanetDiff", "GaussLtGammanetCI", "GaussLtTpeTrials", "GaussLtTpePruned",
+                "GaussLtTpeSmallGamma", "GaussLtTpeSmallGammaPruned", "PrunedGammaBound")
+        r = self.results.get("gauss-lt")
+        if r is None or r["analysis"]["reference"] is None:
+            for key in keys:
+                self.num(key, NOT_RUN)
+            return
+        t = paired(r, "policy=gammanet", r["analysis"]["reference"])
+        self.num("GaussLtGammanetDiff", f3(t["mean_diff"], signed=True))
+        self.num("GaussLtGammanetCI", interval(t))
+        trials = [x for x in read_export(export_path(self.results.folder, "gauss-lt"))["trials"]
+                  if x["arm"] == "gamma=tpe"]
+        small = [x for x in trials if x["params"]["gamma"] < SMALL_GAMMA]
+        self.num("GaussLtTpeTrials", str(len(trials)))
+        self.num("GaussLtTpePruned", str(sum(x["state"] == "PRUNED" for x in trials)))
+        self.num("GaussLtTpeSmallGamma", str(len(small)))
+        self.num("GaussLtTpeSmallGammaPruned", str(sum(x["state"] == "PRUNED" for x in small)))
+        self.num("PrunedGammaBound", f"{SMALL_GAMMA:g}")
 
     # -- figures ----------------------------------------------------------------------------------------------
     def _rho_figure(self, grid_rows, grid_arms) -> None:
@@ -607,10 +850,6 @@ class Assets:
                 pts = [(c["trials"], c["best_val_mean"]) for c in rows if c["best_val_mean"] is not None]
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=3, color="C0", label=f"{arm} (best so far)")
-            if tc["defaults"]:
-                best = max(tc["defaults"], key=lambda d: d["val_mean"])
-                ax.axhline(best["val_mean"], color="C3", ls="--", lw=1, label=f"{best['arm']} (1 run)")
-                ax.plot([1], [best["val_mean"]], marker="s", color="C3")
             if tc["grid"]:
                 ax.plot([tc["grid"]["trials"]], [tc["grid"]["val_mean"]], marker="D", color="C2", ls="",
                         label=tc["grid"]["arm"])
@@ -641,6 +880,10 @@ class Assets:
         self.figures: dict = {}
         self._draw = figures
         self.setup()
+        self.confirm()
+        self.preregistration()
+        self.digits_default()
+        self.reversals()
         self.tuning_cost()
         self.rho()
         self.calibration()
@@ -651,7 +894,7 @@ class Assets:
             self.gamma_figure()
         from sweeps.spec import GAMMA_GRID
 
-        self.num("NumBoot", str(self.results.n_boot))
+        self.num("HolmAlpha", f"{ALPHA:g}")
         self.num("GammaGrid", ", ".join(f"{g:g}" for g in GAMMA_GRID))
         self.num("RhoValues", ", ".join(str(r) for r in dict.fromkeys(r for _, r, _ in rho_studies())))
         seeds = [len({s for per in r["units"]["units"].values() for s in per})
@@ -692,6 +935,13 @@ class Assets:
             plt.close(fig)
             written.append(path)
         return written
+
+
+def _epochs(study: dict) -> int:
+    """The epochs of a research.confirm study record: its override, else the data set's default."""
+    from research.train import DATASET_DEFAULTS
+
+    return study["overrides"].get("epochs", DATASET_DEFAULTS[study["dataset"]]["epochs"])
 
 
 def _rho_text(manifest: dict) -> str:
@@ -736,11 +986,10 @@ def _empty(ax, text: str = NOT_RUN) -> None:
     ax.set_yticks([])
 
 
-def make_assets(results="sweeps/results/trials", out="paper", *, n_boot: int = N_BOOT,
-                figures: bool = True) -> list[Path]:
+def make_assets(results="sweeps/results/trials", out="paper", *, figures: bool = True) -> list[Path]:
     """Builds every asset from the exports in ``results`` and writes them under ``out`` (the figures only when
     ``figures``); returns the paths."""
-    return Assets(Results(results, n_boot=n_boot)).build(figures=figures).write(out)
+    return Assets(Results(results)).build(figures=figures).write(out)
 
 
 def main(argv=None) -> int:

@@ -48,19 +48,25 @@ def test_every_macro_used_in_main_tex_is_generated():
     defined |= set(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}", tex))
     used = set(re.findall(r"\\([A-Z][A-Za-z]+)", tex))  # our macros start with a capital letter
     assert used <= defined, sorted(used - defined)
-    # no number typed by hand into the results and limitations sections
-    results = tex[tex.index(r"\section{Results}"):tex.index(r"\bibliographystyle")]
-    assert not re.findall(r"(?<![\\\w{.=])\d+\.\d+", results)
+    # no number typed by hand into the setup, results, withdrawn-claims and limitations sections, nor the abstract
+    for start, end in ((r"\begin{abstract}", r"\end{abstract}"), (r"\paragraph{Development and confirmation.}",
+                                                                  r"\bibliographystyle")):
+        text = tex[tex.index(start):tex.index(end)]
+        assert not re.findall(r"(?<![\\\w{.=])\d+\.\d+", text), start
 
 
 def test_partial_results_give_not_run_rows(tmp_path):
     empty = tmp_path / "none"
     empty.mkdir()
-    ma.make_assets(empty, tmp_path / "a", n_boot=200)
+    ma.make_assets(empty, tmp_path / "a")
     gen = tmp_path / "a" / "generated"
     setup = (gen / "setup.tex").read_text()
     assert setup.count(ma.NOT_RUN_GPU) == 2 and "digits-lt & -- &" in setup
-    assert r"\newcommand{\DigitsLtBestFixedGamma}{not run}" in (gen / "numbers.tex").read_text()
+    numbers = (gen / "numbers.tex").read_text()
+    assert r"\newcommand{\DigitsLtBestFixedGamma}{not run}" in numbers
+    assert r"\newcommand{\ConfirmStudiesRun}{0}" in numbers and r"\newcommand{\ConfirmSeeds}{not run}" in numbers
+    assert (gen / "confirm_primary.tex").read_text().count(ma.NOT_RUN) == 7
+    assert ma.NOT_RUN in (gen / "preregistration.tex").read_text()
     assert {p.name for p in (tmp_path / "a" / "figures").glob("*.pdf")} == {
         "rho_grid.pdf", "tuning_cost.pdf", "gamma_trajectories.pdf"}
     # one rho study only
@@ -70,7 +76,7 @@ def test_partial_results_give_not_run_rows(tmp_path):
     if not src.is_file():
         pytest.skip("no committed digits-lt-rho10 export")
     (one / src.name).write_bytes(src.read_bytes())
-    ma.make_assets(one, tmp_path / "b", n_boot=200, figures=False)
+    ma.make_assets(one, tmp_path / "b", figures=False)
     grid = (tmp_path / "b" / "generated" / "rho_grid.tex").read_text()
     assert "digits-lt & 10 & " in grid and "digits-lt & 100 &" in grid and ma.NOT_RUN in grid
 
@@ -80,8 +86,8 @@ def test_figures_are_deterministic(tmp_path):
     one.mkdir()
     for src in sorted(RESULTS.glob("*-rho*.json.gz"))[:2]:
         (one / src.name).write_bytes(src.read_bytes())
-    ma.make_assets(one, tmp_path / "a", n_boot=200)
-    ma.make_assets(one, tmp_path / "b", n_boot=200)
+    ma.make_assets(one, tmp_path / "a")
+    ma.make_assets(one, tmp_path / "b")
     for fig in sorted((tmp_path / "a" / "figures").glob("*.pdf")):
         assert fig.read_bytes() == (tmp_path / "b" / "figures" / fig.name).read_bytes(), fig.name
 
@@ -128,3 +134,84 @@ def test_quick_config_matches_expected_values():
     problems = quick.compare(expected, off)
     assert len(problems) == 1 and problems[0].startswith("balanced_accuracy: expected ")
     assert quick.compare(expected, {**metrics, "ece": float("nan")})[0].startswith("ece: expected")
+
+
+def _rows(name: str) -> list[list[str]]:
+    """The body rows of a committed generated table, cells stripped."""
+    lines = (PAPER / "generated" / name).read_text().splitlines()
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    return [[c.strip() for c in line.removesuffix(r" \\").split(" & ")] for line in body if line != r"\midrule"]
+
+
+def _macros() -> dict:
+    return dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}", (PAPER / "generated" / "numbers.tex").read_text()))
+
+
+def test_confirm_tables_agree_with_research_confirm_json():
+    """The paper's confirmatory tables say what research/results/confirm.json (python -m research.confirm) says:
+    the same studies, differences, intervals, verdicts, Holm-adjusted p-values and verdict counts."""
+    import json
+
+    committed = json.loads((ROOT / "research" / "results" / "confirm.json").read_text())
+    primary = {row[0]: row for row in _rows("confirm_primary.tex")}
+    assert sorted(primary) == sorted(ma.tex(a["study"]) for a in committed["studies"])
+    for a in committed["studies"]:
+        row, p = primary[ma.tex(a["study"])], a["primary"]
+        assert row[-1] == p["verdict"]
+        assert row[5] == f"{p['mean_diff']:+.3f}"
+        assert row[6] == f"[{p['ci90'][0]:+.3f}, {p['ci90'][1]:+.3f}]"
+    macros = _macros()
+    for verdict in ("matches", "not worse", "worse", "inconclusive"):
+        key = ma.macro_name("confirm", *verdict.split())
+        assert macros[key] == str(committed["verdicts"].get(verdict, 0)), verdict
+    assert macros["ConfirmStudiesRun"] == str(len(committed["studies"]))
+    secondary = {(row[0], row[1]): row for row in _rows("confirm_secondary.tex")}
+    for a in committed["studies"]:
+        for r in a["secondary"]:
+            row = secondary[(ma.tex(a["study"]), ma.tex(r["label"]))]
+            assert row[-1] == f"{r['p_holm']:.3f}"
+            assert row[3].startswith(f"{r['mean_diff']:+.3f}")
+            assert row[3].endswith("$^{*}$") == (r["p_holm"] <= committed["alpha"])
+    calibration = _rows("confirm_calibration.tex")
+    assert len(calibration) == sum(len(a["calibration"]) for a in committed["studies"])
+    ts = [(a, r) for a in committed["studies"] for r in a["calibration"] if r["metric"] == "ece_ts"]
+    worse = [a["study"] for a, r in ts if r["p_holm"] <= committed["alpha"] and r["mean_diff"] > 0]
+    assert macros["ConfirmTsEceHigher"] == str(len(worse))
+
+
+def test_preregistration_table_is_the_committed_choice():
+    """The development/confirmation split: the ranking the paper shows is research.preregister's committed one, and
+    the policy it chose is the one the confirmatory analysis tests."""
+    import json
+
+    from research import confirm
+
+    choice = json.loads((ROOT / "research" / "results" / "preregistration_choice.json").read_text())
+    rows = _rows("preregistration.tex")
+    assert [re.search(r"\\texttt\{([^}]*)\}", row[0]).group(1).replace("\\_", "_") for row in rows] == [
+        r["policy"] for r in choice["ranking"]]
+    assert rows[0][0].startswith(r"\textbf{") and sum(r[0].startswith(r"\textbf{") for r in rows) == 1
+    assert _macros()["PreregChosen"] == choice["chosen"] and confirm.POLICY == f"policy={choice['chosen']}"
+
+
+def test_superseded_claims_are_gone():
+    """No bootstrap interval and no 'best default policy' chosen among the policies in what the generator writes;
+    the superseded claims appear in main.tex only in the section that withdraws them."""
+    for path in (PAPER / "generated").glob("*.tex"):
+        text = path.read_text().lower()
+        assert "bootstrap" not in text and "best default policy" not in text, path.name
+    tex = (PAPER / "main.tex").read_text()
+    before = tex[:tex.index(r"\section{Withdrawn claims and reversals}")]
+    assert "bootstrap" not in before.lower()
+    assert "Wilcoxon" not in tex
+
+
+def test_holm_family_marks_only_what_survives():
+    """make_assets' star: Holm over the family, by hand. Raw p 0.01, 0.04, 0.03 -> Holm 0.03, 0.06, 0.06."""
+    tests = [{"p": p, "mean_diff": d, "p_holm": None} for p, d in ((0.01, -0.2), (0.04, 0.1), (0.03, 0.1))]
+    ma.holm_family(tests)
+    assert [round(t["p_holm"], 6) for t in tests] == [0.03, 0.06, 0.06]
+    assert [ma.significant(t) for t in tests] == [-1, 0, 0]
+    t = ma.t_test([0.01, 0.02, 0.03])  # mean 0.02, sd 0.01, se 0.01/sqrt(3), t_{0.975, 2} = 4.302653
+    assert t["mean_diff"] == pytest.approx(0.02) and t["wins"] == 3 and t["losses"] == 0
+    assert t["high"] - t["mean_diff"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
