@@ -15,11 +15,20 @@
 
   Reported: mean and largest ``|gamma_end - 2|`` over seeds, the mean final gamma, the test balanced accuracy and
   its paired difference from fixed gamma 2 (standard error over seeds).
+* ``gammanet``: where gammanet's development win (gauss-lt, meta batches from the balanced validation set) came
+  from. Per data set and seed, all runs on the same training samples (``holdout_fraction`` = ``DEFAULT_HOLDOUT``):
+  cross-entropy (the reference: the best fixed gamma on gauss-lt), fixed gamma 2 (gammanet's start), gammanet
+  meta-trained on the held-out training slice (the default) and on the balanced validation set, and the control
+  that spends the balanced validation labels on plain cross-entropy steps instead (``finetune_every``). Reported:
+  mean final gamma, test balanced accuracy, and the paired t 95% interval of each variant minus cross-entropy with
+  Holm's correction across the variants of a data set.
 
     python -m research.fair_arms holdout --seeds 5 --threads 1 \\
         --out research/results/fair_arms_holdout.json --readme research/README.md
     python -m research.fair_arms hypergradient --seeds 5 --threads 1 \\
         --out research/results/fair_arms_hypergradient.json --readme research/README.md
+    python -m research.fair_arms gammanet --seeds 10 --threads 1 \\
+        --out research/results/fair_arms_gammanet.json --readme research/README.md
 """
 
 from __future__ import annotations
@@ -43,10 +52,19 @@ VARIANTS = {
     "meta_lr=100": {"policy": "hypergradient", "policy_kwargs": {"meta_lr": 100.0}},
     "normalize": {"policy": "hypergradient", "policy_kwargs": {"normalize": True, "meta_lr": 0.05, "clip": 3.0}},
 }
+#: the gammanet measurement's variants (the first is the reference); FINETUNE_EVERY as in sweeps.spec
+GAMMANET_VARIANTS = {
+    "cross-entropy": {"loss": "ce"},
+    "fixed gamma 2": {"loss": "focal", "gamma": 2.0},
+    "gammanet (training slice)": {"policy": "gammanet"},
+    "gammanet (balanced validation)": {"policy": "gammanet", "meta_data": "val"},
+    "fine-tune on balanced validation": {"loss": "focal", "gamma": 2.0, "finetune_every": 20, "meta_data": "val"},
+}
 #: measurement -> the README block it fills
 BLOCKS = {
     "holdout": ("<!-- fair-arms-holdout:start -->", "<!-- fair-arms-holdout:end -->"),
     "hypergradient": ("<!-- fair-arms-hypergradient:start -->", "<!-- fair-arms-hypergradient:end -->"),
+    "gammanet": ("<!-- fair-arms-gammanet:start -->", "<!-- fair-arms-gammanet:end -->"),
 }
 
 
@@ -57,8 +75,15 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def _final_gamma(result: dict) -> float:
+    """The run's last gamma as one number: the value itself, or the mean of a per-class / per-bin gamma (a
+    gammanet GammaTable) as :func:`adaptive_focal.gamma_forms.gamma_scalars` summarises it."""
+    from adaptive_focal.gamma_forms import gamma_scalars
+
     epochs = result["gamma"]["epochs"]
-    return float(epochs[-1]["gamma"]) if epochs else float(result["config"]["gamma"])
+    if not epochs:
+        return float(result["config"]["gamma"])
+    scalars = gamma_scalars(epochs[-1]["gamma"])
+    return float(scalars.get("gamma", scalars.get("gamma/mean", float("nan"))))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,11 +124,12 @@ def holdout_markdown(results: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # does the default hypergradient move gamma?
 # ----------------------------------------------------------------------------------------------------------
-def hypergradient(datasets, seeds: int, threads: int | None, log=print) -> dict:
+def _variants(variants: dict, datasets, seeds: int, threads: int | None, log=print) -> dict:
+    """Every variant on every seed, all holding the same ``DEFAULT_HOLDOUT`` slice out of training."""
     out = {}
     for dataset in datasets:
         out[dataset] = {}
-        for name, keys in VARIANTS.items():
+        for name, keys in variants.items():
             rows = []
             for seed in range(seeds):
                 t0 = time.perf_counter()
@@ -113,8 +139,13 @@ def hypergradient(datasets, seeds: int, threads: int | None, log=print) -> dict:
                              "balanced_accuracy": r["metrics"]["balanced_accuracy"],
                              "seconds": time.perf_counter() - t0})
             out[dataset][name] = {"config": keys, "runs": rows}
-            log(f"{dataset} {name}: gamma_end {[round(x['gamma_end'], 4) for x in rows]}")
+            log(f"{dataset} {name}: gamma_end {[round(x['gamma_end'], 4) for x in rows]}, "
+                f"balanced accuracy {[round(x['balanced_accuracy'], 4) for x in rows]}")
     return out
+
+
+def hypergradient(datasets, seeds: int, threads: int | None, log=print) -> dict:
+    return _variants(VARIANTS, datasets, seeds, threads, log)
 
 
 def hypergradient_markdown(results: dict) -> str:
@@ -134,9 +165,42 @@ def hypergradient_markdown(results: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# where gammanet's win came from
+# ----------------------------------------------------------------------------------------------------------
+def gammanet(datasets, seeds: int, threads: int | None, log=print) -> dict:
+    return _variants(GAMMANET_VARIANTS, datasets, seeds, threads, log)
+
+
+def gammanet_markdown(results: dict) -> str:
+    from adaptive_focal.compare.analysis import holm, paired_t
+
+    lines = [("| data set | variant | final gamma | balanced accuracy | vs cross-entropy, paired | 95% t-interval | "
+              "Holm p | better / worse |"), "|---|---|---:|---:|---:|---|---:|:---:|"]
+    reference = next(iter(GAMMANET_VARIANTS))
+    for dataset, variants in results.items():
+        base = [r["balanced_accuracy"] for r in variants[reference]["runs"]]
+        tests = {name: paired_t([r["balanced_accuracy"] - b for r, b in zip(v["runs"], base)])
+                 for name, v in variants.items() if name != reference}
+        adjusted = dict(zip(tests, holm([t["p"] for t in tests.values()])))
+        for name, v in variants.items():
+            acc = statistics.fmean(r["balanced_accuracy"] for r in v["runs"])
+            gamma = statistics.fmean(r["gamma_end"] for r in v["runs"]) if v["config"].get("loss") != "ce" else 0.0
+            if name == reference:
+                lines.append(f"| {dataset} | {name} | {gamma:.2f} | {acc:.4f} | — | — | — | — |")
+                continue
+            t, diffs = tests[name], [r["balanced_accuracy"] - b for r, b in zip(v["runs"], base)]
+            p = "—" if adjusted[name] is None else f"{adjusted[name]:.3f}"
+            lines.append(f"| {dataset} | {name} | {gamma:.2f} | {acc:.4f} | {t['mean']:+.4f} | "
+                         f"[{t['low']:+.4f}, {t['high']:+.4f}] | {p} | {sum(d > 0 for d in diffs)} / "
+                         f"{sum(d < 0 for d in diffs)} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------------------
-MEASUREMENTS = {"holdout": (holdout, holdout_markdown), "hypergradient": (hypergradient, hypergradient_markdown)}
+MEASUREMENTS = {"holdout": (holdout, holdout_markdown), "hypergradient": (hypergradient, hypergradient_markdown),
+                "gammanet": (gammanet, gammanet_markdown)}
 
 
 def main_cli(argv=None) -> None:
