@@ -51,6 +51,8 @@ COMBINATIONS = ("baseline=cb_focal", "baseline=cb_ce", "baseline=logit_adjusted"
 GENERATED = ("generated", "figures")
 #: research/default_search.py's committed results (how digits-lt's default configuration was chosen)
 DEFAULT_SEARCH = Path(__file__).resolve().parents[1] / "research" / "results" / "default_search.json"
+#: research/fair_arms.py's gammanet measurement (the development win rerun with every arm on the same samples)
+FAIR_GAMMANET = Path(__file__).resolve().parents[1] / "research" / "results" / "fair_arms_gammanet.json"
 #: per-study macros of question (a), defined as "not run" for a study without an export
 TUNING_MACROS = ("BestFixedGamma", "BestFixedTest", "TunedGammaTest", "TunedGammaRuns", "PoliciesAboveFixed",
                  "Policies", "PoliciesBelowFixed")
@@ -812,6 +814,37 @@ class Assets:
         self.num("GaussLtTpeSmallGamma", str(len(small)))
         self.num("GaussLtTpeSmallGammaPruned", str(sum(x["state"] == "PRUNED" for x in small)))
         self.num("PrunedGammaBound", f"{SMALL_GAMMA:g}")
+        self.gammanet_rerun()
+
+    def gammanet_rerun(self) -> None:
+        """research.fair_arms's gammanet measurement on gauss-lt (research/results/fair_arms_gammanet.json):
+        gammanet with each source of meta data and the fine-tuning control against cross-entropy, every arm on the
+        same samples; paired t 95% intervals, Holm across the measurement's four comparisons."""
+        import json
+
+        from adaptive_focal.compare.analysis import holm, paired_t
+
+        variants = {"Slice": "gammanet (training slice)", "Val": "gammanet (balanced validation)",
+                    "Finetune": "fine-tune on balanced validation", "Fixed": "fixed gamma 2"}
+        keys = [f"GammanetRerun{k}{part}" for k in variants for part in ("Diff", "CI", "Wins", "HolmP")]
+        keys += ["GammanetRerunSeeds"]
+        data = json.loads(FAIR_GAMMANET.read_text()) if FAIR_GAMMANET.is_file() else None
+        runs = (data or {}).get("results", {}).get("gauss-lt")
+        if runs is None:
+            for key in keys:
+                self.num(key, NOT_RUN)
+            return
+        base = [r["balanced_accuracy"] for r in runs["cross-entropy"]["runs"]]
+        diffs = {k: [r["balanced_accuracy"] - b for r, b in zip(runs[name]["runs"], base)]
+                 for k, name in variants.items()}
+        tests = {k: paired_t(d) for k, d in diffs.items()}
+        adjusted = dict(zip(tests, holm([t["p"] for t in tests.values()])))
+        for k, t in tests.items():
+            self.num(f"GammanetRerun{k}Diff", f3(t["mean"], signed=True))
+            self.num(f"GammanetRerun{k}CI", interval(t))
+            self.num(f"GammanetRerun{k}Wins", f"{sum(d > 0 for d in diffs[k])} of {len(diffs[k])}")
+            self.num(f"GammanetRerun{k}HolmP", fp(adjusted[k]))
+        self.num("GammanetRerunSeeds", str(len(base)))
 
     # -- figures ----------------------------------------------------------------------------------------------
     def _rho_figure(self, grid_rows, grid_arms) -> None:
