@@ -165,8 +165,14 @@ typedef struct {
     const float *x;
     float *elem;
     float xs[BLOCK], el[BLOCK];
+#ifdef HIST_AVX512
+    hist_state hist;
+#endif
     /* confidence bins (see block_conf): the signed confidence of each element (+s correct, -s wrong), the first
-       cell of each position's class, and each element's cell and value */
+       cell of each position's class, and each element's cell and value. Last, so that without them (need_conf 0)
+       the fields the statistics use keep the layout they had before the bins existed (placed before hist, they
+       cost the statistics without bins about 2.4 ms of 24 at (65536, 80) on one thread, for no visible reason but
+       that layout; see the README's Benchmarks) */
     float cf[BLOCK];
     int32_t cell0[BLOCK];
     union {
@@ -176,9 +182,6 @@ typedef struct {
     uint64_t *cells;     /* this thread's cells: C (2B + 1), and the spare one (unsigned: it may wrap) */
     int64_t conf_since;  /* elements added to the cells since they were last folded into acc */
     int32_t spare;       /* index of the spare cell */
-#ifdef HIST_AVX512
-    hist_state hist;
-#endif
 } block_buf;
 
 #define FOLD_TERMS 64
@@ -360,9 +363,9 @@ static int32_t equal_width_edges(const float *edges, int32_t nb) {
 /*
  * The fused loop. `hard` (all targets of the block are 0 or 1 and there is no smoothing), `neg` (some gamma is
  * negative) and `stats` (0 none, 1 statistics, 2 statistics with the confidence bins) are compile-time constants
- * at each call site, so each combination is its own straight-line vector loop. With hard targets log(1 - p_t) comes free from the BCE term
- * (log(1 - p_t) = -(max(z, 0) + log1p(e)) with z = +x or -x) and p pm / (1 - p_t) is p_t: no log and no
- * division beyond the sigmoid's.
+ * at each call site, so each combination is its own straight-line vector loop. With hard targets log(1 - p_t)
+ * comes free from the BCE term (log(1 - p_t) = -(max(z, 0) + log1p(e)) with z = +x or -x) and p pm / (1 - p_t) is
+ * p_t: no log and no division beyond the sigmoid's.
  */
 static inline __attribute__((always_inline)) void fused_loop(
     const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int hard,
