@@ -79,9 +79,9 @@ those fields (by hand, saved before they existed, or computed without ``confiden
 The sigmoid confidence bins are opt-in (``confidence_stats``: they are sums per element, which the per-step
 policies never read), so both policies set ``loss.confidence_stats = True`` on a sigmoid loss when they are built:
 its validation statistics then carry the bins without any step of the user's. That costs every call of the loss
-with ``return_stats=True``, training steps included, about 20% of the sigmoid loss's time on the CPU kernel
-(statistics about 30% over the loss instead of about 10%; README, Benchmarks); a loop that wants it only on the
-validation pass can set ``loss.confidence_stats`` back to False for training and True for validation.
+with ``return_stats=True``, training steps included, about 10-20% more of the sigmoid loss's time on the CPU
+kernel (statistics 17-32% over the loss instead of 7-10% in the README's Benchmarks); a loop that wants it only
+on the validation pass can set ``loss.confidence_stats`` back to False for training and True for validation.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ class AdaFocal(_AdaFocalBase):
     On a sigmoid loss every element is one binary prediction with confidence ``max(p, 1 - p)`` (see the module
     docstring for why, and for what else differs), and the policy sets ``loss.confidence_stats = True``: the
     sigmoid statistics carry the confidence bins only with it, and they cost every ``return_stats=True`` call of
-    the loss about 20% of its time on the CPU (see the module docstring).
+    the loss about 10-20% more of its time on the CPU (see the module docstring).
 
     Args:
         loss: a :class:`~adaptive_focal.FocalLoss` (softmax or sigmoid).
