@@ -101,11 +101,15 @@ FAMILIES = ["none", "cosine", "flsd53", "pi", "automated", "adafocal", "cyclical
 
 
 def _sigmoid_stats_have_confidence_bins() -> bool:
+    """Whether a sigmoid loss driven by AdaFocal computes the confidence bins (opt-in, confidence_stats=True, which
+    the policy turns on for its loss)."""
     import torch
 
     import adaptive_focal as af
 
-    _, stats = af.sigmoid_focal_loss(torch.zeros(2, 3), torch.zeros(2, 3), return_stats=True)
+    loss = af.FocalLoss("sigmoid")
+    af.create_policy("adafocal", loss)
+    _, stats = loss(torch.zeros(2, 3), torch.zeros(2, 3), return_stats=True)
     return stats.conf_count is not None
 
 
