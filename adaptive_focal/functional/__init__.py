@@ -91,8 +91,8 @@ def sigmoid_focal_loss(
             binary prediction with confidence ``max(p, 1 - p)``), which AdaFocal and
             :func:`~adaptive_focal.metrics.ece_from_stats` read. Off by default: they are sums per element and
             take return_stats' cost on the CPU kernel from 7-10% to 17-32% of the loss (README, Benchmarks),
-            while the per-step policies never read them (the AdaFocal policies turn them on for their loss). Without them those
-            fields are None and every other field is the same, bit for bit.
+            while the per-step policies never read them (the AdaFocal policies turn them on for their loss).
+            Without them those fields are None and every other field is the same, bit for bit.
 
     Returns:
         The loss (float32 for half-precision inputs), and with ``return_stats`` a ``(loss, stats)`` pair.
