@@ -40,6 +40,9 @@ class FocalLoss(nn.Module):
         class_priors, tau: logit adjustment (Menon et al., 2021), as in the functions: softmax priors are class
             counts or frequencies, sigmoid priors the per-class positive fractions in (0, 1). The priors are a
             float64 buffer (they are read in float64, so that counts and frequencies stay exact); tau a float.
+        confidence_stats: as in the functions: sigmoid statistics carry the confidence bins (for AdaFocal and
+            ECE) only with it; no effect for softmax, whose statistics always have them. An attribute that may be
+            changed later (``loss.confidence_stats = True``, which the AdaFocal policies do for their loss).
 
     Example:
         >>> import torch
@@ -59,6 +62,8 @@ class FocalLoss(nn.Module):
     """
 
     gamma: torch.Tensor | GammaTable | FocalMixture | AsymmetricGamma
+    #: class default, so that a module pickled before the setting existed still runs
+    confidence_stats: bool = False
 
     def __init__(
         self,
@@ -74,6 +79,7 @@ class FocalLoss(nn.Module):
         *,
         class_priors=None,
         tau: float = 1.0,
+        confidence_stats: bool = False,
     ) -> None:
         super().__init__()
         if mode not in _MODES:
@@ -98,6 +104,7 @@ class FocalLoss(nn.Module):
         else:
             self.class_priors = None
         self.tau = tau
+        self.confidence_stats = confidence_stats
         self.gamma = gamma
         # Validate every setting once, now, on a tiny input rather than at the first training step.
         self._check_settings()
@@ -173,7 +180,7 @@ class FocalLoss(nn.Module):
             input, target, gamma=gamma, alpha=self.alpha, weight=weight, reduction=self.reduction,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index, return_stats=return_stats,
             detach_modulator=self.detach_modulator, stat_bins=self.stat_bins, class_priors=self.class_priors,
-            tau=self.tau,
+            tau=self.tau, confidence_stats=self.confidence_stats,
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, return_stats: bool = False):

@@ -259,14 +259,15 @@ def ece_from_stats(stats: BatchStats) -> torch.Tensor:
 
     Args:
         stats: statistics with confidence bins, from either loss (``softmax_focal_loss``, ``sigmoid_focal_loss``
-            or ``FocalLoss``).
+            or ``FocalLoss``; the sigmoid loss with ``confidence_stats=True``).
 
     Returns:
         A 0-d float tensor on the statistics' device; NaN when they count nothing.
 
     Raises:
         TypeError: ``stats`` is not a BatchStats.
-        ValueError: ``stats`` have no confidence bins (statistics built without them).
+        ValueError: ``stats`` have no confidence bins (statistics built without them: sigmoid statistics have
+            them only with ``confidence_stats=True``).
 
     Example:
         >>> import torch
@@ -278,7 +279,7 @@ def ece_from_stats(stats: BatchStats) -> torch.Tensor:
         >>> round(ece_from_stats(stats).item(), 4) == round(ece(logits.softmax(1), labels).item(), 4)
         True
         >>> x, t = torch.tensor([2.0, -1.0, 0.5, 3.0]), torch.tensor([1.0, 1.0, 0.0, 1.0])  # binary
-        >>> _, stats = sigmoid_focal_loss(x, t, return_stats=True)
+        >>> _, stats = sigmoid_focal_loss(x, t, return_stats=True, confidence_stats=True)
         >>> p = torch.sigmoid(x)
         >>> round(ece_from_stats(stats).item(), 4) == round(ece(torch.stack([1 - p, p], 1), t.long()).item(), 4)
         True
@@ -286,9 +287,12 @@ def ece_from_stats(stats: BatchStats) -> torch.Tensor:
     if not isinstance(stats, BatchStats):
         raise TypeError(f"stats must be a BatchStats, got {type(stats).__name__}")
     if stats.conf_count is None or stats.conf_sum is None or stats.correct_sum is None:
+        how = (": compute them with confidence_stats=True (sigmoid_focal_loss(..., return_stats=True, "
+               "confidence_stats=True) or FocalLoss('sigmoid', confidence_stats=True))" if stats.mode == "sigmoid"
+               else "")
         raise ValueError(
             f"stats must carry confidence bins (conf_count, conf_sum, correct_sum); these {stats.mode} statistics "
-            f"have None there"
+            f"have None there{how}"
         )
     gap = (stats.correct_sum.to(stats.conf_sum.dtype) - stats.conf_sum).abs().sum()
     count = stats.conf_count.sum().to(gap.dtype)

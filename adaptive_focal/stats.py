@@ -62,8 +62,9 @@ class BatchStats:
             binary prediction, the two-class softmax of the logits ``(0, x)``: confidence ``max(p, 1 - p)`` and
             correct when the sign of the logit agrees with the raw target read as a label (``x > 0`` for
             ``t >= 0.5``, ``x < 0`` for ``t < 0.5``; ``x = 0``, where p = 1/2, is a tie and counts as correct). A
-            soft target counts as the label it rounds to (``t >= 0.5`` positive), as in ``n_pos``. None in
-            statistics built without them.
+            soft target counts as the label it rounds to (``t >= 0.5`` positive), as in ``n_pos``. Sigmoid
+            statistics carry them only when asked (``confidence_stats=True``: they are sums per element, the
+            largest part of the statistics' cost); None in statistics built without them.
         class_conf_count, class_conf_sum, class_correct_sum: (C, B) the same three split by class (their sums over
             classes are the three above), for class-wise calibration: softmax by the sample's target class, sigmoid
             by the element's index along dim 1 (its label).
@@ -78,7 +79,8 @@ class BatchStats:
 
         mode: ``"sigmoid"`` or ``"softmax"``, the loss that computed the statistics. Left out (None), it is
             read from the fields as statistics from before it existed carried it: softmax statistics have the
-            confidence bins and not the per-class gradient sums, sigmoid statistics the opposite.
+            confidence bins and not the per-class gradient sums, sigmoid statistics the gradient sums (and the
+            confidence bins or not).
 
         The fields after ``class_sum_pt`` default to None, for statistics built without them; a sum with such
         statistics has None there too.

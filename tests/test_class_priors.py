@@ -166,13 +166,15 @@ def test_sigmoid_any_gamma_is_the_focal_loss_of_the_adjusted_logits(path, gamma,
     t = (torch.rand(n, 4, generator=gen) < 0.3).float()
     g = af.AsymmetricGamma(0.0, 4.0) if gamma == "asymmetric" else gamma
     off = sigmoid_offsets(PI, 0.8, torch.float32)
-    (got, got_stats), grad = (af.sigmoid_focal_loss(x, t, gamma=g, class_priors=PI, tau=0.8, return_stats=True),
+    (got, got_stats), grad = (af.sigmoid_focal_loss(x, t, gamma=g, class_priors=PI, tau=0.8, return_stats=True,
+                                                    confidence_stats=True),
                               _grad(lambda z: af.sigmoid_focal_loss(z, t, gamma=g, class_priors=PI, tau=0.8), x)[1])
-    want, want_stats = af.sigmoid_focal_loss(x + off, t, gamma=g, return_stats=True)
+    want, want_stats = af.sigmoid_focal_loss(x + off, t, gamma=g, return_stats=True, confidence_stats=True)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(grad, _grad(lambda z: af.sigmoid_focal_loss(z + off, t, gamma=g), x)[1])
     for name in ("count", "n_pos", "sum_pt", "pt_hist", "class_sum_pt", "class_sum_grad_pos", "conf_count",
                  "conf_sum", "correct_sum", "class_conf_count", "class_conf_sum", "class_correct_sum"):
+        assert getattr(got_stats, name) is not None, name
         torch.testing.assert_close(getattr(got_stats, name), getattr(want_stats, name))
 
 
@@ -180,7 +182,7 @@ def test_sigmoid_confidence_bins_are_those_of_the_adjusted_logits():
     # zero logits: the adjusted p of class c is pi_c (tau 1), below 1/2 for every class here, so every element
     # is predicted negative with confidence 1 - pi_c and is correct where its target is 0
     t = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
-    _, stats = af.sigmoid_focal_loss(torch.zeros(2, 4), t, class_priors=PI, return_stats=True)
+    _, stats = af.sigmoid_focal_loss(torch.zeros(2, 4), t, class_priors=PI, return_stats=True, confidence_stats=True)
     torch.testing.assert_close(stats.class_conf_sum.sum(1), 2 * (1 - PI))
     assert stats.class_correct_sum.sum(1).tolist() == [1.0, 2.0, 1.0, 1.0]
 

@@ -76,7 +76,7 @@ def kernel_pt(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     own, so its class_sum_pt (a sum of one term) is its p_t exactly."""
     k = x.numel()
     _, acc, _ = OP(x.reshape(1, k, 1).contiguous(), t.reshape(1, k, 1).contiguous(), torch.tensor(2.0), 0, None,
-                   None, None, None, 0.0, False, torch.tensor([0.0, 1.0]), False, True)
+                   None, None, None, 0.0, False, torch.tensor([0.0, 1.0]), False, True, False)
     return acc[6 + k:6 + 2 * k].to(torch.float32)  # layout: _kernels/__init__.py, with B = 1
 
 

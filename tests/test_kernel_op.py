@@ -16,27 +16,63 @@ OP = torch.ops.adaptive_focal.sigmoid_focal.default
 
 
 def _args(kind: str):
+    """Op arguments; the last three are need_elementwise, need_stats and need_conf (the confidence bins)."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(16, 6, 5, generator=g, requires_grad=True)
     t = (torch.rand(16, 6, 5, generator=g) < 0.3).float()
     edges = torch.linspace(0, 1, 16)
     if kind == "scalar":
-        return (x, t, torch.tensor(2.0), 0, None, None, None, None, 0.0, False, edges, True, True)
+        return (x, t, torch.tensor(2.0), 0, None, None, None, None, 0.0, False, edges, True, True, True)
+    if kind == "no_conf":
+        return (x, t, torch.tensor(2.0), 0, None, None, None, None, 0.0, False, edges, True, True, False)
     if kind == "per_class":
         return (x, t, torch.rand(6, generator=g), 1, None, torch.rand(6, generator=g), None, None, 0.1, False,
-                edges, False, True)
+                edges, False, True, True)
     if kind == "full":
         return (x, t, torch.rand(16, 6, 5, generator=g), 2, None, None, torch.rand(16, 6, 5, generator=g), None,
-                0.0, True, edges, True, False)
+                0.0, True, edges, True, False, False)
     t = t.clone()
     t[0, :, 0] = -1.0
     return (x, t, torch.rand(6, 3, generator=g), 3, torch.tensor([0.0, 0.2, 0.5, 1.0]), None, None, -1.0, 0.0,
-            False, edges, True, True)
+            False, edges, True, True, True)
 
 
-@pytest.mark.parametrize("kind", ["scalar", "per_class", "full", "table"])
+@pytest.mark.parametrize("kind", ["scalar", "no_conf", "per_class", "full", "table"])
 def test_opcheck(kind):
     torch.library.opcheck(OP, _args(kind))
+
+
+def test_accumulator_without_confidence_bins_is_the_prefix_of_the_one_with_them():
+    """need_conf only appends the confidence bins: the statistics before them are the same, bit for bit, and the
+    fake implementation gives each length."""
+    from adaptive_focal._kernels.layout import acc_len, conf_offset
+
+    args = _args("scalar")
+    x = args[0].detach()
+    _, acc_on, grad_on = OP(x, *args[1:-1], True)
+    elem_off, acc_off, grad_off = OP(x, *args[1:-1], False)
+    assert acc_on.shape == (acc_len(6, 15, True),) and acc_off.shape == (acc_len(6, 15, False),)
+    assert acc_off.shape == (conf_offset(6, 15),)
+    assert torch.equal(acc_off, acc_on[:conf_offset(6, 15)]) and torch.equal(grad_off, grad_on)
+    assert int(acc_on[conf_offset(6, 15):conf_offset(6, 15) + 15].sum()) == x.numel()  # conf_count
+
+
+@pytest.mark.parametrize("confidence", [False, True])
+def test_compiled_statistics_with_and_without_confidence_bins(confidence):
+    """Traced with the op's fake implementation (whose accumulator length follows need_conf), fullgraph."""
+    torch._dynamo.reset()
+    x = torch.randn(MIN_NUMEL // 32, 32)
+    t = (torch.rand_like(x) < 0.05).float()
+
+    def step(x, t):
+        loss, stats = af.sigmoid_focal_loss(x, t, return_stats=True, confidence_stats=confidence)
+        return loss, stats.pt_hist, stats.class_sum_pt, stats.conf_count
+
+    got = torch.compile(step, backend="aot_eager", fullgraph=True)(x, t)
+    want = step(x, t)
+    assert (got[3] is None) == (want[3] is None) == (not confidence)
+    for a, b in zip(got, want):
+        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def test_large_inputs_dispatch_to_the_op(monkeypatch):
@@ -166,22 +202,28 @@ def test_stats_only_call_matches_the_full_kernel_and_reuses_its_buffers(kind):
     # whatever size ran before it, and calls of other sizes do not disturb a converted result
     from adaptive_focal._kernels import cpu
 
-    x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach, edges, _, _ = _args(kind)
+    x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach, edges, _, _, _ = _args(kind)
     x = x.detach()
     negative = bool((gamma < 0).any())
     _, _, full = cpu.sigmoid_focal_forward(x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach,
-                                          edges, False, True, negative)
+                                          edges, False, True, True, negative)
+    _, _, full_off = cpu.sigmoid_focal_forward(x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls,
+                                              detach, edges, False, True, False, negative)
     small = torch.randn(2, 6, 1), torch.ones(2, 6, 1)
     for before in (None, small, (torch.randn(40, 6, 9), torch.zeros(40, 6, 9))):
         if before is not None:  # another size first: the scratch buffers must not leak into this call
             cpu.sigmoid_focal_stats(before[0], before[1], torch.tensor(1.0), 0, None, None, None, None, 0.0, False,
-                                    edges, False)
+                                    edges, False, True)
         acc = cpu.sigmoid_focal_stats(x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach, edges,
-                                      negative)
+                                      negative, False)
+        assert torch.equal(acc, full_off)
+        acc = cpu.sigmoid_focal_stats(x, t, gamma, kind_id, table_edges, alpha, weight, ignore, ls, detach, edges,
+                                      negative, True)
         assert torch.equal(acc, full)
     kept = acc.clone()
-    cpu.sigmoid_focal_stats(*small, torch.tensor(1.0), 0, None, None, None, None, 0.0, False, edges, False)
+    cpu.sigmoid_focal_stats(*small, torch.tensor(1.0), 0, None, None, None, None, 0.0, False, edges, False, True)
     assert not torch.equal(acc, kept)  # overwritten: callers convert it at once
     with pytest.raises(ValueError, match="inputs under 32768 elements"):
         big = torch.zeros(1 << 15, 1, 1)
-        cpu.sigmoid_focal_stats(big, big, torch.tensor(1.0), 0, None, None, None, None, 0.0, False, edges, False)
+        cpu.sigmoid_focal_stats(big, big, torch.tensor(1.0), 0, None, None, None, None, 0.0, False, edges, False,
+                                True)

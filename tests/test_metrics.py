@@ -308,11 +308,19 @@ def test_ece_from_stats_empty_and_errors():
     x = torch.randn(3, 4)
     _, stats = af.softmax_focal_loss(x, torch.full((3,), -100), return_stats=True)
     assert math.isnan(M.ece_from_stats(stats).item())
-    _, sig = af.sigmoid_focal_loss(x, torch.full((3, 4), -1.0), ignore_index=-1.0, return_stats=True)
+    _, sig = af.sigmoid_focal_loss(x, torch.full((3, 4), -1.0), ignore_index=-1.0, return_stats=True,
+                                   confidence_stats=True)
     assert math.isnan(M.ece_from_stats(sig).item())
     without = dataclasses.replace(sig, conf_count=None, conf_sum=None, correct_sum=None)
     with pytest.raises(ValueError, match="must carry confidence bins .* these sigmoid statistics have None"):
         M.ece_from_stats(without)
+    # the default sigmoid statistics have no bins: the error says how to get them
+    _, plain = af.sigmoid_focal_loss(x, (x > 0).float(), return_stats=True)
+    with pytest.raises(ValueError, match=r"have None there: compute them with confidence_stats=True"):
+        M.ece_from_stats(plain)
+    without_softmax = dataclasses.replace(stats, conf_count=None)
+    with pytest.raises(ValueError, match=r"these softmax statistics have None there$"):
+        M.ece_from_stats(without_softmax)
     with pytest.raises(TypeError, match="stats must be a BatchStats, got dict"):
         M.ece_from_stats(stats.state_dict())
 
@@ -351,7 +359,8 @@ def test_ece_from_stats_of_sigmoid_statistics(gen, shape, stat_bins):
     t = (torch.rand(shape, generator=gen) < torch.sigmoid(0.5 * x)).float()  # over-confident logits
     t.view(-1)[::5] = torch.rand(t.view(-1)[::5].shape, generator=gen)  # soft targets count as their label
     t.view(-1)[::11] = -1.0
-    _, stats = af.sigmoid_focal_loss(x, t, return_stats=True, stat_bins=stat_bins, ignore_index=-1.0)
+    _, stats = af.sigmoid_focal_loss(x, t, return_stats=True, stat_bins=stat_bins, ignore_index=-1.0,
+                                     confidence_stats=True)
     expected = sigmoid_ece_written_out(x, t, stat_bins, ignore_index=-1.0)
     assert M.ece_from_stats(stats).item() == pytest.approx(expected, abs=1e-6)
     assert expected > 0.02  # the construction is over-confident: the ECE is not trivially 0

@@ -95,7 +95,15 @@ def test_sigmoid_infinite_logits_with_table_gamma_weight_and_detached_modulator(
 
 
 def _sigmoid_stats(x, t, **kw):
-    return af.sigmoid_focal_loss(x, t, ignore_index=IGNORE, return_stats=True, **kw)[1]
+    """The statistics with the confidence bins; without them (the default) the other fields are the same, NaN
+    where they are NaN."""
+    on = af.sigmoid_focal_loss(x, t, ignore_index=IGNORE, return_stats=True, confidence_stats=True, **kw)[1]
+    off = af.sigmoid_focal_loss(x, t, ignore_index=IGNORE, return_stats=True, **kw)[1]
+    for name in STAT_FIELDS:
+        u, v = getattr(off, name), getattr(on, name)
+        assert torch.equal(u.isnan(), v.isnan()) and torch.equal(u[~u.isnan()], v[~v.isnan()]), name
+    assert all(getattr(off, name) is None for name in CONF_FIELDS)
+    return on
 
 
 def _assert_same_stats(a, b, rtol=1e-4):

@@ -673,6 +673,32 @@ def test_sigmoid_statistics_without_confidence_bins_say_what_is_missing():
     assert_unchanged(policy, before)
 
 
+@pytest.mark.parametrize("name", ["adafocal", "classwise_adafocal"])
+def test_sigmoid_policy_turns_the_loss_confidence_bins_on(name, gen):
+    """The sigmoid confidence bins are opt-in (confidence_stats=False by default); the AdaFocal policies turn them on
+    for their loss when built, so that its validation statistics carry them without a step of the user's, and
+    statistics computed without them get an error naming confidence_stats=True."""
+    x, t = torch.randn(8, 3, generator=gen), (torch.rand(8, 3, generator=gen) < 0.5).float()
+    loss = af.FocalLoss("sigmoid")
+    assert loss.confidence_stats is False and loss(x, t, return_stats=True)[1].conf_count is None
+    kwargs = {"num_classes": 3} if name == "classwise_adafocal" else {}
+    policy = af.create_policy(name, loss, num_bins=3, **kwargs)
+    assert loss.confidence_stats is True
+    _, stats = loss(x, t, return_stats=True)
+    assert stats.conf_count is not None and int(stats.class_conf_count.sum()) == 24
+    # statistics from elsewhere without the bins (another loss, or the function's default)
+    before = snapshot(policy)
+    _, plain = af.sigmoid_focal_loss(x, t, gamma=loss.gamma, return_stats=True)
+    with pytest.raises(ValueError, match=r"these sigmoid statistics do not carry them: compute them with "
+                                         r"confidence_stats=True"):
+        policy.epoch_end(plain)
+    assert_unchanged(policy, before)
+    policy.epoch_end(stats)
+    softmax = af.FocalLoss("softmax")
+    af.create_policy(name, softmax, num_bins=3, **kwargs)
+    assert softmax.confidence_stats is False  # softmax statistics always carry their bins
+
+
 def test_sigmoid_adafocal_state_round_trip(gen):
     loss_a, loss_b = af.FocalLoss("sigmoid"), af.FocalLoss("sigmoid")
     a, b = (af.create_policy("classwise_adafocal", lo, num_classes=3, num_bins=4) for lo in (loss_a, loss_b))

@@ -1,6 +1,9 @@
 """BatchStats returned with return_stats=True, checked against values computed directly (spec: BatchStats)."""
 
+import dataclasses
+import functools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,8 +12,12 @@ import torch
 import adaptive_focal as af
 from helpers.reference import Table, far_from_edges_sigmoid, stable_ref_sigmoid, value_and_grad
 
-SIG = af.sigmoid_focal_loss
+#: the sigmoid loss with its (opt-in) confidence bins, which most tests here check; SIG_PLAIN without them
+SIG = functools.partial(af.sigmoid_focal_loss, confidence_stats=True)
+SIG_PLAIN = af.sigmoid_focal_loss
 SMX = af.softmax_focal_loss
+#: the BatchStats fields the sigmoid confidence bins add
+CONF_FIELDS = ("conf_count", "conf_sum", "correct_sum", "class_conf_count", "class_conf_sum", "class_correct_sum")
 
 DEFAULT_EDGES = np.linspace(0.0, 1.0, 16)
 TABLE_EDGES = torch.tensor([0.0, 0.2, 0.35, 0.6, 0.85, 1.0])
@@ -201,6 +208,25 @@ def _check_sigmoid_stats(shape, opt, gform, reduction, gen):
     assert st.num_classes == (1 if len(shape) == 1 else shape[1])
     for f in ("count", "sum_pt", "pt_hist", "class_count", "class_sum_pt", "sum_loss") + CONF_COUNTS + CONF_SUMS:
         assert getattr(st, f).device == x.device
+    # without the confidence bins: the same loss and, bit for bit, the same other fields
+    loss_off, off = SIG_PLAIN(x, t, gamma=g, reduction=reduction, return_stats=True, **kw)
+    assert_same_without_confidence(off, st)
+    assert torch.equal(loss_off, loss)
+
+
+def assert_same_without_confidence(off, on):
+    """``off`` (confidence_stats=False) has None for the confidence bins and every other field of ``on`` (with
+    them), bit for bit (NaN where ``on`` has NaN)."""
+    assert off.mode == on.mode == "sigmoid"
+    for f in dataclasses.fields(af.BatchStats):
+        a, b = getattr(off, f.name), getattr(on, f.name)
+        if f.name in CONF_FIELDS:
+            assert a is None and b is not None, f.name
+        elif isinstance(b, torch.Tensor):
+            assert a.dtype == b.dtype and a.shape == b.shape, f.name
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()]), (f.name, a, b)
+        else:
+            assert a == b, f.name
 
 
 @pytest.mark.parametrize("bins", [1, 4, 10, 15, 32])
@@ -697,3 +723,103 @@ def test_sigmoid_confidence_bins_hand_checked(path, monkeypatch):
     assert torch.equal(st.conf_count, want_count.sum(0))
     torch.testing.assert_close(st.conf_sum, want_conf.sum(0), rtol=1e-6, atol=1e-3)
     assert torch.equal(st.correct_sum, want_correct.sum(0))
+
+
+# --------------------------------------------------------------------------------------------
+# the sigmoid confidence bins are opt-in (confidence_stats)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, 1.0, torch.tensor(True), np.bool_(True)],
+                         ids=["str", "one", "zero", "None", "float", "tensor", "numpy"])
+def test_confidence_stats_must_be_a_bool(value, gen):
+    x, t = torch.randn(6, 3, generator=gen), (torch.rand(6, 3, generator=gen) < 0.5).float()
+    y = torch.randint(0, 3, (6,), generator=gen)
+    message = f"confidence_stats must be True or False, got {value!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        af.sigmoid_focal_loss(x, t, return_stats=True, confidence_stats=value)
+    with pytest.raises(ValueError, match="confidence_stats must be True or False"):
+        af.sigmoid_focal_loss(x, t, confidence_stats=value)  # checked even without return_stats
+    with pytest.raises(ValueError, match="confidence_stats must be True or False"):
+        af.softmax_focal_loss(x, y, return_stats=True, confidence_stats=value)
+    for mode in ("sigmoid", "softmax"):
+        with pytest.raises(ValueError, match="confidence_stats must be True or False"):
+            af.FocalLoss(mode, confidence_stats=value)
+    loss = af.FocalLoss("sigmoid")
+    loss.confidence_stats = value
+    with pytest.raises(ValueError, match="confidence_stats must be True or False"):
+        loss(x, t, return_stats=True)
+
+
+@pytest.mark.parametrize("path", ["pytorch", "c_pass", "kernel"])
+def test_confidence_stats_off_by_default_on_every_path(path, gen, monkeypatch):
+    """Off (the default) the confidence fields are None, on they are there; every other field and the loss are the
+    same bit for bit (the values against the reference: _check_sigmoid_stats, which runs both)."""
+    if path != "pytorch" and not af._kernels.kernel_available("cpu"):
+        pytest.skip("no C compiler")
+    if path == "pytorch":
+        monkeypatch.setattr(af.functional, "_sigmoid_stats_kernel_fits", lambda *args: False)
+    shape = (2048, 40) if path == "kernel" else (30, 4)
+    x = torch.randn(shape, generator=gen) * 3
+    t = torch.where(torch.rand(shape, generator=gen) < 0.1, -1.0, (torch.rand(shape, generator=gen) < 0.2).float())
+    kw = dict(gamma=1.5, alpha=0.25, ignore_index=-1.0, return_stats=True)
+    loss_off, off = af.sigmoid_focal_loss(x, t, **kw)
+    loss_on, on = af.sigmoid_focal_loss(x, t, confidence_stats=True, **kw)
+    assert torch.equal(loss_off, loss_on)
+    assert_same_without_confidence(off, on)
+    assert_same_without_confidence(af.FocalLoss("sigmoid", gamma=1.5, alpha=0.25, ignore_index=-1.0)(
+        x, t, return_stats=True)[1], af.FocalLoss("sigmoid", gamma=1.5, alpha=0.25, ignore_index=-1.0,
+                                                   confidence_stats=True)(x, t, return_stats=True)[1])
+
+
+def test_confidence_stats_with_a_mixture_gamma(gen):
+    """A FocalMixture of several terms runs the loss once per term: the flag reaches each."""
+    x, t = torch.randn(20, 3, generator=gen), (torch.rand(20, 3, generator=gen) < 0.3).float()
+    mix = af.FocalMixture([2.0, -1.0], [0.7, 0.3])
+    loss_off, off = af.sigmoid_focal_loss(x, t, gamma=mix, return_stats=True)
+    loss_on, on = af.sigmoid_focal_loss(x, t, gamma=mix, return_stats=True, confidence_stats=True)
+    assert torch.equal(loss_off, loss_on)
+    assert_same_without_confidence(off, on)
+    assert int(on.conf_count.sum()) == 60
+
+
+def test_softmax_confidence_stats_changes_nothing(gen):
+    x, y = torch.randn(20, 4, generator=gen), torch.randint(0, 4, (20,), generator=gen)
+    _, default = SMX(x, y, return_stats=True)
+    for value in (False, True):
+        _, st = SMX(x, y, return_stats=True, confidence_stats=value)
+        for f in dataclasses.fields(af.BatchStats):
+            a, b = getattr(st, f.name), getattr(default, f.name)
+            assert (a is None and b is None) or (isinstance(a, str) and a == b) or torch.equal(a, b), f.name
+        assert st.conf_count is not None and int(st.conf_count.sum()) == 20
+
+
+def test_stats_without_confidence_bins_combine_move_and_save(tmp_path, gen):
+    """Sigmoid statistics without the bins, as softmax statistics lack the gradient sums: None through addition,
+    sum(), .to(), state_dict / from_state_dict and all_reduce; adding statistics with and without them gives None
+    there (the bins of one addend only would not describe the sum)."""
+    import torch.distributed as dist
+    x, t = torch.randn(40, 3, generator=gen), (torch.rand(40, 3, generator=gen) < 0.3).float()
+    halves = [SIG_PLAIN(x[s], t[s], return_stats=True)[1] for s in (slice(0, 20), slice(20, 40))]
+    whole_on = SIG(x, t, return_stats=True)[1]
+    total = sum(halves)
+    assert total.mode == "sigmoid" and all(getattr(total, f) is None for f in CONF_FIELDS)
+    assert int(total.count) == 120 and torch.equal(total.pt_hist, whole_on.pt_hist)
+    mixed = halves[0] + SIG(x[20:], t[20:], return_stats=True)[1]
+    assert all(getattr(mixed, f) is None for f in CONF_FIELDS) and torch.equal(mixed.pt_hist, whole_on.pt_hist)
+    moved = total.to("cpu")
+    assert moved.mode == "sigmoid" and all(getattr(moved, f) is None for f in CONF_FIELDS)
+    state = total.state_dict()
+    assert all(state[f] is None for f in CONF_FIELDS) and state["mode"] == "sigmoid"
+    back = af.BatchStats.from_state_dict(state)
+    assert back.mode == "sigmoid" and all(getattr(back, f) is None for f in CONF_FIELDS)
+    assert torch.equal(back.class_sum_grad_pos, total.class_sum_grad_pos)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        reduced = total.all_reduce()  # packs the present fields into one buffer and unpacks them
+    finally:
+        dist.destroy_process_group()
+    assert reduced is not total and reduced.mode == "sigmoid"
+    assert all(getattr(reduced, f) is None for f in CONF_FIELDS)
+    for f in ("count", "pt_hist", "class_count", "sum_pt", "class_sum_grad_neg"):
+        assert torch.equal(getattr(reduced, f), getattr(total, f)), f

@@ -190,12 +190,12 @@ def make_case(shape, gamma_case, alpha_on, weight_on, ignore_on, ls, detach, sof
                 detach_modulator=detach)
 
 
-def run_kernel(case, need_elementwise=True, need_stats=True, **hooks):
+def run_kernel(case, need_elementwise=True, need_stats=True, need_conf=True, **hooks):
     dev = {k: (v.to(DEV) if torch.is_tensor(v) else v) for k, v in case.items()}
     return ts.sigmoid_focal_forward_triton(
         dev["x"], dev["t"], dev["gamma"], dev["gamma_kind"], dev["table_edges"], dev["alpha"],
         dev["weight"], dev["ignore_index"], dev["label_smoothing"], dev["detach_modulator"],
-        STAT_EDGES.to(DEV), need_elementwise, need_stats, **hooks)
+        STAT_EDGES.to(DEV), need_elementwise, need_stats, need_conf, **hooks)
 
 
 def run_reference(case):
@@ -211,14 +211,14 @@ def run_reference(case):
                      case["label_smoothing"], case["detach_modulator"], STAT_EDGES)
 
 
-def check(case, hooks, need_elementwise=True, need_stats=True):
-    elem, grad, acc = run_kernel(case, need_elementwise, need_stats, **hooks)
+def check(case, hooks, need_elementwise=True, need_stats=True, need_conf=True):
+    elem, grad, acc = run_kernel(case, need_elementwise, need_stats, need_conf, **hooks)
     elem_r, grad_r, acc_r = run_reference(case)
     elem, grad, acc = elem.cpu(), grad.cpu(), acc.cpu()
     N, C, S = elem_r.shape
     B = STAT_EDGES.numel() - 1
     assert grad.shape == (N, C, S) and grad.dtype == torch.float32
-    assert acc.shape == (acc_len(C, B),) and acc.dtype == torch.float64
+    assert acc.shape == (acc_len(C, B, need_stats and need_conf),) and acc.dtype == torch.float64
     assert torch.isfinite(grad).all() and torch.isfinite(acc).all()
     if need_elementwise:
         assert elem.shape == (N, C, S) and elem.dtype == torch.float32
@@ -235,6 +235,7 @@ def check(case, hooks, need_elementwise=True, need_stats=True):
         # class_sum_pt, sum_pt_pos, class_sum_grad_pos, class_sum_grad_neg
         o = conf_offset(C, B)
         torch.testing.assert_close(acc[5 + B + C:o], acc_r[5 + B + C:o], rtol=1e-5, atol=1e-5)
+    if need_stats and need_conf:
         # confidence bins: counts exact; confidence sums; numbers correct exact
         f = o + B + C * B
         assert torch.equal(acc[o:f], acc_r[o:f])                                 # conf_count, class_conf_count
@@ -243,7 +244,7 @@ def check(case, hooks, need_elementwise=True, need_stats=True):
         torch.testing.assert_close(acc[f + 2 * B:f + 2 * B + C * B], acc_r[f + 2 * B:f + 2 * B + C * B],
                                    rtol=1e-5, atol=1e-5)                         # class_conf_sum
         assert torch.equal(acc[f + 2 * B + C * B:], acc_r[f + 2 * B + C * B:])   # class_correct_sum
-    else:
+    if not need_stats:
         assert torch.all(acc[3:] == 0)
     return elem, grad, acc
 
@@ -306,10 +307,27 @@ def test_table_1d_values_and_broadcast_weight():
     torch.testing.assert_close(acc.cpu(), acc_r, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("need_elementwise,need_stats", [(False, True), (True, False), (False, False)])
-def test_optional_outputs(need_elementwise, need_stats):
+@pytest.mark.parametrize("need_elementwise,need_stats,need_conf",
+                         [(False, True, True), (True, True, False), (False, True, False), (True, False, True),
+                          (False, False, False)])
+def test_optional_outputs(need_elementwise, need_stats, need_conf):
     case = make_case((13, 7, 3), (0, 2.0), True, False, True, 0.0, False, False, seed=11)
-    check(case, dict(_tile=16, _programs=3), need_elementwise, need_stats)
+    check(case, dict(_tile=16, _programs=3), need_elementwise, need_stats, need_conf)
+
+
+@pytest.mark.parametrize("shape_hooks", SHAPES, ids=["NC", "NCS"])
+@pytest.mark.parametrize("gamma_case", [(0, 2.0), (0, -1.5), (3, None)], ids=["g2", "g-1.5", "table"])
+def test_without_confidence_bins_everything_else_is_bit_identical(gamma_case, shape_hooks):
+    """need_conf=False (the loss's default confidence_stats=False) drops the confidence bins from the accumulator
+    and changes nothing else, bit for bit; with them the bins match the reference (check)."""
+    shape, hooks = shape_hooks
+    case = make_case(shape, gamma_case, True, True, True, 0.1, False, True, seed=5)
+    elem_on, grad_on, acc_on = check(case, hooks)
+    elem_off, grad_off, acc_off = (v.cpu() for v in run_kernel(case, True, True, False, **hooks))
+    C, B = shape[1], STAT_EDGES.numel() - 1
+    assert acc_off.shape == (conf_offset(C, B),) == (acc_len(C, B, False),)
+    assert torch.equal(acc_off, acc_on[:conf_offset(C, B)])
+    assert torch.equal(elem_off, elem_on) and torch.equal(grad_off, grad_on)
 
 
 def test_histogram_fallback_mode(monkeypatch):
@@ -428,7 +446,7 @@ def test_nonfinite_logits_follow_the_library_rule(gamma, ls, alpha_on):
         args = [case[k] for k in ("x", "t", "gamma", "gamma_kind", "table_edges", "alpha", "weight",
                                   "ignore_index", "label_smoothing", "detach_modulator")]
         args[0], args[1] = x.view(3, 12, 1), t.view(3, 12, 1)
-        c_elem, c_grad, c_acc = cpu.sigmoid_focal_forward(*args, STAT_EDGES, True, True)
+        c_elem, c_grad, c_acc = cpu.sigmoid_focal_forward(*args, STAT_EDGES, True, True, True)
         torch.testing.assert_close(elem, c_elem.view(3, 12), equal_nan=True)
         torch.testing.assert_close(grad, c_grad.view(3, 12), equal_nan=True)
         torch.testing.assert_close(acc, c_acc, rtol=1e-6, atol=1e-6, equal_nan=True)

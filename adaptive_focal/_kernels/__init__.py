@@ -3,7 +3,7 @@
 Kernel contract (shared by the CPU kernel in ``sigmoid_focal_cpu.c`` and the Triton kernel for CUDA):
 
 ``forward(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing, detach_modulator,
-stat_edges, need_elementwise, need_stats) -> (elem, grad, acc)`` (``cpu.sigmoid_focal_forward``,
+stat_edges, need_elementwise, need_stats, need_conf) -> (elem, grad, acc)`` (``cpu.sigmoid_focal_forward``,
 ``triton_sigmoid.sigmoid_focal_forward_triton``); the op returns the same three as ``(elem, acc, grad)``.
 
 * ``x``, ``t``: float32, contiguous, viewed as (N, C, S).
@@ -11,10 +11,13 @@ stat_edges, need_elementwise, need_stats) -> (elem, grad, acc)`` (``cpu.sigmoid_
   ``table_edges`` (Bt + 1,).
 * ``alpha``: (C,) or None; ``weight``: (N, C, S) or None; ``ignore_index``: float or None.
 * ``elem``: the element losses (N, C, S) when ``need_elementwise``, else an empty tensor.
-* ``acc``: float64 of length 6 + 4B + 4C + 3CB (``layout.acc_len``), ``[sum_loss, count, n_pos, sum_pt,
-  sum_absdiff, hist[B], class_count[C], class_sum_pt[C], sum_pt_pos, class_sum_grad_pos[C], class_sum_grad_neg[C],
-  conf_count[B], class_conf_count[C][B], conf_sum[B], correct_sum[B], class_conf_sum[C][B], class_correct_sum[C][B]]``
-  (the statistics after ``n_pos`` are zero unless ``need_stats``), over the non-ignored elements: ``n_pos`` and
+* ``acc``: float64 of length 6 + 4B + 4C + 3CB with ``need_conf``, else 6 + B + 4C (``layout.acc_len``),
+  ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C], class_sum_pt[C], sum_pt_pos,
+  class_sum_grad_pos[C], class_sum_grad_neg[C]]``, then with ``need_conf`` the confidence bins ``[conf_count[B],
+  class_conf_count[C][B], conf_sum[B], correct_sum[B], class_conf_sum[C][B], class_correct_sum[C][B]]`` (the
+  statistics after ``n_pos`` are zero unless ``need_stats``; ``need_conf``, the loss's opt-in
+  ``confidence_stats=True``, counts only with ``need_stats``, and without it the kernels skip the confidences
+  entirely), over the non-ignored elements: ``n_pos`` and
   ``sum_pt_pos`` count / sum p_t over raw targets >= 0.5, ``sum_absdiff`` sums ``|p - t'|``, ``hist[b]`` counts
   ``edges[b] <= p_t < edges[b + 1]`` (the last bin closed; values outside [edges[0], edges[B]] count in the first /
   last bin), and the class gradient sums add ``|g| t`` and ``|g| (1 - t)`` with g the element's entry of ``grad``
@@ -83,9 +86,10 @@ def sigmoid_focal(
     stat_edges: torch.Tensor,
     need_elementwise: bool,
     need_stats: bool,
+    need_conf: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     args = (x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing,
-            detach_modulator, stat_edges, need_elementwise, need_stats)
+            detach_modulator, stat_edges, need_elementwise, need_stats, need_conf)
     if x.device.type == "cpu":
         elem, grad, acc = cpu.sigmoid_focal_forward(*args)
     elif x.device.type == "cuda":
@@ -99,9 +103,9 @@ def sigmoid_focal(
 
 @sigmoid_focal.register_fake
 def _(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing, detach_modulator,
-      stat_edges, need_elementwise, need_stats):
+      stat_edges, need_elementwise, need_stats, need_conf):
     elem = torch.empty_like(x) if need_elementwise else x.new_empty(0)
-    acc = x.new_empty(acc_len(x.shape[1], stat_edges.numel() - 1), dtype=torch.float64)
+    acc = x.new_empty(acc_len(x.shape[1], stat_edges.numel() - 1, need_conf), dtype=torch.float64)
     return elem, acc, torch.empty_like(x)
 
 
@@ -124,7 +128,7 @@ def _backward(ctx, grad_elem, grad_acc, _grad_grad):
         grad_x = grad * scale
     else:
         grad_x = torch.zeros_like(grad)
-    return (grad_x,) + (None,) * 12
+    return (grad_x,) + (None,) * 13
 
 
 sigmoid_focal.register_autograd(_backward, setup_context=_setup_context)

@@ -50,7 +50,7 @@ class _Args(ctypes.Structure):
         ("alpha", ctypes.c_void_p), ("weight", ctypes.c_void_p),
         ("has_ignore", ctypes.c_int32), ("ignore_value", ctypes.c_float),
         ("smoothing", ctypes.c_float), ("detach", ctypes.c_int32),
-        ("need_stats", ctypes.c_int32), ("stat_bins", ctypes.c_int32),
+        ("need_stats", ctypes.c_int32), ("need_conf", ctypes.c_int32), ("stat_bins", ctypes.c_int32),
         ("stat_edges", ctypes.c_void_p), ("acc", ctypes.c_void_p),
         ("hist_equal", ctypes.c_int32),  # set by the kernel
     ]
@@ -198,6 +198,7 @@ def sigmoid_focal_forward(
     stat_edges: torch.Tensor,
     need_elementwise: bool,
     need_stats: bool,
+    need_conf: bool,
     gamma_negative: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel contract of :mod:`adaptive_focal._kernels` on CPU float32 tensors of shape (N, C, S).
@@ -217,10 +218,11 @@ def sigmoid_focal_forward(
     # at most one range per thread, per unit, and per 16k elements (below that a range does not pay its dispatch)
     threads = max(1, min(torch.get_num_threads(), units, (n * c * s) >> 14))
     # one row per thread (zeroed by the kernel), summed after; a single thread writes the returned vector itself
-    size = acc_len(c, bins)
+    size = acc_len(c, bins, need_conf)
     acc = torch.empty(size if threads == 1 else (threads, size), dtype=torch.float64)
     args = _make_args(x, t, grad, elem if need_elementwise else None, gamma, gamma_kind, table_edges, alpha, weight,
-                      ignore_index, label_smoothing, detach_modulator, stat_edges, need_stats, gamma_negative)
+                      ignore_index, label_smoothing, detach_modulator, stat_edges, need_stats, need_conf,
+                      gamma_negative)
     _check(lib.sigmoid_focal_cpu(ctypes.byref(args), units, threads, acc.data_ptr(), size), c, bins)
     return elem, grad, acc if threads == 1 else acc.sum(0)
 
@@ -233,7 +235,7 @@ def _check(rc: int, c: int, bins: int) -> None:
 
 
 def _make_args(x, t, grad, elem, gamma, gamma_kind, table_edges, alpha, weight, ignore_index, label_smoothing,
-               detach_modulator, stat_edges, need_stats, gamma_negative) -> _Args:
+               detach_modulator, stat_edges, need_stats, need_conf, gamma_negative) -> _Args:
     n, c, s = x.shape
     return _Args(
         n=n, c=c, s=s,
@@ -245,7 +247,8 @@ def _make_args(x, t, grad, elem, gamma, gamma_kind, table_edges, alpha, weight, 
         has_ignore=ignore_index is not None,
         ignore_value=0.0 if ignore_index is None else float(ignore_index),
         smoothing=float(label_smoothing), detach=bool(detach_modulator),
-        need_stats=bool(need_stats), stat_bins=stat_edges.numel() - 1, stat_edges=stat_edges.data_ptr(),
+        need_stats=bool(need_stats), need_conf=bool(need_stats and need_conf), stat_bins=stat_edges.numel() - 1,
+        stat_edges=stat_edges.data_ptr(),
     )
 
 
@@ -266,12 +269,13 @@ def sigmoid_focal_stats(
     detach_modulator: bool,
     stat_edges: torch.Tensor,
     gamma_negative: bool,
+    need_conf: bool,
 ) -> torch.Tensor:
     """The statistics alone of a small input (below ``SCRATCH_NUMEL`` elements, one thread): the float64
     accumulator of the kernel contract, in this thread's scratch buffers (the gradient the kernel writes on the way
-    is scratch too). The result is overwritten by the thread's next call, so callers convert it at once, as
-    ``_stats_from_acc`` does; no tensor is allocated per call, which is what a training step's statistics pass
-    would otherwise spend most of its time on."""
+    is scratch too; ``need_conf``: with the confidence bins). The result is overwritten by the thread's next call,
+    so callers convert it at once, as ``from_sigmoid_acc`` does; no tensor is allocated per call, which is what a
+    training step's statistics pass would otherwise spend most of its time on."""
     lib = _load()
     if lib is None:  # pragma: no cover - callers check ready() first
         raise RuntimeError("the CPU focal-loss kernel is not available")
@@ -280,7 +284,7 @@ def sigmoid_focal_stats(
     if numel >= SCRATCH_NUMEL:
         raise ValueError(f"sigmoid_focal_stats is for inputs under {SCRATCH_NUMEL} elements, got {numel}")
     bins = stat_edges.numel() - 1
-    size = acc_len(c, bins)
+    size = acc_len(c, bins, need_conf)
     grad = getattr(_scratch, "grad", None)
     if grad is None or grad.numel() < numel:
         grad = _scratch.grad = torch.empty(max(numel, 1024))
@@ -291,7 +295,7 @@ def sigmoid_focal_stats(
     if acc is None:
         acc = accs[size] = torch.empty(size, dtype=torch.float64)
     args = _make_args(x, t, grad, None, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
-                      label_smoothing, detach_modulator, stat_edges, True, gamma_negative)
+                      label_smoothing, detach_modulator, stat_edges, True, need_conf, gamma_negative)
     _check(lib.sigmoid_focal_cpu(ctypes.byref(args), n if s == 1 else n * c, 1, acc.data_ptr(), size), c, bins)
     return acc
 

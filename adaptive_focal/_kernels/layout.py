@@ -9,6 +9,8 @@ def conf_offset(num_classes: int, num_bins: int) -> int:
     return 6 + num_bins + 4 * num_classes
 
 
-def acc_len(num_classes: int, num_bins: int) -> int:
-    """Length of the float64 accumulator for C classes and B bins."""
-    return conf_offset(num_classes, num_bins) + 3 * num_bins + 3 * num_classes * num_bins
+def acc_len(num_classes: int, num_bins: int, confidence: bool) -> int:
+    """Length of the float64 accumulator for C classes and B bins, with the confidence bins (``need_conf``) or
+    without them (it then ends at ``conf_offset``)."""
+    conf = 3 * num_bins + 3 * num_classes * num_bins if confidence else 0
+    return conf_offset(num_classes, num_bins) + conf

@@ -36,6 +36,8 @@
  * block_conf bins it and adds it into per-thread integer cells per (class, bin, correct): a float32 confidence in
  * [1/2, 1] is a multiple of 2^-24, so (conf - 1/2) 2^24 is an integer below 2^23 and the sums are exact integers,
  * whatever the order. A NaN confidence has a cell of its own per class (its bin is the last, its sums NaN).
+ * They are opt-in (need_conf): without them the main loops store no confidence, and no cell is allocated, binned
+ * or added to; the accumulator then ends before the confidence fields.
  */
 #include <math.h>
 #include <stdint.h>
@@ -70,9 +72,10 @@ typedef struct {
     float smoothing;
     int32_t detach;
     int32_t need_stats;
+    int32_t need_conf;               /* with need_stats: the confidence bins too (else their acc entries are absent) */
     int32_t stat_bins;
     const float *stat_edges;         /* stat_bins + 1 */
-    double *acc;                     /* 6 + stat_bins + 4 C, zeroed by sigmoid_focal_cpu (layout: __init__.py) */
+    double *acc;                     /* acc_len entries (layout: __init__.py), zeroed by sigmoid_focal_cpu */
     int32_t hist_equal;              /* set by sigmoid_focal_cpu: stat_edges are equal-width (hist_avx512) */
 } focal_args;
 
@@ -162,8 +165,14 @@ typedef struct {
     const float *x;
     float *elem;
     float xs[BLOCK], el[BLOCK];
+#ifdef HIST_AVX512
+    hist_state hist;
+#endif
     /* confidence bins (see block_conf): the signed confidence of each element (+s correct, -s wrong), the first
-       cell of each position's class, and each element's cell and value */
+       cell of each position's class, and each element's cell and value. Last, so that without them (need_conf 0)
+       the fields the statistics use keep the layout they had before the bins existed (placed before hist, they
+       cost the statistics without bins about 2.4 ms of 24 at (65536, 80) on one thread, for no visible reason but
+       that layout; see the README's Benchmarks) */
     float cf[BLOCK];
     int32_t cell0[BLOCK];
     union {
@@ -173,9 +182,6 @@ typedef struct {
     uint64_t *cells;     /* this thread's cells: C (2B + 1), and the spare one (unsigned: it may wrap) */
     int64_t conf_since;  /* elements added to the cells since they were last folded into acc */
     int32_t spare;       /* index of the spare cell */
-#ifdef HIST_AVX512
-    hist_state hist;
-#endif
 } block_buf;
 
 #define FOLD_TERMS 64
@@ -356,10 +362,10 @@ static int32_t equal_width_edges(const float *edges, int32_t nb) {
 
 /*
  * The fused loop. `hard` (all targets of the block are 0 or 1 and there is no smoothing), `neg` (some gamma is
- * negative) and `stats` are compile-time constants at each call site, so each combination is its own
- * straight-line vector loop. With hard targets log(1 - p_t) comes free from the BCE term
- * (log(1 - p_t) = -(max(z, 0) + log1p(e)) with z = +x or -x) and p pm / (1 - p_t) is p_t: no log and no
- * division beyond the sigmoid's.
+ * negative) and `stats` (0 none, 1 statistics, 2 statistics with the confidence bins) are compile-time constants
+ * at each call site, so each combination is its own straight-line vector loop. With hard targets log(1 - p_t)
+ * comes free from the BCE term (log(1 - p_t) = -(max(z, 0) + log1p(e)) with z = +x or -x) and p pm / (1 - p_t) is
+ * p_t: no log and no division beyond the sigmoid's.
  */
 static inline __attribute__((always_inline)) void fused_loop(
     const focal_args *a, block_buf *restrict b, int64_t off, int32_t len, const float *restrict gp, const int hard,
@@ -420,10 +426,12 @@ static inline __attribute__((always_inline)) void fused_loop(
         n_pos += pos ? 1 : 0;
         if (stats) {  /* the rest in block_stats */
             float d = p - ts;
-            int correct = tv >= 0.5f ? xv >= 0.0f : xv <= 0.0f;  /* the label of the raw target */
             b->pt[j] = valid ? pt : -1.0f;
-            b->cf[j] = correct ? s : -s;                          /* s = max(p, 1 - p) */
             absd += valid ? (d < 0.0f ? -d : d) : 0.0f;  /* sum_absdiff: a float sum per block */
+        }
+        if (stats == 2) {
+            int correct = tv >= 0.5f ? xv >= 0.0f : xv <= 0.0f;  /* the label of the raw target */
+            b->cf[j] = correct ? s : -s;                          /* s = max(p, 1 - p) */
         }
     }
     out->loss += loss; out->count += count; out->n_pos += n_pos; out->absd += absd;
@@ -477,9 +485,9 @@ static inline __attribute__((always_inline)) void hard_loop(
         n_pos += (valid & pos) ? 1 : 0;
         if (stats) {  /* the rest in block_stats; |p - t| = 1 - p_t for a hard target */
             b->pt[j] = valid ? pt : -1.0f;
-            b->cf[j] = z >= 0.0f ? s : -s;  /* max(p, 1 - p), correct when z = +-x agrees with the target */
             absd += valid ? q : 0.0f;
         }
+        if (stats == 2) b->cf[j] = z >= 0.0f ? s : -s;  /* max(p, 1 - p), correct when z = +-x agrees with t */
     }
     out->loss += loss; out->count += count; out->n_pos += n_pos; out->absd += absd;
 }
@@ -716,8 +724,10 @@ static void block_stats(const focal_args *a, block_buf *b, int64_t off, int32_t 
     const int32_t rows = len / width;
     if (a->has_ignore) block_stats_loop(a, b, off, rows, width, acc, 1);
     else block_stats_loop(a, b, off, rows, width, acc, 0);
-    if (b->conf_since + len > CONF_FOLD - 1) fold_conf(a, b, acc);
-    block_conf(a, b, len);
+    if (a->need_conf) {
+        if (b->conf_since + len > CONF_FOLD - 1) fold_conf(a, b, acc);
+        block_conf(a, b, len);
+    }
     const int32_t nb = a->stat_bins;
 #ifdef HIST_AVX512
     if (nb <= 16) {
@@ -729,9 +739,12 @@ static void block_stats(const focal_args *a, block_buf *b, int64_t off, int32_t 
     hist_cumulative(b->pt, len, nb, a->stat_edges, acc + 5);
 }
 
-/* The main loop of a block, the variant for its kind of targets and gamma and the outputs asked for. */
+/* The main loop of a block, the variant for its kind of targets and gamma and the outputs asked for (each call
+   below passes compile-time constants, so that each combination is its own loop). */
+#define STATS_VARIANTS(call) \
+    do { if (stats == 2) call(2); else if (stats) call(1); else call(0); } while (0)
 static void block_loop(const focal_args *a, block_buf *b, int64_t off, int32_t len, int hard, block_sums *o) {
-    const int stats = a->need_stats, neg = a->gamma_negative;
+    const int stats = a->need_stats ? (a->need_conf ? 2 : 1) : 0, neg = a->gamma_negative;
     const float *gp = a->gamma_kind == 2 ? a->gamma + off : b->gamma;
     if (a->gamma_kind == 3) {
         /* table: gamma from the bin of p_t, which needs p_t first */
@@ -743,15 +756,26 @@ static void block_loop(const focal_args *a, block_buf *b, int64_t off, int32_t l
         }
         gp = b->g;
     }
+#define HARD_W(st) hard_loop(a, b, off, len, gp, 1, st, o)
+#define HARD(st) hard_loop(a, b, off, len, gp, 0, st, o)
+#define FUSED_HARD_NEG(st) fused_loop(a, b, off, len, gp, 1, 1, st, o)
+#define FUSED_NEG(st) fused_loop(a, b, off, len, gp, 0, 1, st, o)
+#define FUSED(st) fused_loop(a, b, off, len, gp, 0, 0, st, o)
     if (hard && !neg) {
-        if (a->weight) { if (stats) hard_loop(a, b, off, len, gp, 1, 1, o); else hard_loop(a, b, off, len, gp, 1, 0, o); }
-        else           { if (stats) hard_loop(a, b, off, len, gp, 0, 1, o); else hard_loop(a, b, off, len, gp, 0, 0, o); }
+        if (a->weight) STATS_VARIANTS(HARD_W);
+        else STATS_VARIANTS(HARD);
     } else if (hard) {
-        if (stats) fused_loop(a, b, off, len, gp, 1, 1, 1, o); else fused_loop(a, b, off, len, gp, 1, 1, 0, o);
+        STATS_VARIANTS(FUSED_HARD_NEG);
+    } else if (neg) {
+        STATS_VARIANTS(FUSED_NEG);
     } else {
-        if (neg) { if (stats) fused_loop(a, b, off, len, gp, 0, 1, 1, o); else fused_loop(a, b, off, len, gp, 0, 1, 0, o); }
-        else     { if (stats) fused_loop(a, b, off, len, gp, 0, 0, 1, o); else fused_loop(a, b, off, len, gp, 0, 0, 0, o); }
+        STATS_VARIANTS(FUSED);
     }
+#undef HARD_W
+#undef HARD
+#undef FUSED_HARD_NEG
+#undef FUSED_NEG
+#undef FUSED
 }
 
 /* After a block ran on saturated logits: the loss of each infinite logit becomes +-inf unless it is 0 (the limit
@@ -820,7 +844,7 @@ static int run_range(const focal_args *a) {
     b->cells = NULL;
     b->conf_since = 0;
     b->spare = (int32_t)(C * (2 * a->stat_bins + 1));
-    if (a->need_stats) {
+    if (a->need_conf) {
         b->cells = (uint64_t *)calloc((size_t)b->spare + 1, sizeof(uint64_t));
         if (!b->cells) return -1;
     }
@@ -838,7 +862,7 @@ static int run_range(const focal_args *a) {
             b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
             b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
         }
-        conf_positions(b, span, a->stat_bins);
+        if (a->need_conf) conf_positions(b, span, a->stat_bins);
         for (int64_t row = a->unit_begin; row < a->unit_end; row += rows_per_block) {
             int64_t rows = a->unit_end - row < rows_per_block ? a->unit_end - row : rows_per_block;
             process_block(a, b, row * C, (int32_t)(rows * C), (int32_t)C, acc);
@@ -857,7 +881,7 @@ static int run_range(const focal_args *a) {
                     b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c0 + j] : 0.0f);
                     b->a_pos[j] = a->alpha ? a->alpha[c0 + j] : 1.0f;
                 }
-                conf_positions(b, len, a->stat_bins);
+                if (a->need_conf) conf_positions(b, len, a->stat_bins);
                 process_block(a, b, row * C + c0, len, len, acc);
                 fold_sums(a, b, len, acc);
             }
@@ -874,7 +898,7 @@ static int run_range(const focal_args *a) {
                 b->gamma[j] = a->gamma_kind == 0 ? a->gamma[0] : (a->gamma_kind == 1 ? a->gamma[c] : 0.0f);
                 b->a_pos[j] = a->alpha ? a->alpha[c] : 1.0f;
             }
-            conf_positions(b, used, a->stat_bins);
+            if (a->need_conf) conf_positions(b, used, a->stat_bins);
             for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
                 int32_t len = (int32_t)(S - s0 < BLOCK ? S - s0 : BLOCK);
                 process_block(a, b, unit * S + s0, len, len, acc);
@@ -888,7 +912,7 @@ static int run_range(const focal_args *a) {
 #ifdef HIST_AVX512
     if (hist_vec) hist_avx512_flush(&b->hist, a->stat_bins, acc + 5);
 #endif
-    if (a->need_stats) {
+    if (a->need_conf) {
         finish_conf(a, b, acc);
         free(b->cells);
     }
@@ -900,8 +924,9 @@ static int run_range(const focal_args *a) {
    order. Returns 0 on success. */
 int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, double *acc_rows, int64_t acc_len) {
     const int32_t hist_equal = a->need_stats ? equal_width_edges(a->stat_edges, a->stat_bins) : 0;
+    const int32_t need_conf = a->need_stats && a->need_conf;  /* the bins are part of the statistics */
     int failed = 0;
-    if (a->need_stats && a->c * (2 * (int64_t)a->stat_bins + 1) >= INT32_MAX) return -1;  /* int32 cell indices */
+    if (need_conf && a->c * (2 * (int64_t)a->stat_bins + 1) >= INT32_MAX) return -1;  /* int32 cell indices */
     memset(acc_rows, 0, sizeof(double) * (size_t)threads * (size_t)acc_len);
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int32_t i = 0; i < threads; ++i) {
@@ -910,6 +935,7 @@ int sigmoid_focal_cpu(const focal_args *a, int64_t units, int32_t threads, doubl
         local.unit_end = units * (i + 1) / threads;
         local.acc = acc_rows + i * acc_len;
         local.hist_equal = hist_equal;
+        local.need_conf = need_conf;
         if (run_range(&local) != 0) {
 #pragma omp atomic write
             failed = 1;

@@ -4,7 +4,7 @@ Implements the "Fast sigmoid kernel contract" of the adaptive_focal spec:
 
     sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
                                  label_smoothing, detach_modulator, stat_edges, need_elementwise,
-                                 need_stats) -> (elem, grad, acc)
+                                 need_stats, need_conf) -> (elem, grad, acc)
 
 One pass over the data: x and t (and weight / full gamma when given) are read once, ``grad`` (and
 ``elem`` only when asked) is written once, and the statistics are reduced in the same pass.
@@ -31,7 +31,8 @@ Design
   class) and one its confidence sum, added into (BLOCK_C, bins) accumulators: 2B reductions per
   tile, the statistics' largest cost on the device (measured by research/benchmarks/bench_triton.py).
   A NaN confidence falls in the last bin and makes its confidence sum NaN; the host makes the
-  matching correct sum NaN too.
+  matching correct sum NaN too. They are opt-in (``need_conf``, a ``tl.constexpr``): without them
+  the kernel is compiled without any of this, and the accumulator ends before their fields.
 
 The module imports ``triton`` at import time; it must only be imported when triton is available
 (``adaptive_focal._kernels`` checks this). With ``TRITON_INTERPRET=1`` set before triton is first
@@ -115,7 +116,7 @@ def _sigmoid_focal_fwd_kernel(
     ignore_value, ls,
     GAMMA_KIND: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_IGNORE: tl.constexpr, DETACH: tl.constexpr, NEED_ELEM: tl.constexpr,
-    NEED_STATS: tl.constexpr, IDX64: tl.constexpr, HIST_MODE: tl.constexpr,
+    NEED_STATS: tl.constexpr, NEED_CONF: tl.constexpr, IDX64: tl.constexpr, HIST_MODE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HIST_PAD: tl.constexpr,
     PART_W: tl.constexpr,
 ):
@@ -154,6 +155,7 @@ def _sigmoid_focal_fwd_kernel(
         acc_gpos = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_gneg = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), tl.float32)
         acc_hist = tl.zeros((HIST_PAD,), tl.int32)
+    if NEED_CONF:
         # confidence bins per (class of the block, bin)
         acc_fcnt = tl.zeros((BLOCK_C, HIST_PAD), tl.int32)
         acc_fcor = tl.zeros((BLOCK_C, HIST_PAD), tl.int32)
@@ -267,6 +269,7 @@ def _sigmoid_focal_fwd_kernel(
                 hkk = tl.arange(0, HIST_PAD)
                 for k in tl.static_range(HIST_PAD):
                     acc_hist += tl.where(hkk == k, tl.sum((hb == k).to(tl.int32)), 0)
+        if NEED_CONF:
             # each element as a binary prediction: confidence max(p, 1 - p) = s, correct when the
             # logit's sign agrees with the raw target's label (x = 0 is a tie: correct)
             correct = tl.where(t >= 0.5, x >= 0.0, x <= 0.0)
@@ -302,6 +305,13 @@ def _sigmoid_focal_fwd_kernel(
         tl.store(crow + C + cvec, cpt, mask=cvec < C)
         tl.store(crow + 2 * C + cvec, cgpos, mask=cvec < C)
         tl.store(crow + 3 * C + cvec, cgneg, mask=cvec < C)
+    else:
+        tl.store(row + 3, 0.0)
+        tl.store(row + 4, 0.0)
+        tl.store(row + 5 + hk, tl.zeros((HIST_PAD,), tl.float64), mask=hk < NB_STAT)
+        tl.store(row + 5 + NB_STAT, 0.0)
+    if NEED_CONF:
+        cvec = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         # confidence cells of the block's classes: [count, sum, number correct] x (C, NB_STAT)
         frow = part_f_ptr + pid_rest * (3 * C * NB_STAT)
         cell = cvec[:, None] * NB_STAT + tl.arange(0, HIST_PAD)[None, :]
@@ -309,11 +319,6 @@ def _sigmoid_focal_fwd_kernel(
         tl.store(frow + cell, acc_fcnt.to(tl.float64), mask=in_range)
         tl.store(frow + C * NB_STAT + cell, acc_fsum.to(tl.float64), mask=in_range)
         tl.store(frow + 2 * C * NB_STAT + cell, acc_fcor.to(tl.float64), mask=in_range)
-    else:
-        tl.store(row + 3, 0.0)
-        tl.store(row + 4, 0.0)
-        tl.store(row + 5 + hk, tl.zeros((HIST_PAD,), tl.float64), mask=hk < NB_STAT)
-        tl.store(row + 5 + NB_STAT, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,13 +397,14 @@ def _launch(n_prog, args, meta, need_stats):
 
 def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, weight, ignore_index,
                                  label_smoothing, detach_modulator, stat_edges, need_elementwise,
-                                 need_stats, *, _tile=None, _programs=None):
+                                 need_stats, need_conf, *, _tile=None, _programs=None):
     """Fused sigmoid focal loss; see the module docstring and the spec's kernel contract.
 
     Returns ``(elem, grad, acc)``: elem (N, C, S) float32 (empty unless ``need_elementwise``),
     grad (N, C, S) float32 = d(sum elem)/dx, acc float64 in the contract's layout (``layout.acc_len``:
     ``[sum_loss, count, n_pos, sum_pt, sum_absdiff, hist[B], class_count[C], class_sum_pt[C], sum_pt_pos,
-    class_sum_grad_pos[C], class_sum_grad_neg[C]]`` and the confidence bins).
+    class_sum_grad_pos[C], class_sum_grad_neg[C]]`` and, with ``need_conf`` (and ``need_stats``), the
+    confidence bins).
     ``_tile`` / ``_programs`` override the tile size and program count (tests only).
     """
     if x.dim() == 0:
@@ -480,7 +486,8 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
 
     grad = torch.empty((N, C, S), **f32)
     elem = torch.empty((N, C, S), **f32) if need_elementwise else torch.empty(0, **f32)
-    acc_len = layout.acc_len(C, B)
+    need_conf = bool(need_stats and need_conf)  # the bins are part of the statistics
+    acc_len = layout.acc_len(C, B, need_conf)
     if numel == 0:
         grad.zero_()
         return elem, grad, torch.zeros(acc_len, device=device, dtype=torch.float64)
@@ -499,19 +506,20 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     part_s = torch.empty((n_prog, part_w), device=device, dtype=torch.float64)
     part_c = torch.empty((p_rest, 4 * C), device=device, dtype=torch.float64) if need_stats else None
     # part_f rows: the confidence cells [count, sum, correct] x (C, B) per class-block slice
-    part_f = torch.empty((p_rest, 3 * C * B), device=device, dtype=torch.float64) if need_stats else None
+    part_f = torch.empty((p_rest, 3 * C * B), device=device, dtype=torch.float64) if need_conf else None
     idx64 = (N + bn) * C * (S + bs) >= 2 ** 31  # offsets of masked lanes past the end must fit too
     dummy = x
 
     args = (
         x, t, gamma, table_edges, alpha if has_alpha else dummy, weight if has_weight else dummy,
         stat_edges, elem if need_elementwise else dummy, grad, part_s,
-        part_c if need_stats else part_s, part_f if need_stats else part_s,
+        part_c if need_stats else part_s, part_f if need_conf else part_s,
         N, C, S, nb_s, n_tiles, p_rest, ncb, nb_table, B, ignore_value, ls,
     )
     meta = dict(
         GAMMA_KIND=gamma_kind, HAS_ALPHA=has_alpha, HAS_WEIGHT=has_weight, HAS_IGNORE=has_ignore,
         DETACH=bool(detach_modulator), NEED_ELEM=bool(need_elementwise), NEED_STATS=bool(need_stats),
+        NEED_CONF=need_conf,
         IDX64=bool(idx64), BLOCK_N=bn, BLOCK_C=bc, BLOCK_S=bs, HIST_PAD=_next_pow2(B + 1),
         PART_W=part_w, num_warps=_NUM_WARPS,
     )
@@ -519,12 +527,14 @@ def sigmoid_focal_forward_triton(x, t, gamma, gamma_kind, table_edges, alpha, we
     acc_s = part_s.sum(0)
     if need_stats:
         acc_c = part_c.sum(0)
-        count, conf_sum, correct = part_f.sum(0).view(3, C, B)
-        # a NaN confidence (a NaN logit) made its cell's confidence sum NaN: its number correct is NaN too
-        correct = torch.where(conf_sum.isnan(), conf_sum, correct)
-        acc = torch.cat([acc_s[:5 + B], acc_c[:2 * C], acc_s[5 + B:], acc_c[2 * C:],
-                         count.sum(0), count.reshape(-1), conf_sum.sum(0), correct.sum(0), conf_sum.reshape(-1),
-                         correct.reshape(-1)])
+        parts = [acc_s[:5 + B], acc_c[:2 * C], acc_s[5 + B:], acc_c[2 * C:]]
+        if need_conf:
+            count, conf_sum, correct = part_f.sum(0).view(3, C, B)
+            # a NaN confidence (a NaN logit) made its cell's confidence sum NaN: its number correct is NaN too
+            correct = torch.where(conf_sum.isnan(), conf_sum, correct)
+            parts += [count.sum(0), count.reshape(-1), conf_sum.sum(0), correct.sum(0), conf_sum.reshape(-1),
+                      correct.reshape(-1)]
+        acc = torch.cat(parts)
     else:
         acc = torch.cat([acc_s, torch.zeros(acc_len - acc_s.numel(), device=device, dtype=torch.float64)])
     return elem, grad, acc

@@ -47,6 +47,7 @@ def sigmoid_focal_loss(
     stat_bins: int = 15,
     class_priors=None,
     tau: float = 1.0,
+    confidence_stats: bool = False,
 ):
     """Sigmoid focal loss for binary and multi-label classification (Lin et al., 2017).
 
@@ -85,6 +86,13 @@ def sigmoid_focal_loss(
             adjustment of Menon et al. (2021) applied to each class's one-vs-rest problem (a sigmoid is the
             two-class softmax of ``(x, 0)``). The statistics are those of the adjusted logits.
         tau: the adjustment's scale (finite; 0 leaves the logits unchanged); only with ``class_priors``.
+        confidence_stats: ``True`` or ``False``; with ``return_stats``, also accumulate the confidence bins
+            (``conf_count``, ``conf_sum``, ``correct_sum`` and their (C, B) ``class_*`` forms: every element as a
+            binary prediction with confidence ``max(p, 1 - p)``), which AdaFocal and
+            :func:`~adaptive_focal.metrics.ece_from_stats` read. Off by default: they are sums per element and
+            take return_stats' cost on the CPU kernel from 7-10% to 17-32% of the loss (README, Benchmarks),
+            while the per-step policies never read them (the AdaFocal policies turn them on for their loss).
+            Without them those fields are None and every other field is the same, bit for bit.
 
     Returns:
         The loss (float32 for half-precision inputs), and with ``return_stats`` a ``(loss, stats)`` pair.
@@ -99,6 +107,7 @@ def sigmoid_focal_loss(
     """
     _checks.check_input(input)
     _checks.check_finite_weight(weight)
+    _checks.check_flag(confidence_stats, "confidence_stats")
     known_nonneg = False
     if isinstance(gamma, FocalMixture):
         _gamma.check_mixture(gamma, "sigmoid", input)
@@ -107,7 +116,7 @@ def sigmoid_focal_loss(
             return _sigmoid.mixture(sigmoid_focal_loss, input, target, gamma, alpha, weight, dict(
                 reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
                 return_stats=return_stats, detach_modulator=detach_modulator, stat_bins=stat_bins,
-                class_priors=class_priors, tau=tau))
+                class_priors=class_priors, tau=tau, confidence_stats=confidence_stats))
         # one term with per-class weights (EFL's form): its gamma, and its weights folded into the element weight
         gamma, class_weight, known_nonneg = term
         weight = _checks.with_class_weight(weight, class_weight, input)
@@ -140,6 +149,8 @@ def sigmoid_focal_loss(
     use_kernel = (dtype == torch.float32 and input.numel() >= _kernels.MIN_NUMEL and not differentiable_args
                   and _kernels.kernel_available(device.type))
     edges = _stats.stat_edges(g, stat_bins, device) if (use_kernel or return_stats) else None
+    need_stats = bool(return_stats)
+    need_conf = need_stats and confidence_stats
 
     # -- fused path: loss, gradient and statistics in one pass of the kernel -------------------------------------
     if use_kernel:
@@ -149,22 +160,23 @@ def sigmoid_focal_loss(
             g.kind, None if g.table is None else g.table.edges.to(device=device, dtype=f32),
             None if a is None else a.to(f32).contiguous(), None if w3 is None else w3.to(f32).contiguous(),
             None if ignore_index is None else float(ignore_index),
-            ls, detach, edges.contiguous(), reduction == "none", bool(return_stats),
+            ls, detach, edges.contiguous(), reduction == "none", need_stats, need_conf,
         )
         total, per_item = acc[0], elem.view(input.shape) if reduction == "none" else None
         count, n_pos = acc[1], acc[2]
-        stats = _stats.from_sigmoid_acc(acc.detach(), edges, num_classes) if return_stats else None
+        stats = (_stats.from_sigmoid_acc(acc.detach(), edges, num_classes, confidence=need_conf) if need_stats
+                 else None)
 
     # -- reference path: autograd on the log-space formula ------------------------------------------------------
     else:
         x3, t3 = x.reshape(shape3), t.reshape(shape3)
-        c_pass = return_stats and _sigmoid_stats_kernel_fits(input, dtype, differentiable_args)
+        c_pass = need_stats and _sigmoid_stats_kernel_fits(input, dtype, differentiable_args)
         elem, stats = _sigmoid.reference(x3.to(dtype), t3, g, gval, a, w3, ignore_index, ls, detach, edges,
-                                         bool(return_stats) and not c_pass)
+                                         need_stats and not c_pass, need_conf)
         total, per_item = elem.sum(), elem.view(input.shape)
         if c_pass:  # the statistics in one C pass instead of about sixty small tensor operations
             stats = _stats.sigmoid_c_pass(x3, t3, g, gval, a, w3, ignore_index, ls, detach, edges, num_classes,
-                                          total)
+                                          total, need_conf)
         count, n_pos = _sigmoid_counts(t, ignore_index, reduction)
 
     denom = n_pos if reduction == "positives" else count
@@ -208,6 +220,7 @@ def softmax_focal_loss(
     stat_bins: int = 15,
     class_priors=None,
     tau: float = 1.0,
+    confidence_stats: bool = False,
 ):
     """Softmax focal loss for multi-class classification (Lin et al., 2017; Mukhoti et al., 2020).
 
@@ -242,6 +255,9 @@ def softmax_focal_loss(
             al. (2021) (with ``gamma = 0`` their logit-adjusted cross-entropy, values and gradients). The
             statistics are those of the adjusted logits.
         tau: the adjustment's scale (finite; 0 leaves the logits unchanged); only with ``class_priors``.
+        confidence_stats: ``True`` or ``False``, accepted so that both losses (and :class:`FocalLoss`) take the
+            same keywords; it changes nothing here: softmax statistics always carry the confidence bins, which
+            are sums per sample (one confidence per C logits) and cost next to nothing, unlike the sigmoid ones.
 
     Returns:
         The loss (float32 for half-precision inputs), and with ``return_stats`` a ``(loss, stats)`` pair.
@@ -263,6 +279,7 @@ def softmax_focal_loss(
         True
     """
     _checks.check_input(input)
+    _checks.check_flag(confidence_stats, "confidence_stats")
     mix = None
     if isinstance(gamma, FocalMixture):  # one pass: the terms share log_softmax, the gather and the checks
         _gamma.check_mixture(gamma, "softmax", input)

@@ -40,6 +40,13 @@ def check_input(input) -> None:
         )
 
 
+def check_flag(value, name: str) -> None:
+    """A boolean keyword (``confidence_stats``): True or False, nothing else (a truthy string or tensor is a
+    mistake, not a request)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_reduction(reduction, allowed, mode: str) -> None:
     if reduction not in allowed:
         hint = " ('positives' is for sigmoid_focal_loss only)" if reduction == "positives" else ""

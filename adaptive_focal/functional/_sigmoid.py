@@ -84,8 +84,9 @@ def _loss_limit(loss: torch.Tensor, infinite: torch.Tensor) -> torch.Tensor:
     return torch.where(infinite & (lost != 0), lost.sign() * float("inf"), torch.zeros_like(lost))
 
 
-def reference(x, t, g: Gamma, gval, alpha, weight, ignore_index, ls, detach, edges, need_stats):
-    """Element losses (N, C, S) by plain autograd on a log-space formula, and the statistics (or None).
+def reference(x, t, g: Gamma, gval, alpha, weight, ignore_index, ls, detach, edges, need_stats, need_conf=False):
+    """Element losses (N, C, S) by plain autograd on a log-space formula, and the statistics (or None), with the
+    confidence bins when ``need_conf``.
 
     Non-finite logits follow the kernels' rule (``adaptive_focal/_kernels/__init__.py``): an ignored element has
     loss and gradient 0 whatever its logit; an infinite one gives the limits of the loss and of its gradient; a
@@ -136,14 +137,15 @@ def reference(x, t, g: Gamma, gval, alpha, weight, ignore_index, ls, detach, edg
     if need_stats:
         with torch.no_grad():
             stats = _stats(x, t, ts, p, p_t, valid, loss, edges, g, gam, ce, log_p, log_pm, log_q, m, detach,
-                           alpha_t, weight)
+                           alpha_t, weight, need_conf)
     return loss, stats
 
 
 def _stats(x, t, ts, p, p_t, valid, loss, edges, g: Gamma, gam, ce, log_p, log_pm, log_q, m, detach, alpha_t,
-           weight) -> BatchStats:
+           weight, need_conf) -> BatchStats:
     """The statistics of the element losses (called under no_grad): ``x`` the logits as computed (ignored ones 0,
-    infinite ones saturated), ``t`` / ``ts`` the raw (ignored ones 0) and smoothed targets."""
+    infinite ones saturated), ``t`` / ``ts`` the raw (ignored ones 0) and smoothed targets; the confidence bins
+    only with ``need_conf``."""
     c = x.shape[1]
     b = edges.numel() - 1
     v = torch.ones_like(p_t) if valid is None else valid.to(p_t.dtype)
@@ -158,13 +160,33 @@ def _stats(x, t, ts, p, p_t, valid, loss, edges, g: Gamma, gam, ce, log_p, log_p
     per_class = torch.stack([v, pos, p_t * v, torch.where(positive, p_t, 0.0), (p - ts).abs() * v, grad * t,
                              grad * (1.0 - t)]).sum((1, 3), dtype=f64)  # (7, C)
     total = per_class.sum(1)
+    inner = edges[1:-1].to(x.dtype)
+    if not need_conf:  # the p_t histogram alone: float64 counts, exact, as in the scatter-add below
+        hist = torch.zeros(b, device=x.device, dtype=f64).scatter_add_(
+            0, torch.bucketize(p_t, inner, right=True).reshape(-1), v.reshape(-1).to(f64))
+        ints = torch.cat([total[:2], per_class[0], hist]).to(torch.int64)
+        total, per_class = total.to(f32), per_class.to(f32)
+        return BatchStats(
+            edges=edges,
+            count=ints[0],
+            n_pos=ints[1],
+            sum_pt=total[2],
+            sum_loss=loss.detach().sum().to(f32),
+            sum_grad_norm=total[4],
+            pt_hist=ints[2 + c:2 + c + b],
+            class_count=ints[2:2 + c],
+            class_sum_pt=per_class[2],
+            sum_pt_pos=total[3],
+            class_sum_grad_pos=per_class[5],
+            class_sum_grad_neg=per_class[6],
+            mode="sigmoid",
+        )
     # each element as a binary prediction: confidence max(p, 1 - p) = sigmoid(|x|), correct when the logit's sign
     # agrees with the target's label (x = 0 is a tie: correct); a NaN logit makes both NaN
     conf = torch.sigmoid(x.abs())
     correct = torch.where(t >= 0.5, x >= 0, x <= 0).to(x.dtype)
     correct = torch.where(torch.isnan(x), x, correct)
     # one scatter-add: elements, confidences and correct ones per (class, confidence bin), and the p_t histogram
-    inner = edges[1:-1].to(x.dtype)
     cell = torch.arange(0, c * b, b, device=x.device).view(1, c, 1) + torch.bucketize(conf, inner, right=True)
     index = torch.stack([cell, cell, cell, torch.bucketize(p_t, inner, right=True)]).reshape(4, -1)
     weights = torch.stack([v, conf * v, correct * v, v]).reshape(4, -1).to(f64)

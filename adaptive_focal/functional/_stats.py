@@ -37,14 +37,33 @@ def stat_edges(gamma: Gamma, stat_bins: int, device, dtype=torch.float32) -> tor
 # sigmoid: the kernel accumulator
 # ---------------------------------------------------------------------------------------------------------------
 def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
-                     sum_loss: torch.Tensor | None = None) -> BatchStats:
+                     sum_loss: torch.Tensor | None = None, confidence: bool = False) -> BatchStats:
     """BatchStats viewing the float64 accumulator of the kernel contract (layout: ``_kernels/__init__.py``); the
     int64 and float32 fields are converted in one operation each, and each field is one view of them (this runs
     every training step, where each tensor operation costs a microsecond or more: the (C, B) fields are made with
-    ``as_strided`` rather than a slice and a ``view``). ``sum_loss`` replaces the accumulator's."""
+    ``as_strided`` rather than a slice and a ``view``). ``sum_loss`` replaces the accumulator's. ``confidence``:
+    the accumulator holds the confidence bins (``need_conf``); without them those fields are None."""
     b, c = edges.numel() - 1, num_classes
     o = conf_offset(c, b)  # conf_count, class_conf_count, conf_sum, correct_sum, class_conf_sum, class_correct_sum
     f = o + b + c * b
+    if not confidence:
+        ints = acc[:5 + b + c].to(torch.int64)  # the float fields between the counts convert harmlessly
+        floats = acc.to(torch.float32)
+        return BatchStats(
+            edges=edges,
+            count=ints[1],
+            n_pos=ints[2],
+            sum_pt=floats[3],
+            sum_loss=floats[0] if sum_loss is None else sum_loss,
+            sum_grad_norm=floats[4],
+            pt_hist=ints[5:5 + b],
+            class_count=ints[5 + b:5 + b + c],
+            class_sum_pt=floats[5 + b + c:5 + b + 2 * c],
+            sum_pt_pos=floats[5 + b + 2 * c],
+            class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
+            class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
+            mode="sigmoid",
+        )
     ints = acc[:f].to(torch.int64)  # the float fields between the counts convert harmlessly
     floats = acc.to(torch.float32)
     return BatchStats(
@@ -71,9 +90,10 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
 
 
 def sigmoid_c_pass(x3, t3, g: Gamma, gval, alpha, weight3, ignore_index, ls, detach, edges, num_classes,
-                   total) -> BatchStats:
+                   total, confidence: bool) -> BatchStats:
     """The statistics of a small float32 CPU input in one C pass (instead of about sixty small tensor operations);
-    the loss sum ``total`` stays the PyTorch formulation's, so ``return_stats`` never changes the loss."""
+    the loss sum ``total`` stays the PyTorch formulation's, so ``return_stats`` never changes the loss.
+    ``confidence``: with the confidence bins."""
     with torch.no_grad():
         gval = gval.contiguous()
         acc = _kernels.cpu.sigmoid_focal_stats(  # a scratch buffer, converted by from_sigmoid_acc below
@@ -83,8 +103,10 @@ def sigmoid_c_pass(x3, t3, g: Gamma, gval, alpha, weight3, ignore_index, ls, det
             None if ignore_index is None else float(ignore_index),
             ls, detach, edges.contiguous(),
             False if g.nonneg else bool((gval < 0).any()),  # known non-negative: no need to read it
+            confidence,
         )
-    return from_sigmoid_acc(acc, edges, num_classes, sum_loss=total.detach().to(torch.float32))
+    return from_sigmoid_acc(acc, edges, num_classes, sum_loss=total.detach().to(torch.float32),
+                            confidence=confidence)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ class FocalLossHook:
         reduction = "sum" if (num_items_in_batch is not None and c.reduction == "mean") else c.reduction
         loss, stats = fn(logits, labels, gamma=c.gamma, alpha=c.alpha, weight=c.weight, reduction=reduction,
                          label_smoothing=c.label_smoothing, ignore_index=c.ignore_index, return_stats=True,
-                         detach_modulator=c.detach_modulator, stat_bins=c.stat_bins)
+                         detach_modulator=c.detach_modulator, stat_bins=c.stat_bins,
+                         confidence_stats=c.confidence_stats)
         if reduction != c.reduction:
             loss = loss / num_items_in_batch
         if torch.is_grad_enabled():  # a training micro-batch (the Trainer evaluates under no_grad)

@@ -73,7 +73,15 @@ target class. The sigmoid statistics carry the per-confidence-bin fields ``conf_
 ``correct_sum`` (and the (C, B) ``class_*`` ones for the class-wise variant) with these definitions
 (:class:`~adaptive_focal.BatchStats`): on every path of the loss they decide correctness by the sign of the logit,
 ``p > 0.5`` exactly, so that a p rounded to 0.5 never turns a prediction into a tie; statistics built without
-those fields (by hand, or saved before they existed) make ``epoch_end`` say what is missing.
+those fields (by hand, saved before they existed, or computed without ``confidence_stats=True``) make
+``epoch_end`` say what is missing.
+
+The sigmoid confidence bins are opt-in (``confidence_stats``: they are sums per element, which the per-step
+policies never read), so both policies set ``loss.confidence_stats = True`` on a sigmoid loss when they are built:
+its validation statistics then carry the bins without any step of the user's. That costs every call of the loss
+with ``return_stats=True``, training steps included, about 10-20% more of the sigmoid loss's time on the CPU
+kernel (statistics 17-32% over the loss instead of 7-10% in the README's Benchmarks); a loop that wants it only
+on the validation pass can set ``loss.confidence_stats`` back to False for training and True for validation.
 """
 
 from __future__ import annotations
@@ -201,6 +209,8 @@ class _AdaFocalBase(GammaPolicy):
         self.edges = torch.linspace(0.0, 1.0, self.num_bins + 1, dtype=torch.float32)
         self.values = torch.full(shape_prefix + (self.num_bins,), self.gamma_init, dtype=torch.float64)
         self._write(self._table())
+        if loss.mode == "sigmoid":  # the validation statistics must carry the (opt-in) sigmoid confidence bins
+            loss.confidence_stats = True
 
     def _table(self) -> GammaTable:
         return GammaTable(self.edges, self.values.to(torch.float32))
@@ -217,11 +227,14 @@ class _AdaFocalBase(GammaPolicy):
                 f"or with gamma=loss.gamma"
             )
         missing = [f for f in self._fields if getattr(stats, f, None) is None]
-        if missing:  # statistics built by hand, or from before the sigmoid statistics had these fields
-            what = ("per-element confidence max(p, 1 - p) bins" if stats.mode == "sigmoid"
-                    else "per-sample confidence max_c q_c bins")
-            raise ValueError(f"the {self.name!r} policy needs val_stats with {', '.join(missing)} ({what}); these "
-                             f"{stats.mode} statistics do not carry them")
+        if missing:  # statistics built without the sigmoid bins, by hand, or from before they existed
+            if stats.mode == "sigmoid":
+                raise ValueError(
+                    f"the {self.name!r} policy needs val_stats with {', '.join(missing)} (per-element confidence "
+                    f"max(p, 1 - p) bins); these sigmoid statistics do not carry them: compute them with "
+                    f"confidence_stats=True (the policy's loss has it: loss(logits, target, return_stats=True))")
+            raise ValueError(f"the {self.name!r} policy needs val_stats with {', '.join(missing)} (per-sample "
+                             f"confidence max_c q_c bins); these softmax statistics do not carry them")
         for f in self._fields:
             value = getattr(stats, f)
             shape = self.values.shape if f.startswith("class_") else (self.num_bins,)
@@ -302,7 +315,9 @@ class AdaFocal(_AdaFocalBase):
     approximated (``rebin=True``) or kept fixed (``rebin=False``).
 
     On a sigmoid loss every element is one binary prediction with confidence ``max(p, 1 - p)`` (see the module
-    docstring for why, and for what else differs).
+    docstring for why, and for what else differs), and the policy sets ``loss.confidence_stats = True``: the
+    sigmoid statistics carry the confidence bins only with it, and they cost every ``return_stats=True`` call of
+    the loss about 10-20% more of its time on the CPU (see the module docstring).
 
     Args:
         loss: a :class:`~adaptive_focal.FocalLoss` (softmax or sigmoid).
@@ -351,7 +366,8 @@ class ClasswiseAdaFocal(_AdaFocalBase):
 
     The gaps come from the statistics' (C, B) fields ``class_conf_count``, ``class_conf_sum`` and
     ``class_correct_sum`` (softmax: validation samples of each target class per confidence bin of the table's
-    edges; sigmoid: the elements of each label, by their confidence ``max(p, 1 - p)``).
+    edges; sigmoid: the elements of each label, by their confidence ``max(p, 1 - p)``). On a sigmoid loss the
+    policy sets ``loss.confidence_stats = True``, as :class:`AdaFocal` does.
 
     Args:
         loss: a :class:`~adaptive_focal.FocalLoss` (softmax or sigmoid).

@@ -8,11 +8,17 @@ logits' bytes.
     python -m research.benchmarks.bench_focal            # full sizes, prints a markdown table
     python -m research.benchmarks.bench_focal --quick    # small sizes, a smoke run
     python -m research.benchmarks.bench_focal --out results.json
+
+The sigmoid table has a row for ``return_stats=True`` with the confidence bins (``confidence_stats=True``, what the
+AdaFocal policies turn on) next to the plain statistics. Run as a file against another checkout of the package
+(``PYTHONPATH=OTHER python research/benchmarks/bench_focal.py``) it leaves out that row where the package has no
+such keyword, so that runs of the previous code can alternate with runs of this one.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -98,8 +104,11 @@ def bench_sigmoid(n: int, c: int, rounds: int, with_compile: bool) -> dict:
     ours_stats = lambda z: af.sigmoid_focal_loss(z, t, gamma=2.0, alpha=0.25, return_stats=True)[0]  # noqa: E731
     composed = lambda z: composed_sigmoid_focal(z, t)  # noqa: E731
     bce = lambda z: F.binary_cross_entropy_with_logits(z, t)  # noqa: E731
-    contenders = {"adaptive_focal": ours, "adaptive_focal + stats": ours_stats,
-                  "composed (torchvision formula)": composed, "BCE-with-logits alone": bce}
+    contenders = {"adaptive_focal": ours, "adaptive_focal + stats": ours_stats}
+    if "confidence_stats" in inspect.signature(af.sigmoid_focal_loss).parameters:
+        contenders["adaptive_focal + stats + confidence bins"] = lambda z: af.sigmoid_focal_loss(  # noqa: E731
+            z, t, gamma=2.0, alpha=0.25, return_stats=True, confidence_stats=True)[0]
+    contenders.update({"composed (torchvision formula)": composed, "BCE-with-logits alone": bce})
     first = {"adaptive_focal": first_call_seconds(ours, x)}
     if with_compile:
         gamma = torch.tensor(2.0)
@@ -139,9 +148,13 @@ def table(title: str, result: dict, baseline: str, composed: str | None) -> str:
         lines.append(f"| {name} | {ms:.1f} | {ms / base:.2f}x | {result['saved_over_logits'][name]:.2f} |")
     if composed:
         lines.append("")
+        conf = result["ms"].get("adaptive_focal + stats + confidence bins")
+        with_bins = ("" if conf is None else
+                     f", {100 * (conf / result['ms']['adaptive_focal'] - 1):.0f}% with the confidence bins")
         lines.append(f"adaptive_focal is {result['ms'][composed] / result['ms']['adaptive_focal']:.1f}x faster "
                      f"than the composed formula; return_stats adds "
-                     f"{100 * (result['ms']['adaptive_focal + stats'] / result['ms']['adaptive_focal'] - 1):.0f}%.")
+                     f"{100 * (result['ms']['adaptive_focal + stats'] / result['ms']['adaptive_focal'] - 1):.0f}%"
+                     f"{with_bins}.")
     else:
         lines.append("")
         lines.append(f"return_stats adds "

@@ -7,8 +7,9 @@ One command, a few minutes on one GPU (sized for an H200):
 What it measures, on ~2**26 float32 logits shaped (2**26 // 80, 80) with 1% positives:
 
 * the fused kernel alone (``triton.testing.do_bench``; also under a CUDA graph, without host overhead), for
-  mean reduction (read x, t; write grad), with statistics, with the element losses (``reduction="none"``:
-  also writes elem), per-class gamma and a gamma table; achieved bandwidth = bytes moved / time, and its
+  mean reduction (read x, t; write grad), with statistics (without and with the opt-in confidence bins,
+  ``need_conf``), with the element losses (``reduction="none"``: also writes elem), per-class gamma and a gamma
+  table (with the bins, as AdaFocal runs it); achieved bandwidth = bytes moved / time, and its
   fraction of two ceilings measured in the same process: a device-to-device copy
   (``torch.empty_like(x).copy_(x)``, 2 x 4 bytes per element) and ``torch.add(x, t, out=y)`` (same 12 bytes
   per element as the kernel's mean case);
@@ -86,9 +87,9 @@ def make_fused(ts):
 
     class _Fused(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, t, gamma, alpha, stat_edges, need_stats):
+        def forward(ctx, x, t, gamma, alpha, stat_edges, need_stats, need_conf=False):
             _, grad, acc = ts.sigmoid_focal_forward_triton(x, t, gamma, 0, None, alpha, None, None, 0.0, False,
-                                                           stat_edges, False, need_stats)
+                                                           stat_edges, False, need_stats, need_conf)
             count = acc[1].clamp_min(1)
             ctx.save_for_backward(grad.view(x.shape), count)
             return (acc[0] / count).to(torch.float32)
@@ -96,7 +97,7 @@ def make_fused(ts):
         @staticmethod
         def backward(ctx, go):
             grad, count = ctx.saved_tensors
-            return grad * (go / count).to(grad.dtype), None, None, None, None, None
+            return grad * (go / count).to(grad.dtype), None, None, None, None, None, None
 
     return _Fused.apply
 
@@ -235,7 +236,7 @@ def accuracy_checks(ts, device, n_rows, C, stat_edges):
     for name, (gamma, kind, a, ls) in cases.items():
         gamma = gamma.to(device)
         elem, grad, acc = ts.sigmoid_focal_forward_triton(x, t, gamma, kind, None, a, None, None, ls, False,
-                                                          stat_edges, True, True)
+                                                          stat_edges, True, True, True)  # with the bins
         er, gr, ar = reference64(x, t, gamma, kind, a, ls, stat_edges)
         B = stat_edges.numel() - 1
         hist_diff = float((acc[5:5 + B] - ar[5:5 + B]).abs().sum())
@@ -263,7 +264,7 @@ def accuracy_checks(ts, device, n_rows, C, stat_edges):
     for gval in (0.0, 0.3, 2.0, -1.0):
         for ls in (0.0, 0.1):
             e, g, a = ts.sigmoid_focal_forward_triton(xs, tsat, torch.tensor(gval, device=device), 0, None, None,
-                                                      None, None, ls, False, stat_edges, True, True)
+                                                      None, None, ls, False, stat_edges, True, True, True)
             sat[f"gamma={gval},ls={ls}"] = bool(torch.isfinite(e).all() and torch.isfinite(g).all()
                                                 and torch.isfinite(a).all())
     out["saturated_finite"] = sat
@@ -292,9 +293,11 @@ def run_opcheck(device, C, stat_edges):
     samples = {
         "scalar_gamma_stats": (x, t, torch.tensor(2.0, device=device), 0, None,
                                torch.full((C,), 0.25, device=device), None, None, 0.0, False, stat_edges,
-                               False, True),
+                               False, True, False),
+        "scalar_gamma_stats_conf": (x, t, torch.tensor(2.0, device=device), 0, None, None, None, None, 0.0, False,
+                                    stat_edges, False, True, True),
         "elementwise_ignore_ls": (x, t, torch.tensor(0.5, device=device), 0, None, None, None, -1.0, 0.1, True,
-                                  stat_edges, True, False),
+                                  stat_edges, True, False, False),
     }
     for name, args in samples.items():
         try:
@@ -361,19 +364,22 @@ def main(args):
     # ---- kernel alone ----
     tables = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], device=device)
     tvals = torch.tensor([3.0, 2.0, 1.0, 0.5], device=device).expand(C, -1).contiguous()
+    # conf: the opt-in confidence bins (confidence_stats=True), which only AdaFocal (a GammaTable gamma) needs
     variants = {
-        "mean (grad only)": dict(gamma=gamma, kind=0, edges=None, elem=False, stats=False),
-        "mean + stats": dict(gamma=gamma, kind=0, edges=None, elem=False, stats=True),
-        "none (elem + grad)": dict(gamma=gamma, kind=0, edges=None, elem=True, stats=False),
+        "mean (grad only)": dict(gamma=gamma, kind=0, edges=None, elem=False, stats=False, conf=False),
+        "mean + stats": dict(gamma=gamma, kind=0, edges=None, elem=False, stats=True, conf=False),
+        "mean + stats + confidence bins": dict(gamma=gamma, kind=0, edges=None, elem=False, stats=True, conf=True),
+        "none (elem + grad)": dict(gamma=gamma, kind=0, edges=None, elem=True, stats=False, conf=False),
         "per-class gamma + stats": dict(gamma=torch.linspace(0.5, 3, C, device=device), kind=1, edges=None,
-                                        elem=False, stats=True),
-        "gamma table + stats": dict(gamma=tvals, kind=3, edges=tables, elem=False, stats=True),
+                                        elem=False, stats=True, conf=False),
+        "gamma table + stats + confidence bins": dict(gamma=tvals, kind=3, edges=tables, elem=False, stats=True,
+                                                      conf=True),
     }
     krows = []
     for name, v in variants.items():
         def run(v=v):
             return ts.sigmoid_focal_forward_triton(x3, t3, v["gamma"], v["kind"], v["edges"], alpha, None, None,
-                                                   0.0, False, stat_edges, v["elem"], v["stats"])
+                                                   0.0, False, stat_edges, v["elem"], v["stats"], v["conf"])
         tm = timer(run)
         nbytes = numel * 4 * (3 + int(v["elem"]))
         gbs = nbytes / (tm["ms"] * 1e-3) / 1e9
@@ -393,6 +399,7 @@ def main(args):
     contenders = {
         "fused kernel (raw op)": (lambda a, b: fused(a, b, gamma, alpha, stat_edges, False)),
         "fused kernel + stats": (lambda a, b: fused(a, b, gamma, alpha, stat_edges, True)),
+        "fused kernel + stats + confidence bins": (lambda a, b: fused(a, b, gamma, alpha, stat_edges, True, True)),
     }
     try:
         import adaptive_focal as af
@@ -443,7 +450,8 @@ def main(args):
             for mult in mults:
                 def run(tile=tile, mult=mult):
                     return ts.sigmoid_focal_forward_triton(x3, t3, gamma, 0, None, alpha, None, None, 0.0, False,
-                                                           stat_edges, False, False, _tile=tile, _programs=sms * mult)
+                                                           stat_edges, False, False, False, _tile=tile,
+                                                           _programs=sms * mult)
                 try:
                     tm = timer(run)
                     sweep.append(dict(tile=tile, programs=sms * mult, ms=tm["ms"],
