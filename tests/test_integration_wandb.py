@@ -116,6 +116,7 @@ def test_missing_wandb_gives_an_install_hint():
 import socket  # noqa: E402
 
 import wandb  # noqa: E402
+
 from adaptive_focal.integrations.wandb import has_credentials  # noqa: E402
 
 FAKE_KEY = "x" * 40
