@@ -143,8 +143,12 @@ def analyse_study(units: dict) -> dict:
             row["diff"][key]["p_holm"] = p
     ref_means = {key: statistics.fmean(v for v in (_value(r, key) for r in reference.values()) if v is not None)
                  if any(_value(r, key) is not None for r in reference.values()) else None for key, _, _ in metrics}
+    seconds = [t["seconds"] for per in units["units"].values() for ts in per.values() for t in ts
+               if isinstance(t.get("seconds"), (int, float))]
     return {"study": units["study"], "dataset": units["meta"].get("dataset"), "metric": metric,
             "overrides": units["meta"].get("overrides", {}), "metrics": [list(m) for m in metrics],
+            "seconds": {"runs": len(seconds), "median_per_run": statistics.median(seconds) if seconds else None,
+                        "total": sum(seconds)},
             "reference": {"arm": REFERENCE, "seeds": len(reference), "mean": ref_means},
             "grid_gammas": {str(s): r["gamma"] for s, r in grid.items()},
             "tuned_gammas": _tuned_gammas(units, chosen), "rows": rows}
@@ -247,10 +251,13 @@ def markdown(out: dict) -> str:
         head = " | ".join(f"{label} | p" for _, label, _ in metrics)
         ref = ", ".join(f"{label} {_f(s['reference']['mean'][key], False)}" for key, label, _ in metrics)
         chosen = ", ".join(f"{g:g}" for g in s["grid_gammas"].values())
+        sec = s["seconds"]
         lines += ["", f"<details><summary>{s['study']} ({s['dataset']}"
                       f"{', ' + ', '.join(f'{k} {v}' for k, v in s['overrides'].items()) if s['overrides'] else ''}"
                       f"): LA alone {ref}</summary>", "",
-                  f"Grid's gamma chosen on validation, per seed: {chosen or '-'}.", "",
+                  f"Grid's gamma chosen on validation, per seed: {chosen or '-'}. {sec['runs']} runs, "
+                  f"{_f(sec['median_per_run'], False, 2)} s per run (median), {sec['total'] / 60:.1f} min in all "
+                  "(training time stored with each trial, one torch thread).", "",
                   f"| arm | runs | {head} |", "|---|---:|" + "---|---:|" * len(metrics)]
         for r in s["rows"]:
             cells = " | ".join(f"{_cell(r['diff'][key])} | {_p(r['diff'][key]['p_holm'])}" for key, _, _ in metrics)

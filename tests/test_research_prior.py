@@ -97,6 +97,7 @@ def test_paired_differences_grid_choice_and_holm(tmp_path):
     assert {a: r["runs_per_seed"] for a, r in rows.items()} == {
         "la+gamma=1": 1, "la+gamma=2": 1, "la+grid": 3, "la+gamma=tpe": 2, "baseline=cb_ce": 1}
     assert s["reference"]["mean"]["balanced_accuracy"] == pytest.approx(0.72)
+    assert s["seconds"] == {"runs": 18, "median_per_run": 1.0, "total": 18.0}  # 1 s each: 3 x (1+1+1+2+1)
 
 
 def test_markdown_json_and_readme_block(tmp_path, capsys):
