@@ -37,6 +37,7 @@ REFERENCE = "baseline=logit_adjusted"
 GRID = "la+grid"
 POLICY = "la+policy=flsd53"
 TUNED_GAMMA = "la+gamma=tpe"
+CB_CE = "baseline=cb_ce"
 LEVEL, ALPHA = 0.95, 0.05
 STUDIES = ("digits-lt-prior", "gauss-lt-prior", "mnist1d-lt-prior", "seg-toy-prior", "digits-lt-prior-long",
            "gauss-lt-prior-long")
@@ -230,12 +231,12 @@ def markdown(out: dict) -> str:
              "paired by seed (10 seeds, 2000-2009), mean and paired t 95% interval; *better / worse* counts the arms "
              f"whose Holm-adjusted p (across the arms of the study) is below {ALPHA}. Exploratory: not "
              "pre-registered.", "",
-             "| study | LA alone | LA + grid (6 runs) | LA + gamma=tpe | LA + FLSD-53 | best arm by mean (runs/seed) | "
-             "better / worse |", "|---|---:|---|---|---|---|---|"]
+             "| study | LA alone | LA + grid (6 runs) | LA + gamma=tpe (4) | LA + FLSD-53 (1) | CB CE (1) | "
+             "best arm by mean (runs/seed) | better / worse |", "|---|---:|---|---|---|---|---|---|"]
     for s in out["studies"]:
         key = s["metric"]
         cells = []
-        for arm in (GRID, TUNED_GAMMA, POLICY):
+        for arm in (GRID, TUNED_GAMMA, POLICY, CB_CE):
             r = _row(s, arm)
             cells.append(_cell(r["diff"][key]) if r else "-")
         best = _best(s, key)
@@ -243,6 +244,19 @@ def markdown(out: dict) -> str:
                      f"{_p(best['diff'][key]['p_holm'])}") if best else "-"
         lines.append(f"| {s['study']} | {_f(s['reference']['mean'][key], False)} | {' | '.join(cells)} | "
                      f"{best_cell} | {_counts(s, key, True)} |")
+    lines += ["", "The focal term's other effects, the same differences for the grid and tuned gamma on LA: few-shot "
+                  "recall (higher is better), ECE and ECE after temperature scaling (lower is better); multiclass "
+                  "studies only.", "",
+              "| study | arm | few-shot recall | ECE | ECE after TS |", "|---|---|---|---|---|"]
+    for s in out["studies"]:
+        keys = [k for k, _, _ in s["metrics"][1:]]
+        if not keys:
+            continue
+        for arm in (GRID, TUNED_GAMMA):
+            r = _row(s, arm)
+            if r:
+                cells = [_cell(r["diff"][k]) if k in keys else "-" for k, _, _ in SECONDARY]
+                lines.append(f"| {s['study']} | {arm} | {' | '.join(cells)} |")
     lines += ["", "Per study, every arm: mean difference from LA alone [95% interval] and Holm-adjusted p, per "
                   "metric (few-shot recall: higher is better; ECE: lower is better). *runs* is training runs per "
                   "seed; la+grid is the grid's best gamma chosen on validation per seed (LA alone included)."]

@@ -109,6 +109,8 @@ def test_markdown_json_and_readme_block(tmp_path, capsys):
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{prior.END}\n\nafter\n")
     assert "| digits-lt-prior | 0.720 | +0.017 [" in text  # LA alone, then the grid's difference
+    assert "| +0.000 [+0.000, +0.000] | la+gamma=1 (1): +0.020 [-0.005, +0.045], p_Holm 0.297 |" in text  # CB CE; best
+    assert "| digits-lt-prior | la+grid | - | +0.002 [" in text  # no few-shot recall stored; ECE
     assert "| la+grid | 3 | +0.017 [" in text and "| la+gamma=2 | 1 | -0.040 [-0.090, +0.010] | 0.297 |" in text
     assert "0 / 0 of 5" in text  # nothing significant after Holm
     assert json.loads(out_json.read_text())["studies"][0]["study"] == STUDY
