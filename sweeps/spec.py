@@ -29,6 +29,7 @@ from adaptive_focal.compare import default_arms as engine_arms
 __all__ = [
     "BASELINES", "FAIR_LEARNED", "FINETUNE_EVERY", "GAMMA_GRID", "HOLDOUT_FRACTION", "LEARNED", "Arm", "DatasetStudy",
     "Study", "across_seeds", "control_arms", "default_arms", "fair_arms", "fair_study", "headline", "learned_arms",
+    "logit_adjusted_arm",
 ]
 
 #: class-imbalance baselines of research/baselines.py
@@ -65,6 +66,35 @@ def default_arms(dataset: str) -> list[Arm]:
     skip = _NOT_APPLICABLE.get(dataset, ())
     arms = engine_arms(None, learned=True, exclude=skip)
     return arms + [Arm(f"baseline={b}", {"loss": b}) for b in BASELINES if b not in skip]
+
+
+def logit_adjusted_arm(arm: Arm) -> Arm:
+    """``arm`` (an engine arm on focal loss: ``gamma=<g>``, ``gamma=tpe``, ``policy=<name>[+tpe]``) on the
+    logit-adjusted loss (focal loss of ``logits + tau * log prior``, Menon et al. 2021), named ``la+<arm>``.
+
+    research.train's ``logit_adjusted`` loss takes its focal term's gamma from ``loss_kwargs``, so a fixed gamma
+    moves to ``loss_kwargs.gamma`` and ``gamma=tpe`` tunes ``loss_kwargs.gamma``; a policy drives that focal term
+    from research.train's ``gamma`` (its start, 2 by default) and keeps its search space.
+
+    Example:
+        >>> from adaptive_focal.compare import parse_arm
+        >>> logit_adjusted_arm(parse_arm("gamma=tpe")).space["gamma"][0]
+        'loss_kwargs.gamma'
+    """
+    if arm.config.get("loss", "focal") != "focal" or arm.across_seeds:
+        raise ValueError(f"logit_adjusted_arm: arm {arm.name!r} must be a per-seed arm on focal loss (gamma=<g>, "
+                         f"gamma=tpe, policy=<name>, policy=<name>+tpe), got config {arm.config}")
+    config = {k: v for k, v in arm.config.items() if k != "gamma"}
+    config["loss"] = "logit_adjusted"
+    policy = arm.policy
+    if "gamma" in arm.config:
+        if policy is None:
+            config["loss_kwargs"] = {**config.get("loss_kwargs", {}), "gamma": arm.config["gamma"]}
+        else:
+            config["gamma"] = arm.config["gamma"]
+    space = {name: (("loss_kwargs.gamma" if key == "gamma" and policy is None else key), spec)
+             for name, (key, spec) in arm.space.items()}
+    return Arm(f"la+{arm.name}", config, space)
 
 
 def learned_arms(policies=FAIR_LEARNED, *, tuned: bool = True) -> list[Arm]:
@@ -152,9 +182,16 @@ class DatasetStudy(Study):
 
         for entry in arm.space.values():
             key = entry[0]
-            if not (key == "gamma" or key.startswith("policy_kwargs.")):
-                raise ValueError(f"space entries must set 'gamma' or 'policy_kwargs.<name>', got {key!r}")
-        resolve_config({"dataset": self.dataset, **self.overrides, **arm.config})
+            if not (key == "gamma" or key.startswith(("policy_kwargs.", "loss_kwargs."))):
+                raise ValueError(f"space entries must set 'gamma', 'policy_kwargs.<name>' or 'loss_kwargs.<name>', "
+                                 f"got {key!r}")
+        cfg = resolve_config({"dataset": self.dataset, **self.overrides, **arm.config})
+        sets_gamma = "gamma" in arm.config or any(entry[0] == "gamma" for entry in arm.space.values())
+        if cfg.loss == "logit_adjusted" and cfg.policy == "none" and sets_gamma:
+            # research.train's logit-adjusted loss reads its focal term's gamma from loss_kwargs; the top-level
+            # gamma is only a policy's starting point, so an arm setting it without a policy would run plain LA
+            raise ValueError(f"arm {arm.name!r}: loss 'logit_adjusted' without a policy ignores 'gamma'; set or tune "
+                             "'loss_kwargs.gamma' (logit_adjusted_arm does)")
 
     def with_settings(self, **settings) -> DatasetStudy:
         """The study with research.train config ``settings`` (e.g. ``epochs=1``) for every trial."""

@@ -516,3 +516,21 @@ def test_run_options_are_checked():
                           ({"retry_seconds": -1}, "retry_seconds must be a positive number")):
         with pytest.raises(ValueError, match=match):
             opts("x.log", **kwargs)
+
+
+def test_a_tuned_parameter_sets_its_key_inside_policy_kwargs_or_loss_kwargs():
+    """A search-space key ``loss_kwargs.<name>`` (a focal term's gamma under logit adjustment) is written into the
+    trial config's ``loss_kwargs`` dict next to what the arm fixes there, as ``policy_kwargs.<name>`` is; other
+    keys stay top level."""
+    from adaptive_focal.compare import Arm
+    from adaptive_focal.compare.arms import GAMMA_SPACE
+
+    arm = Arm("la+gamma=tpe", {"loss": "logit_adjusted", "loss_kwargs": {"tau": 1.0}},
+              {"gamma": ("loss_kwargs.gamma", GAMMA_SPACE), "pi.kp": ("policy_kwargs.kp", ("float", 0.1, 1.0, False)),
+               "lr": ("lr", ("float", 1e-3, 1e-2, True))})
+    trial = optuna.create_study().ask()
+    config, params = runner._trial_config(None, arm, trial)
+    assert set(params) == {"gamma", "pi.kp", "lr"}
+    assert config == {"loss": "logit_adjusted", "loss_kwargs": {"tau": 1.0, "gamma": params["gamma"]},
+                      "policy_kwargs": {"kp": params["pi.kp"]}, "lr": params["lr"]}
+    assert arm.config == {"loss": "logit_adjusted", "loss_kwargs": {"tau": 1.0}}  # the arm itself is untouched

@@ -19,7 +19,7 @@ from adaptive_focal.compare import export, runner  # noqa: E402
 from adaptive_focal.compare.storage import open_storage  # noqa: E402
 from adaptive_focal.compare.studies import find_studies  # noqa: E402
 from helpers.studies import opts  # noqa: E402
-from sweeps.spec import GAMMA_GRID, Arm, DatasetStudy, across_seeds, default_arms  # noqa: E402
+from sweeps.spec import GAMMA_GRID, Arm, DatasetStudy, across_seeds, default_arms, logit_adjusted_arm  # noqa: E402
 from sweeps.studies import list_studies, load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,9 @@ def test_every_study_definition_loads_with_the_issue_arms():
     combos = [f"{d}-combos" for d in ("digits-lt", "gauss-lt", "mnist1d-lt")]
     confirm = [f"{d}-confirm" for d in ("digits-lt",)] + ["digits-lt-confirm-e30", "digits-lt-confirm-e60"] + [
         f"{d}-confirm" for d in ("gauss-lt", "mnist1d-lt", "dense-det", "seg-toy")]
-    assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos + confirm
+    prior = [f"{d}-prior" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")] + [
+        "digits-lt-prior-long", "gauss-lt-prior-long"]
+    assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos + confirm + prior
     for name in confirm:  # research/preregistration.md: fresh seeds, the grid, the policy, logit adjustment
         study = load_study(name)
         assert study.seed_list() == list(range(1000, 1020)) and study.trials == 1
@@ -286,3 +288,85 @@ def test_a_tiny_fair_study_runs_end_to_end(tmp_path):
     for arm in arms:
         trial, = optuna.load_study(study_name=f"fair/{arm.name}/seed0", storage=st).trials
         assert trial.state == TrialState.COMPLETE and trial.user_attrs["config"]["holdout_fraction"] == 0.1
+
+
+def test_logit_adjusted_arms_move_the_focal_gamma_into_loss_kwargs():
+    from adaptive_focal.compare import parse_arm
+
+    assert logit_adjusted_arm(parse_arm("gamma=2")) == Arm(
+        "la+gamma=2", {"loss": "logit_adjusted", "loss_kwargs": {"gamma": 2.0}})
+    tpe = logit_adjusted_arm(parse_arm("gamma=tpe"))
+    assert tpe.config == {"loss": "logit_adjusted"} and tpe.space == {"gamma": ("loss_kwargs.gamma", ("float", 0.0,
+                                                                                                      5.0, False))}
+    pi = logit_adjusted_arm(parse_arm("policy=pi+tpe"))  # a policy drives the focal term; its space is unchanged
+    assert pi.name == "la+policy=pi+tpe" and pi.config == {"loss": "logit_adjusted", "policy": "pi"}
+    assert pi.space == parse_arm("policy=pi+tpe").space
+    study = tiny_study()
+    for arm in (tpe, pi, logit_adjusted_arm(parse_arm("gamma=0.5"))):
+        study.check_arm(arm)
+    # a top-level gamma under LA without a policy would be ignored by research.train: refused, fixed or tuned
+    for arm in (Arm("x", {"loss": "logit_adjusted", "gamma": 2.0}),
+                Arm("y", {"loss": "logit_adjusted"}, {"gamma": ("gamma", ("float", 0.0, 5.0, False))})):
+        with pytest.raises(ValueError, match="ignores 'gamma'.*loss_kwargs.gamma"):
+            study.check_arm(arm)
+    with pytest.raises(ValueError, match="'loss_kwargs.<name>'"):
+        study.check_arm(Arm("z", {"loss": "focal"}, {"w": ("weights.w", ("float", 0.0, 1.0, False))}))
+    with pytest.raises(ValueError, match="per-seed arm on focal loss"):
+        logit_adjusted_arm(Arm("cb", {"loss": "cb_focal"}))
+    with pytest.raises(ValueError, match="per-seed arm on focal loss"):
+        logit_adjusted_arm(across_seeds(parse_arm("gamma=tpe")))
+
+
+def test_a_tiny_logit_adjusted_study_tunes_the_focal_terms_gamma(tmp_path, monkeypatch):
+    """End to end through research.train: each trial of la+gamma=tpe runs the logit-adjusted loss with the gamma
+    TPE sampled as its focal term's gamma (recorded in the trial's config and seen by the loss it builds)."""
+    from adaptive_focal.compare import parse_arm
+    from research import train
+
+    seen, build = [], train._build_loss
+
+    def recording_build(cfg, data, mode):
+        seen.append(build(cfg, data, mode))
+        return seen[-1]
+
+    monkeypatch.setattr(train, "_build_loss", recording_build)
+    study = DatasetStudy(name="tiny", dataset="digits-lt", seeds=1, trials=3, dataset_kwargs=TINY,
+                         overrides={"epochs": 1, "batch_size": 64}, arms=(logit_adjusted_arm(parse_arm("gamma=tpe")),))
+    log = tmp_path / "la.log"
+    summary = runner.run(study, opts(log))
+    assert summary["errors"] == [] and summary["failed_units"] == []
+    trials = optuna.load_study(study_name="tiny/la+gamma=tpe/seed0", storage=open_storage(str(log))).trials
+    gammas = [t.params["gamma"] for t in trials]
+    assert len(set(gammas)) == 3
+    assert [t.user_attrs["config"]["loss_kwargs"] for t in trials] == [{"gamma": g} for g in gammas]
+    assert all("gamma" not in t.user_attrs["config"] for t in trials)
+    assert [type(loss).__name__ for loss in seen] == ["LogitAdjustedLoss"] * 3
+    assert [loss.focal.gamma for loss in seen] == pytest.approx(gammas)
+
+
+def test_the_prior_studies_pair_every_arm_with_logit_adjustment_on_fresh_seeds():
+    from sweeps.studies import prior
+
+    full = {a.name: a for a in load_study("digits-lt-prior").arms}
+    assert list(full)[:7] == ["baseline=logit_adjusted", "la+gamma=0.5", "la+gamma=1", "la+gamma=2", "la+gamma=3",
+                              "la+gamma=5", "la+gamma=tpe"]
+    assert list(full)[-2:] == ["baseline=cb_ce", "baseline=cb_focal"]
+    policies = {a.policy for a in full.values() if a.policy}
+    assert policies == {"adafocal", "automated", "classwise_adafocal", "cosine", "cyclical", "exponential",
+                        "flsc531", "flsd53", "linear", "pi", "sequential", "step"}  # softmax, no held-out data
+    assert all(f"la+policy={p}+tpe" in full for p in policies - {"flsc531", "sequential"})
+    assert all(a.config["loss"] == "logit_adjusted" for n, a in full.items() if n.startswith("la+"))
+    for name in ("mnist1d-lt-prior", "seg-toy-prior", "gauss-lt-prior-long"):
+        study = load_study(name)
+        kept = prior.BEST_POLICIES[study.dataset]
+        assert [a.name for a in study.arms if a.policy] == ["la+policy=flsd53"] + [
+            f"la+policy={p}{t}" for p in kept for t in ("", "+tpe")]
+        assert {"baseline=logit_adjusted", "la+gamma=tpe", "baseline=cb_ce", "baseline=cb_focal"} <= {
+            a.name for a in study.arms}
+    for name in prior.STUDIES:
+        study = load_study(name)
+        assert study.seed_list() == list(range(2000, 2010)) and study.trials == prior.TRIALS
+        for arm in study.arms:
+            study.check_arm(arm)
+    assert load_study("digits-lt-prior-long").overrides == {"epochs": 30}
+    assert load_study("gauss-lt-prior-long").overrides == {"epochs": 180}

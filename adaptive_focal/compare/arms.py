@@ -54,8 +54,10 @@ class Arm:
     Attributes:
         name: unique within a study, without ``/``.
         config: what the objective receives as ``run.config`` (JSON values).
-        space: tuned parameters, ``name -> (config key, entry)``: the config key is ``"gamma"`` or
-            ``"policy_kwargs.<name>"`` (or any key the objective reads), the entry as :func:`spec_tuple` returns.
+        space: tuned parameters, ``name -> (config key, entry)``: the config key is ``"gamma"``,
+            ``"policy_kwargs.<name>"`` or ``"loss_kwargs.<name>"`` (set inside that dict of the config; the
+            runner's ``NESTED_KEYS``) or any top-level key the objective reads, the entry as :func:`spec_tuple`
+            returns.
         across_seeds: tuned once across the seeds (one TPE study whose trials run every seed, pruned by
             ``WilcoxonPruner(p_threshold=wilcoxon_p)``), by convention named ``<arm>@seeds``.
         wilcoxon_p: the pruner's threshold; only for arms tuned across seeds.

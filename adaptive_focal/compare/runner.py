@@ -385,9 +385,16 @@ class _Heartbeat:
         self._thread.join()
 
 
+#: config keys that hold keyword arguments: a tuned parameter's key ``<one of these>.<name>`` sets ``<name>`` in it
+NESTED_KEYS = ("policy_kwargs", "loss_kwargs")
+
+
 def _set_path(config: dict, key: str, value) -> None:
-    if key.startswith("policy_kwargs."):
-        config.setdefault("policy_kwargs", {})[key.split(".", 1)[1]] = value
+    """Writes a tuned value into a trial's config: ``policy_kwargs.<name>`` / ``loss_kwargs.<name>`` into that
+    dict (created when the arm's config has none), any other key at the top level."""
+    head, dot, name = key.partition(".")
+    if dot and head in NESTED_KEYS:
+        config.setdefault(head, {})[name] = value
     else:
         config[key] = value
 

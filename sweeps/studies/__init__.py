@@ -1,6 +1,6 @@
 """This repository's study definitions: one module per main study (defining ``STUDY``) and two families of studies
 (defining ``STUDIES``). ``adaptive-focal sweep`` finds them through :data:`STUDIES` (name -> a function that builds
-the study), in this order: the main studies, then the rho, combos and confirm families."""
+the study), in this order: the main studies, then the rho, combos, confirm and prior families."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ _MODULES = {
 }
 #: modules that define families of studies as ``STUDIES`` (name -> Study): the fixed-gamma grid at several
 #: imbalance ratios (``rho.py``: ``<dataset>-rho<rho>``), focal loss with resampling (``combos.py``:
-#: ``<dataset>-combos``) and the pre-registered confirmatory studies (``confirm.py``: ``<dataset>-confirm``)
-_FAMILIES = ("rho", "combos", "confirm")
+#: ``<dataset>-combos``), the pre-registered confirmatory studies (``confirm.py``: ``<dataset>-confirm``) and
+#: logit adjustment with a focal term (``prior.py``: ``<dataset>-prior``, ``<dataset>-prior-long``)
+_FAMILIES = ("rho", "combos", "confirm", "prior")
 
 
 def _module(name: str):

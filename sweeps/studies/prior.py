@@ -1,0 +1,92 @@
+"""Issue 16, items 3-4: does an adaptive gamma add anything to logit adjustment (LA, Menon et al. 2021)?
+
+Every arm but the class-balanced baselines trains the logit-adjusted loss, the focal loss of
+``logits + log(prior)`` (research.train's ``loss="logit_adjusted"``, tau 1); they differ only in the focal term's
+gamma. ``baseline=logit_adjusted`` is LA alone (gamma 0, the reference of research/prior.py); ``la+gamma=<g>`` fixes
+gamma at 0.5, 1, 2, 3, 5 (``loss_kwargs.gamma``); ``la+gamma=tpe`` tunes it in [0, 5]; ``la+policy=<name>`` lets a
+policy drive it from research.train's starting gamma 2 with the policy's defaults, ``la+policy=<name>+tpe`` tunes
+the policy over its search space; ``baseline=cb_ce`` and ``baseline=cb_focal`` are class-balanced cross-entropy and
+focal loss (Cui et al. 2019, beta 0.9999, focal gamma 2), the other prior-based correction.
+
+Seeds 2000-2009: fresh, no earlier study used them. Every tuned arm gets the same budget, ``TRIALS`` = 4 TPE trials
+per seed (the first two random, Optuna's start-up), on the validation headline metric; the grid costs 6 runs per
+seed with LA alone (gamma 0). No pruning (the engine's default): every trial trains to its end.
+
+What was cut, and why. Run times measured with one torch thread on this 2-core machine (research.train, one run,
+LA): digits-lt 0.2-1 s, gauss-lt 0.5-0.8 s, mnist1d-lt 5-9 s, seg-toy 5.5-6 s. The full design (LA, grid, gamma=tpe,
+the 12 softmax policies that need no held-out data at their defaults and the 10 of them with a search space tuned,
+CB CE/focal) is 64 runs per seed, 640 per study: about 6 minutes on digits-lt and gauss-lt but about an hour each
+on mnist1d-lt and seg-toy, against a budget of about 75 minutes of one core for all the studies. So:
+
+* digits-lt and gauss-lt (``<dataset>-prior``) and digits-lt at 3x epochs (``digits-lt-prior-long``, 30 epochs)
+  run the full design;
+* mnist1d-lt and seg-toy (``<dataset>-prior``) and gauss-lt at 3x epochs (``gauss-lt-prior-long``, 180 epochs) run
+  LA, the grid, gamma=tpe, CB CE/focal, FLSD-53 at its defaults (the pre-registered policy) and the two policies
+  that ranked best among these policies in the development study of the data set (sweeps/results/leaderboard.csv,
+  focal loss, 5 seeds), at their defaults and tuned: gauss-lt automated and cyclical, mnist1d-lt automated and
+  exponential, seg-toy exponential and linear; 23 runs per seed;
+* mnist1d-lt and seg-toy at 3x epochs are not run (about 45 minutes each even with the reduced arms);
+* the learned controllers (hypergradient, gammanet, bandit) are left out everywhere: they meta-train on held-out
+  labelled batches, so a fair comparison has every arm hold out the same slice (research protocol v2), which
+  changes the LA reference itself, and they cost 2-5 times a plain run.
+
+``research/prior.py`` analyses these studies (exploratory: nothing here was pre-registered).
+"""
+
+from adaptive_focal.compare import default_arms as engine_arms
+from adaptive_focal.compare import parse_arm
+
+from ..spec import Arm, DatasetStudy, logit_adjusted_arm
+
+FIRST_SEED, SEEDS = 2000, 10
+#: TPE trials per tuned arm and seed
+TRIALS = 4
+#: the fixed gammas of the focal term on top of LA (gamma 0 is LA alone, ``baseline=logit_adjusted``)
+LA_GRID = (0.5, 1.0, 2.0, 3.0, 5.0)
+#: the pre-registered policy (research/preregistration.md), in every study
+POLICY = "flsd53"
+#: reduced designs: the two best of the non-learned softmax policies in the data set's development study
+BEST_POLICIES = {"gauss-lt": ("automated", "cyclical"), "mnist1d-lt": ("automated", "exponential"),
+                 "seg-toy": ("exponential", "linear")}
+#: epochs of the longer schedule: 3x research.train's data set default
+LONG_EPOCHS = {"digits-lt": 30, "gauss-lt": 180, "mnist1d-lt": 45, "seg-toy": 90}
+
+
+def _policy_names() -> list[str]:
+    """The softmax policies that need no held-out data, in the engine's order."""
+    return [a.policy for a in engine_arms("softmax", learned=False) if a.policy and not a.tuned]
+
+
+def arms(policies=None) -> tuple:
+    """LA alone, LA + the fixed-gamma grid, LA + gamma=tpe, LA + each policy (defaults, and tuned when it has a
+    search space), CB CE and CB focal. ``policies``: the policies (None: every softmax policy without held-out
+    data); FLSD-53 at its defaults is always in."""
+    out = [Arm("baseline=logit_adjusted", {"loss": "logit_adjusted"})]
+    out += [logit_adjusted_arm(parse_arm(f"gamma={g:g}")) for g in LA_GRID]
+    out.append(logit_adjusted_arm(parse_arm("gamma=tpe")))
+    full = policies is None
+    names = _policy_names() if full else [POLICY, *policies]
+    for name in names:
+        out.append(logit_adjusted_arm(parse_arm(f"policy={name}")))
+        if name == POLICY and not full:
+            continue
+        tuned = [a for a in engine_arms("softmax", learned=False) if a.name == f"policy={name}+tpe"]
+        out += [logit_adjusted_arm(a) for a in tuned]
+    out += [Arm("baseline=cb_ce", {"loss": "cb_ce"}), Arm("baseline=cb_focal", {"loss": "cb_focal"})]
+    return tuple(out)
+
+
+#: (study name, data set, research.train overrides, policies: None for all)
+_PLAN = (
+    ("digits-lt-prior", "digits-lt", {}, None),
+    ("gauss-lt-prior", "gauss-lt", {}, None),
+    ("mnist1d-lt-prior", "mnist1d-lt", {}, BEST_POLICIES["mnist1d-lt"]),
+    ("seg-toy-prior", "seg-toy", {}, BEST_POLICIES["seg-toy"]),
+    ("digits-lt-prior-long", "digits-lt", {"epochs": LONG_EPOCHS["digits-lt"]}, None),
+    ("gauss-lt-prior-long", "gauss-lt", {"epochs": LONG_EPOCHS["gauss-lt"]}, BEST_POLICIES["gauss-lt"]),
+)
+
+#: study name -> DatasetStudy
+STUDIES = {name: DatasetStudy(name=name, dataset=dataset, seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
+                              overrides=overrides, arms=arms(policies))
+           for name, dataset, overrides, policies in _PLAN}
