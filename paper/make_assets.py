@@ -789,6 +789,40 @@ class Assets:
         self.num("DigitsDefaultDiffSearch", f"{chosen[0]['difference']:+.3f}" if chosen[0] else NOT_RUN)
         self.num("DigitsDefaultDiffShortlist", f"{chosen[1]['difference']:+.3f}" if chosen[1] else NOT_RUN)
 
+    # -- issue 16: a focal term on logit-adjusted logits (exploratory) ------------------------------------------
+    def prior(self) -> None:
+        """The ``*-prior`` studies analysed by :func:`research.prior.run`: each arm minus logit adjustment alone on
+        the headline metric (paired t 95% intervals, Holm across the arms of a study), and how many of a study's
+        arms are better or worse than LA alone after Holm."""
+        from research import prior as rp
+
+        out = rp.run(self.results.folder)
+        arms = (("la+grid", "grid"), ("la+gamma=tpe", "tuned"), ("la+policy=flsd53", "FLSD-53"),
+                ("baseline=cb_ce", "CB CE"))
+        rows = [[tex(study)] + ["--"] * (len(arms) + 2) + [NOT_RUN] for study in out["missing"]]
+        better = worse = compared = 0
+        for st in out["studies"]:
+            metric, ref = st["metric"], st["reference"]["mean"][st["metric"]]
+            cells = []
+            for arm, _ in arms:
+                r = next((x for x in st["rows"] if x["arm"] == arm), None)
+                d = None if r is None else r["diff"][metric]
+                star = "$^{*}$" if d and d.get("p_holm") is not None and d["p_holm"] <= rp.ALPHA else ""
+                cells.append("--" if d is None or d["mean"] is None else
+                             f3(d["mean"], signed=True) + star + " " + interval(d))
+            verdicts = [rp._verdict(x["diff"][metric], True) for x in st["rows"]
+                        if x["arm"].startswith("la+")]
+            better, worse = better + verdicts.count("better"), worse + verdicts.count("worse")
+            compared += len(verdicts)
+            rows.append([tex(st["study"]), tex(metric), f3(ref)] + cells +
+                        [f"{verdicts.count('better')} / {verdicts.count('worse')} of {len(verdicts)}"])
+        self.table("prior", ["study", "metric", "LA alone"] + [f"{label} $-$ LA" for _, label in arms] +
+                   ["focal arms better / worse"], rows, "ll" + "r" * (len(arms) + 1) + "r")
+        self.num("PriorStudies", str(len(out["studies"])))
+        self.num("PriorArmsCompared", str(compared))
+        self.num("PriorArmsBetter", str(better))
+        self.num("PriorArmsWorse", str(worse))
+
     # -- reversals: what the development studies showed and why it is withdrawn ---------------------------------
     def reversals(self) -> None:
         """gammanet's gauss-lt result (meta-trained on the balanced validation set in the committed study) and
@@ -917,6 +951,7 @@ class Assets:
         self.preregistration()
         self.digits_default()
         self.reversals()
+        self.prior()
         self.tuning_cost()
         self.rho()
         self.calibration()
