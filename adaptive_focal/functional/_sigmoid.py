@@ -165,35 +165,25 @@ def _stats(x, t, ts, p, p_t, valid, loss, edges, g: Gamma, gam, ce, log_p, log_p
         hist = torch.zeros(b, device=x.device, dtype=f64).scatter_add_(
             0, torch.bucketize(p_t, inner, right=True).reshape(-1), v.reshape(-1).to(f64))
         ints = torch.cat([total[:2], per_class[0], hist]).to(torch.int64)
-        total, per_class = total.to(f32), per_class.to(f32)
-        return BatchStats(
-            edges=edges,
-            count=ints[0],
-            n_pos=ints[1],
-            sum_pt=total[2],
-            sum_loss=loss.detach().sum().to(f32),
-            sum_grad_norm=total[4],
-            pt_hist=ints[2 + c:2 + c + b],
-            class_count=ints[2:2 + c],
-            class_sum_pt=per_class[2],
-            sum_pt_pos=total[3],
-            class_sum_grad_pos=per_class[5],
-            class_sum_grad_neg=per_class[6],
-            mode="sigmoid",
-        )
-    # each element as a binary prediction: confidence max(p, 1 - p) = sigmoid(|x|), correct when the logit's sign
-    # agrees with the target's label (x = 0 is a tie: correct); a NaN logit makes both NaN
-    conf = torch.sigmoid(x.abs())
-    correct = torch.where(t >= 0.5, x >= 0, x <= 0).to(x.dtype)
-    correct = torch.where(torch.isnan(x), x, correct)
-    # one scatter-add: elements, confidences and correct ones per (class, confidence bin), and the p_t histogram
-    cell = torch.arange(0, c * b, b, device=x.device).view(1, c, 1) + torch.bucketize(conf, inner, right=True)
-    index = torch.stack([cell, cell, cell, torch.bucketize(p_t, inner, right=True)]).reshape(4, -1)
-    weights = torch.stack([v, conf * v, correct * v, v]).reshape(4, -1).to(f64)
-    cells = torch.zeros(4, c * b, device=x.device, dtype=f64).scatter_add_(1, index, weights)
-    per_bin = cells[:3].view(3, c, b).sum(1)  # (3, B): the confidence bins summed over classes
-    ints = torch.cat([total[:2], per_class[0], cells[3, :b], per_bin[0], cells[0]]).to(torch.int64)
-    total, per_class, per_bin, cells = total.to(f32), per_class.to(f32), per_bin.to(f32), cells.to(f32)
+        bins = {}
+    else:
+        # each element as a binary prediction: confidence max(p, 1 - p) = sigmoid(|x|), correct when the logit's
+        # sign agrees with the target's label (x = 0 is a tie: correct); a NaN logit makes both NaN
+        conf = torch.sigmoid(x.abs())
+        correct = torch.where(t >= 0.5, x >= 0, x <= 0).to(x.dtype)
+        correct = torch.where(torch.isnan(x), x, correct)
+        # one scatter-add: elements, confidences and correct ones per (class, confidence bin), and the p_t histogram
+        cell = torch.arange(0, c * b, b, device=x.device).view(1, c, 1) + torch.bucketize(conf, inner, right=True)
+        index = torch.stack([cell, cell, cell, torch.bucketize(p_t, inner, right=True)]).reshape(4, -1)
+        weights = torch.stack([v, conf * v, correct * v, v]).reshape(4, -1).to(f64)
+        cells = torch.zeros(4, c * b, device=x.device, dtype=f64).scatter_add_(1, index, weights)
+        per_bin = cells[:3].view(3, c, b).sum(1)  # (3, B): the confidence bins summed over classes
+        ints = torch.cat([total[:2], per_class[0], cells[3, :b], per_bin[0], cells[0]]).to(torch.int64)
+        per_bin, cells = per_bin.to(f32), cells.to(f32)
+        bins = dict(conf_count=ints[2 + c + b:2 + c + 2 * b], conf_sum=per_bin[1], correct_sum=per_bin[2],
+                    class_conf_count=ints[2 + c + 2 * b:].view(c, b), class_conf_sum=cells[1].view(c, b),
+                    class_correct_sum=cells[2].view(c, b))
+    total, per_class = total.to(f32), per_class.to(f32)
     return BatchStats(
         edges=edges,
         count=ints[0],
@@ -207,13 +197,8 @@ def _stats(x, t, ts, p, p_t, valid, loss, edges, g: Gamma, gam, ce, log_p, log_p
         sum_pt_pos=total[3],
         class_sum_grad_pos=per_class[5],
         class_sum_grad_neg=per_class[6],
-        conf_count=ints[2 + c + b:2 + c + 2 * b],
-        conf_sum=per_bin[1],
-        correct_sum=per_bin[2],
-        class_conf_count=ints[2 + c + 2 * b:].view(c, b),
-        class_conf_sum=cells[1].view(c, b),
-        class_correct_sum=cells[2].view(c, b),
         mode="sigmoid",
+        **bins,
     )
 
 

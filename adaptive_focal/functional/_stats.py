@@ -46,26 +46,17 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
     b, c = edges.numel() - 1, num_classes
     o = conf_offset(c, b)  # conf_count, class_conf_count, conf_sum, correct_sum, class_conf_sum, class_correct_sum
     f = o + b + c * b
-    if not confidence:
-        ints = acc[:5 + b + c].to(torch.int64)  # the float fields between the counts convert harmlessly
-        floats = acc.to(torch.float32)
-        return BatchStats(
-            edges=edges,
-            count=ints[1],
-            n_pos=ints[2],
-            sum_pt=floats[3],
-            sum_loss=floats[0] if sum_loss is None else sum_loss,
-            sum_grad_norm=floats[4],
-            pt_hist=ints[5:5 + b],
-            class_count=ints[5 + b:5 + b + c],
-            class_sum_pt=floats[5 + b + c:5 + b + 2 * c],
-            sum_pt_pos=floats[5 + b + 2 * c],
-            class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
-            class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
-            mode="sigmoid",
-        )
-    ints = acc[:f].to(torch.int64)  # the float fields between the counts convert harmlessly
+    # the float fields between the counts convert harmlessly
+    ints = acc[:f if confidence else 5 + b + c].to(torch.int64)
     floats = acc.to(torch.float32)
+    bins = {} if not confidence else dict(
+        conf_count=ints[o:o + b],
+        class_conf_count=ints.as_strided((c, b), (b, 1), o + b),
+        conf_sum=floats[f:f + b],
+        correct_sum=floats[f + b:f + 2 * b],
+        class_conf_sum=floats.as_strided((c, b), (b, 1), f + 2 * b),
+        class_correct_sum=floats.as_strided((c, b), (b, 1), f + 2 * b + c * b),
+    )
     return BatchStats(
         edges=edges,
         count=ints[1],
@@ -79,13 +70,8 @@ def from_sigmoid_acc(acc: torch.Tensor, edges: torch.Tensor, num_classes: int,
         sum_pt_pos=floats[5 + b + 2 * c],
         class_sum_grad_pos=floats[6 + b + 2 * c:6 + b + 3 * c],
         class_sum_grad_neg=floats[6 + b + 3 * c:6 + b + 4 * c],
-        conf_count=ints[o:o + b],
-        class_conf_count=ints.as_strided((c, b), (b, 1), o + b),
-        conf_sum=floats[f:f + b],
-        correct_sum=floats[f + b:f + 2 * b],
-        class_conf_sum=floats.as_strided((c, b), (b, 1), f + 2 * b),
-        class_correct_sum=floats.as_strided((c, b), (b, 1), f + 2 * b + c * b),
         mode="sigmoid",
+        **bins,
     )
 
 
