@@ -856,7 +856,7 @@ class Assets:
         same samples; paired t 95% intervals, Holm across the measurement's four comparisons."""
         import json
 
-        from adaptive_focal.compare.analysis import holm, paired_t
+        from research.fair_arms import gammanet_tests
 
         variants = {"Slice": "gammanet (training slice)", "Val": "gammanet (balanced validation)",
                     "Finetune": "fine-tune on balanced validation", "Fixed": "fixed gamma 2"}
@@ -868,17 +868,14 @@ class Assets:
             for key in keys:
                 self.num(key, NOT_RUN)
             return
-        base = [r["balanced_accuracy"] for r in runs["cross-entropy"]["runs"]]
-        diffs = {k: [r["balanced_accuracy"] - b for r, b in zip(runs[name]["runs"], base)]
-                 for k, name in variants.items()}
-        tests = {k: paired_t(d) for k, d in diffs.items()}
-        adjusted = dict(zip(tests, holm([t["p"] for t in tests.values()])))
-        for k, t in tests.items():
+        tests = gammanet_tests(runs)
+        for k, name in variants.items():
+            t, diffs = tests[name]["t"], tests[name]["diffs"]
             self.num(f"GammanetRerun{k}Diff", f3(t["mean"], signed=True))
             self.num(f"GammanetRerun{k}CI", interval(t))
-            self.num(f"GammanetRerun{k}Wins", f"{sum(d > 0 for d in diffs[k])} of {len(diffs[k])}")
-            self.num(f"GammanetRerun{k}HolmP", fp(adjusted[k]))
-        self.num("GammanetRerunSeeds", str(len(base)))
+            self.num(f"GammanetRerun{k}Wins", f"{sum(d > 0 for d in diffs)} of {len(diffs)}")
+            self.num(f"GammanetRerun{k}HolmP", fp(tests[name]["p_holm"]))
+        self.num("GammanetRerunSeeds", str(len(runs["cross-entropy"]["runs"])))
 
     # -- figures ----------------------------------------------------------------------------------------------
     def _rho_figure(self, grid_rows, grid_arms) -> None:

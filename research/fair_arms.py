@@ -171,28 +171,37 @@ def gammanet(datasets, seeds: int, threads: int | None, log=print) -> dict:
     return _variants(GAMMANET_VARIANTS, datasets, seeds, threads, log)
 
 
-def gammanet_markdown(results: dict) -> str:
+def gammanet_tests(variants: dict) -> dict:
+    """One data set's variants against cross-entropy: ``{name: {"diffs", "t", "p_holm"}}`` with the per-seed
+    differences, their paired t-analysis and the Holm-adjusted p across the variants."""
     from adaptive_focal.compare.analysis import holm, paired_t
 
+    reference = next(iter(GAMMANET_VARIANTS))
+    base = [r["balanced_accuracy"] for r in variants[reference]["runs"]]
+    diffs = {name: [r["balanced_accuracy"] - b for r, b in zip(v["runs"], base)]
+             for name, v in variants.items() if name != reference}
+    tests = {name: paired_t(d) for name, d in diffs.items()}
+    adjusted = holm([t["p"] for t in tests.values()])
+    return {name: {"diffs": diffs[name], "t": tests[name], "p_holm": p} for name, p in zip(tests, adjusted)}
+
+
+def gammanet_markdown(results: dict) -> str:
     lines = [("| data set | variant | final gamma | balanced accuracy | vs cross-entropy, paired | 95% t-interval | "
               "Holm p | better / worse |"), "|---|---|---:|---:|---:|---|---:|:---:|"]
     reference = next(iter(GAMMANET_VARIANTS))
     for dataset, variants in results.items():
-        base = [r["balanced_accuracy"] for r in variants[reference]["runs"]]
-        tests = {name: paired_t([r["balanced_accuracy"] - b for r, b in zip(v["runs"], base)])
-                 for name, v in variants.items() if name != reference}
-        adjusted = dict(zip(tests, holm([t["p"] for t in tests.values()])))
+        tests = gammanet_tests(variants)
         for name, v in variants.items():
             acc = statistics.fmean(r["balanced_accuracy"] for r in v["runs"])
             gamma = statistics.fmean(r["gamma_end"] for r in v["runs"]) if v["config"].get("loss") != "ce" else 0.0
             if name == reference:
                 lines.append(f"| {dataset} | {name} | {gamma:.2f} | {acc:.4f} | — | — | — | — |")
                 continue
-            t, diffs = tests[name], [r["balanced_accuracy"] - b for r, b in zip(v["runs"], base)]
-            p = "—" if adjusted[name] is None else f"{adjusted[name]:.3f}"
+            t, d, adjusted = tests[name]["t"], tests[name]["diffs"], tests[name]["p_holm"]
+            p = "—" if adjusted is None else f"{adjusted:.3f}"
             lines.append(f"| {dataset} | {name} | {gamma:.2f} | {acc:.4f} | {t['mean']:+.4f} | "
-                         f"[{t['low']:+.4f}, {t['high']:+.4f}] | {p} | {sum(d > 0 for d in diffs)} / "
-                         f"{sum(d < 0 for d in diffs)} |")
+                         f"[{t['low']:+.4f}, {t['high']:+.4f}] | {p} | {sum(x > 0 for x in d)} / "
+                         f"{sum(x < 0 for x in d)} |")
     return "\n".join(lines)
 
 
