@@ -30,13 +30,30 @@ on mnist1d-lt and seg-toy, against a budget of about 75 minutes of one core for 
   labelled batches, so a fair comparison has every arm hold out the same slice (research protocol v2), which
   changes the LA reference itself, and they cost 2-5 times a plain run.
 
+Completed in a second round (2026-12-04, the same seeds; the studies above unchanged, since a stored study's arms
+are fixed by its manifest):
+
+* ``mnist1d-lt-prior-policies``, ``seg-toy-prior-policies`` and ``gauss-lt-prior-long-policies``: LA alone and
+  every arm of the full design that the reduced study lacks, so that with it every applicable policy (defaults and
+  tuned) is measured on every data set at the default schedule and on gauss-lt at 3x epochs. Training is
+  deterministic given the seed, so LA alone here repeats the reduced study's runs (research/prior.py checks that
+  and pairs both studies' arms against one reference);
+* ``mnist1d-lt-prior-long`` and ``seg-toy-prior-long``: the longer schedule, at 2x epochs (``LONG_EPOCHS``: 30 and
+  60; 3x would cost about 130 minutes of one core with the reduced arms, against about 85), with the reduced arms;
+* ``<dataset>-prior-learned``: the learned controllers on LA in a fair study (sweeps.spec.fair_study: every arm,
+  LA alone included, trains without the same stratified 10% of the training set, on which the controllers
+  meta-train): LA alone, ``la+policy=<name>`` for hypergradient, gammanet and bandit, and on digits-lt and
+  gauss-lt also each tuned (``+tpe``, 4 trials). The fine-tuning control of the confirmatory studies (plain
+  cross-entropy steps on the slice) is left out: on LA it would mix an unadjusted loss into an adjusted one, so it
+  would not be the control "the labels without any gamma" that it is there.
+
 ``research/prior.py`` analyses these studies (exploratory: nothing here was pre-registered).
 """
 
 from adaptive_focal.compare import default_arms as engine_arms
 from adaptive_focal.compare import parse_arm
 
-from ..spec import Arm, DatasetStudy, logit_adjusted_arm
+from ..spec import LEARNED, Arm, DatasetStudy, fair_study, learned_arms, logit_adjusted_arm
 
 FIRST_SEED, SEEDS = 2000, 10
 #: TPE trials per tuned arm and seed
@@ -48,8 +65,10 @@ POLICY = "flsd53"
 #: reduced designs: the two best of the non-learned softmax policies in the data set's development study
 BEST_POLICIES = {"gauss-lt": ("automated", "cyclical"), "mnist1d-lt": ("automated", "exponential"),
                  "seg-toy": ("exponential", "linear")}
-#: epochs of the longer schedule: 3x research.train's data set default
-LONG_EPOCHS = {"digits-lt": 30, "gauss-lt": 180, "mnist1d-lt": 45, "seg-toy": 90}
+#: epochs of the longer schedule: 3x research.train's data set default, 2x on mnist1d-lt and seg-toy (compute)
+LONG_EPOCHS = {"digits-lt": 30, "gauss-lt": 180, "mnist1d-lt": 30, "seg-toy": 60}
+#: the data sets whose learned-controller study also tunes each controller (the others: defaults only, compute)
+LEARNED_TUNED = ("digits-lt", "gauss-lt")
 
 
 def _policy_names() -> list[str]:
@@ -76,17 +95,44 @@ def arms(policies=None) -> tuple:
     return tuple(out)
 
 
-#: (study name, data set, research.train overrides, policies: None for all)
+def remaining_arms(policies) -> tuple:
+    """LA alone and the arms of the full design (``arms()``) that ``arms(policies)`` lacks: run beside a reduced
+    study, the two together hold the full design."""
+    have = {a.name for a in arms(policies)}
+    return (arms()[0], *(a for a in arms() if a.name not in have))
+
+
+def learned_prior_arms(tuned: bool) -> tuple:
+    """LA alone and the learned controllers on LA, meta-training on the held-out training slice (defaults, and
+    tuned over their search spaces with ``tuned``); for a fair study, in which every arm holds the slice out."""
+    out = [Arm("baseline=logit_adjusted", {"loss": "logit_adjusted"})]
+    out += [logit_adjusted_arm(a) for a in learned_arms(LEARNED, tuned=tuned) if not a.name.endswith("[val]")]
+    return tuple(out)
+
+
+#: (study name, data set, research.train overrides, arms)
 _PLAN = (
-    ("digits-lt-prior", "digits-lt", {}, None),
-    ("gauss-lt-prior", "gauss-lt", {}, None),
-    ("mnist1d-lt-prior", "mnist1d-lt", {}, BEST_POLICIES["mnist1d-lt"]),
-    ("seg-toy-prior", "seg-toy", {}, BEST_POLICIES["seg-toy"]),
-    ("digits-lt-prior-long", "digits-lt", {"epochs": LONG_EPOCHS["digits-lt"]}, None),
-    ("gauss-lt-prior-long", "gauss-lt", {"epochs": LONG_EPOCHS["gauss-lt"]}, BEST_POLICIES["gauss-lt"]),
+    ("digits-lt-prior", "digits-lt", {}, arms()),
+    ("gauss-lt-prior", "gauss-lt", {}, arms()),
+    ("mnist1d-lt-prior", "mnist1d-lt", {}, arms(BEST_POLICIES["mnist1d-lt"])),
+    ("seg-toy-prior", "seg-toy", {}, arms(BEST_POLICIES["seg-toy"])),
+    ("digits-lt-prior-long", "digits-lt", {"epochs": LONG_EPOCHS["digits-lt"]}, arms()),
+    ("gauss-lt-prior-long", "gauss-lt", {"epochs": LONG_EPOCHS["gauss-lt"]}, arms(BEST_POLICIES["gauss-lt"])),
+    ("mnist1d-lt-prior-policies", "mnist1d-lt", {}, remaining_arms(BEST_POLICIES["mnist1d-lt"])),
+    ("seg-toy-prior-policies", "seg-toy", {}, remaining_arms(BEST_POLICIES["seg-toy"])),
+    ("gauss-lt-prior-long-policies", "gauss-lt", {"epochs": LONG_EPOCHS["gauss-lt"]},
+     remaining_arms(BEST_POLICIES["gauss-lt"])),
+    ("mnist1d-lt-prior-long", "mnist1d-lt", {"epochs": LONG_EPOCHS["mnist1d-lt"]}, arms(BEST_POLICIES["mnist1d-lt"])),
+    ("seg-toy-prior-long", "seg-toy", {"epochs": LONG_EPOCHS["seg-toy"]}, arms(BEST_POLICIES["seg-toy"])),
 )
+#: the learned controllers' fair studies
+_LEARNED_PLAN = tuple(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"))
 
 #: study name -> DatasetStudy
 STUDIES = {name: DatasetStudy(name=name, dataset=dataset, seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
-                              overrides=overrides, arms=arms(policies))
-           for name, dataset, overrides, policies in _PLAN}
+                              overrides=overrides, arms=study_arms)
+           for name, dataset, overrides, study_arms in _PLAN}
+STUDIES.update({name: fair_study(name=name, dataset=name.removesuffix("-prior-learned"), seeds=SEEDS,
+                                 first_seed=FIRST_SEED, trials=TRIALS,
+                                 arms=learned_prior_arms(name.removesuffix("-prior-learned") in LEARNED_TUNED))
+                for name in _LEARNED_PLAN})
