@@ -39,7 +39,9 @@ are fixed by its manifest):
   deterministic given the seed, so LA alone here repeats the reduced study's runs (research/prior.py checks that
   and pairs both studies' arms against one reference);
 * ``mnist1d-lt-prior-long`` and ``seg-toy-prior-long``: the longer schedule, at 2x epochs (``LONG_EPOCHS``: 30 and
-  60; 3x would cost about 130 minutes of one core with the reduced arms, against about 85), with the reduced arms;
+  60; 3x would cost about 130 minutes of one core with the reduced arms, against about 85), with the reduced arms,
+  and ``mnist1d-lt-prior-long-policies`` and ``seg-toy-prior-long-policies`` beside them with the rest (about 80
+  and 70 minutes of one core);
 * ``<dataset>-prior-learned``: the learned controllers on LA in a fair study (sweeps.spec.fair_study: every arm,
   LA alone included, trains without the same stratified 10% of the training set, on which the controllers
   meta-train): LA alone, ``la+policy=<name>`` for hypergradient, gammanet and bandit, and on digits-lt and
@@ -124,6 +126,10 @@ _PLAN = (
      remaining_arms(BEST_POLICIES["gauss-lt"])),
     ("mnist1d-lt-prior-long", "mnist1d-lt", {"epochs": LONG_EPOCHS["mnist1d-lt"]}, arms(BEST_POLICIES["mnist1d-lt"])),
     ("seg-toy-prior-long", "seg-toy", {"epochs": LONG_EPOCHS["seg-toy"]}, arms(BEST_POLICIES["seg-toy"])),
+    ("mnist1d-lt-prior-long-policies", "mnist1d-lt", {"epochs": LONG_EPOCHS["mnist1d-lt"]},
+     remaining_arms(BEST_POLICIES["mnist1d-lt"])),
+    ("seg-toy-prior-long-policies", "seg-toy", {"epochs": LONG_EPOCHS["seg-toy"]},
+     remaining_arms(BEST_POLICIES["seg-toy"])),
 )
 #: the learned controllers' fair studies
 _LEARNED_PLAN = tuple(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"))
