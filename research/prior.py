@@ -12,6 +12,13 @@ A derived arm, ``la+grid``, is what tuning the focal term's gamma over the grid 
 best validation headline metric among LA alone (gamma 0) and the fixed ``la+gamma=<g>`` arms (ties to the smaller
 gamma), costing all of their runs. The cost column is training runs per seed.
 
+A reduced study and its companion (``COMPANIONS``: the study that ran the rest of the full design beside it, on the
+same seeds, with LA alone again) make one table: each companion arm is paired against the companion's own LA alone
+(training is deterministic given the seed, so the two references should agree; ``reference_agreement`` records
+the largest difference), and Holm's family is the whole table. The learned controllers' fair studies
+(``LEARNED``, every arm holding out the same slice of the training set) are tables of their own, against their
+own LA alone, which holds the slice out too.
+
 These studies were not pre-registered: the analysis is exploratory, and the intervals are read as effect sizes, not
 as confirmations.
 
@@ -40,7 +47,14 @@ TUNED_GAMMA = "la+gamma=tpe"
 CB_CE = "baseline=cb_ce"
 LEVEL, ALPHA = 0.95, 0.05
 STUDIES = ("digits-lt-prior", "gauss-lt-prior", "mnist1d-lt-prior", "seg-toy-prior", "digits-lt-prior-long",
-           "gauss-lt-prior-long")
+           "gauss-lt-prior-long", "mnist1d-lt-prior-long", "seg-toy-prior-long")
+#: reduced study -> the study that ran the rest of its full design (read into the same table)
+COMPANIONS = {"mnist1d-lt-prior": "mnist1d-lt-prior-policies", "seg-toy-prior": "seg-toy-prior-policies",
+              "gauss-lt-prior-long": "gauss-lt-prior-long-policies",
+              "mnist1d-lt-prior-long": "mnist1d-lt-prior-long-policies",
+              "seg-toy-prior-long": "seg-toy-prior-long-policies"}
+#: the learned controllers on LA, every arm holding out the same slice of the training set
+LEARNED = ("digits-lt-prior-learned", "gauss-lt-prior-learned", "mnist1d-lt-prior-learned", "seg-toy-prior-learned")
 #: metric key -> (label, higher is better); the headline metric comes first, from the export
 SECONDARY = (("recall_few", "few-shot recall", True), ("ece", "ECE", False), ("ece_ts", "ECE after TS", False))
 HEADLINE_LABELS = {"balanced_accuracy": "balanced accuracy", "miou": "mIoU", "map": "mAP"}
@@ -97,9 +111,8 @@ def differences(runs: dict, reference: dict, key: str) -> list:
     return out
 
 
-def analyse_study(units: dict) -> dict:
-    """The table of one study: every arm but the reference (and the derived grid arm after the fixed gammas),
-    paired by seed against the reference."""
+def _reference(units: dict) -> tuple[dict, dict]:
+    """``(selected runs of every arm, the reference's runs)`` of a study, or a ValueError naming what is wrong."""
     metric = units["metric"]
     if units.get("direction", "maximize") != "maximize":
         raise ValueError(f"study {units['study']!r}: its headline metric {metric!r} must be maximised, as the "
@@ -108,9 +121,27 @@ def analyse_study(units: dict) -> dict:
         raise ValueError(f"study {units['study']!r} has no arm {REFERENCE!r} (logit adjustment alone), the "
                          f"reference of research.prior; its arms: {', '.join(units['arms'])}")
     chosen = selected(units)
-    reference = chosen.get(REFERENCE, {})
-    if not reference:
+    if not chosen.get(REFERENCE):
         raise ValueError(f"study {units['study']!r}: the reference arm {REFERENCE!r} has no completed run")
+    return chosen, chosen[REFERENCE]
+
+
+def _agreement(reference: dict, other: dict) -> dict:
+    """How far two studies' LA-alone runs differ: seeds in common and the largest absolute difference of any
+    stored test metric."""
+    seeds = sorted(set(reference) & set(other))
+    diffs = [abs(a - b) for s in seeds for k in (reference[s].get("test") or {})
+             if (a := _value(reference[s], k)) is not None and (b := _value(other[s], k)) is not None]
+    return {"seeds": len(seeds), "max_abs_diff": max(diffs) if diffs else None}
+
+
+def analyse_study(units: dict, companions=()) -> dict:
+    """The table of one study: every arm but the reference (and the derived grid arm after the fixed gammas),
+    paired by seed against the reference; with ``companions`` (units of studies that ran more arms of the same
+    design: same data set, overrides and metric, an LA alone of their own), their arms too, each paired against
+    its own study's LA alone, in one Holm family. The baselines come last."""
+    metric = units["metric"]
+    chosen, reference = _reference(units)
     grid = grid_choice(units, chosen)
     grid_members = [a for a, rec in units["arms"].items() if _la_gamma(rec) is not None]
     order, runs, cost = [], {}, {}
@@ -125,6 +156,27 @@ def analyse_study(units: dict) -> dict:
         if GRID not in order:
             order.append(GRID)
         runs[GRID], cost[GRID] = grid, sum(_runs_per_seed(units, a) for a in grid_members)
+    refs = dict.fromkeys(order, reference)
+    agreement, all_units = {}, [units]
+    for comp in companions:
+        for field in ("dataset", "overrides"):
+            if comp["meta"].get(field) != units["meta"].get(field):
+                raise ValueError(f"study {comp['study']!r} cannot join {units['study']!r}: its {field} "
+                                 f"{comp['meta'].get(field)!r} differs from {units['meta'].get(field)!r}")
+        if comp["metric"] != metric:
+            raise ValueError(f"study {comp['study']!r} cannot join {units['study']!r}: its metric "
+                             f"{comp['metric']!r} differs from {metric!r}")
+        comp_chosen, comp_reference = _reference(comp)
+        agreement[comp["study"]] = _agreement(reference, comp_reference)
+        for arm in comp["arms"]:
+            if arm == REFERENCE:
+                continue
+            if arm in runs:
+                raise ValueError(f"arm {arm!r} is in both {units['study']!r} and {comp['study']!r}")
+            order.append(arm)
+            runs[arm], cost[arm], refs[arm] = comp_chosen.get(arm, {}), _runs_per_seed(comp, arm), comp_reference
+        all_units.append(comp)
+    order.sort(key=lambda arm: arm.startswith("baseline="))  # stable: the baselines last, the rest in order
     metrics = [(metric, HEADLINE_LABELS.get(metric, metric), True)]
     present = {k for r in reference.values() for k in (r.get("test") or {})}
     metrics += [m for m in SECONDARY if m[0] in present]
@@ -135,7 +187,7 @@ def analyse_study(units: dict) -> dict:
         for key, _, _ in metrics:
             values = [v for v in (_value(r, key) for r in runs[arm].values()) if v is not None]
             row["mean"][key] = statistics.fmean(values) if values else None
-            pairs = differences(runs[arm], reference, key)
+            pairs = differences(runs[arm], refs[arm], key)
             t = paired_t([d for _, d in pairs], level=LEVEL)
             row["diff"][key] = {"n": t["n"], "mean": t["mean"], "low": t["low"], "high": t["high"], "p": t["p"]}
         rows.append(row)
@@ -144,9 +196,10 @@ def analyse_study(units: dict) -> dict:
             row["diff"][key]["p_holm"] = p
     ref_means = {key: statistics.fmean(v for v in (_value(r, key) for r in reference.values()) if v is not None)
                  if any(_value(r, key) is not None for r in reference.values()) else None for key, _, _ in metrics}
-    seconds = [t["seconds"] for per in units["units"].values() for ts in per.values() for t in ts
+    seconds = [t["seconds"] for u in all_units for per in u["units"].values() for ts in per.values() for t in ts
                if isinstance(t.get("seconds"), (int, float))]
-    return {"study": units["study"], "dataset": units["meta"].get("dataset"), "metric": metric,
+    return {"study": units["study"], "companions": [c["study"] for c in companions],
+            "reference_agreement": agreement, "dataset": units["meta"].get("dataset"), "metric": metric,
             "overrides": units["meta"].get("overrides", {}), "metrics": [list(m) for m in metrics],
             "seconds": {"runs": len(seconds), "median_per_run": statistics.median(seconds) if seconds else None,
                         "total": sum(seconds)},
@@ -173,14 +226,24 @@ def load(path: Path, study: str) -> dict:
     return units
 
 
-def run(results: Path = RESULTS, studies=STUDIES) -> dict:
+def run(results: Path = RESULTS, studies=STUDIES, companions=None, learned=LEARNED) -> dict:
+    """The analysis of every export found in ``results``: ``studies`` (each with its companion from
+    ``companions``, default :data:`COMPANIONS`, when exported) and the ``learned`` fair studies; ``missing``
+    lists the studies without an export."""
     results = Path(results)
     if not results.is_dir():
         raise ValueError(f"results folder {str(results)!r} does not exist")
-    missing = [s for s in studies if not (results / f"{s}.json.gz").is_file()]
-    found = [analyse_study(load(results / f"{s}.json.gz", s)) for s in studies if s not in missing]
+    companions = COMPANIONS if companions is None else companions
+
+    def path(study: str) -> Path:
+        return results / f"{study}.json.gz"
+
+    wanted = [*studies, *(companions[s] for s in studies if s in companions), *learned]
+    missing = [s for s in wanted if not path(s).is_file()]
+    found = [analyse_study(load(path(s), s), [load(path(c), c) for c in [companions.get(s)] if c and c not in missing])
+             for s in studies if s not in missing]
     return {"reference": REFERENCE, "level": LEVEL, "alpha": ALPHA, "exploratory": True, "studies": found,
-            "missing": missing}
+            "learned": [analyse_study(load(path(s), s)) for s in learned if s not in missing], "missing": missing}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,6 +289,36 @@ def _row(study: dict, arm: str) -> dict | None:
     return next((r for r in study["rows"] if r["arm"] == arm), None)
 
 
+def _label(study: dict) -> str:
+    """The study's name, with its companions' suffixes: ``mnist1d-lt-prior + -policies``."""
+    return " + ".join([study["study"], *(c.removeprefix(study["study"]) for c in study.get("companions", []))])
+
+
+def _details(s: dict) -> list[str]:
+    """The collapsed table of every arm of one study."""
+    metrics = s["metrics"]
+    head = " | ".join(f"{label} | p" for _, label, _ in metrics)
+    ref = ", ".join(f"{label} {_f(s['reference']['mean'][key], False)}" for key, label, _ in metrics)
+    chosen = ", ".join(f"{g:g}" for g in s["grid_gammas"].values())
+    sec = s["seconds"]
+    lines = ["", f"<details><summary>{_label(s)} ({s['dataset']}"
+                 f"{', ' + ', '.join(f'{k} {v}' for k, v in s['overrides'].items()) if s['overrides'] else ''}"
+                 f"): LA alone {ref}</summary>", ""]
+    for comp, agree in s.get("reference_agreement", {}).items():
+        same = ("identical on every seed" if agree["max_abs_diff"] == 0 else
+                f"largest difference of a test metric {agree['max_abs_diff']:.2g}")
+        lines += [f"The arms of {comp} are paired against its own LA alone ({agree['seeds']} seeds; against this "
+                  f"study's: {same}).", ""]
+    lines += [f"Grid's gamma chosen on validation, per seed: {chosen or '-'}. {sec['runs']} runs, "
+              f"{_f(sec['median_per_run'], False, 2)} s per run (median), {sec['total'] / 60:.1f} min in all "
+              "(training time stored with each trial, one torch thread).", "",
+              f"| arm | runs | {head} |", "|---|---:|" + "---|---:|" * len(metrics)]
+    for r in s["rows"]:
+        cells = " | ".join(f"{_cell(r['diff'][key])} | {_p(r['diff'][key]['p_holm'])}" for key, _, _ in metrics)
+        lines.append(f"| {r['arm']} | {r['runs_per_seed']:g} | {cells} |")
+    return lines + ["", "</details>"]
+
+
 def markdown(out: dict) -> str:
     lines = ["Headline metric (test; seg-toy mIoU, else balanced accuracy): each arm minus logit adjustment alone, "
              "paired by seed (10 seeds, 2000-2009), mean and paired t 95% interval; *better / worse* counts the arms "
@@ -242,7 +335,7 @@ def markdown(out: dict) -> str:
         best = _best(s, key)
         best_cell = (f"{best['arm']} ({best['runs_per_seed']:g}): {_cell(best['diff'][key])}, p_Holm "
                      f"{_p(best['diff'][key]['p_holm'])}") if best else "-"
-        lines.append(f"| {s['study']} | {_f(s['reference']['mean'][key], False)} | {' | '.join(cells)} | "
+        lines.append(f"| {_label(s)} | {_f(s['reference']['mean'][key], False)} | {' | '.join(cells)} | "
                      f"{best_cell} | {_counts(s, key, True)} |")
     lines += ["", "The focal term's other effects, the same differences for the grid and tuned gamma on LA: few-shot "
                   "recall (higher is better), ECE and ECE after temperature scaling (lower is better); multiclass "
@@ -256,27 +349,25 @@ def markdown(out: dict) -> str:
             r = _row(s, arm)
             if r:
                 cells = [_cell(r["diff"][k]) if k in keys else "-" for k, _, _ in SECONDARY]
-                lines.append(f"| {s['study']} | {arm} | {' | '.join(cells)} |")
+                lines.append(f"| {_label(s)} | {arm} | {' | '.join(cells)} |")
+    if out.get("learned"):
+        lines += ["", "The learned controllers on LA (fair studies: every arm, LA alone included, trains without the "
+                      "same stratified 10% of the training set, on which the controllers meta-train; gamma starts "
+                      "at 2): each arm minus LA alone, Holm across the arms of a study.", "",
+                  "| study | LA alone | arm (runs/seed) | headline | p_Holm | few-shot recall | ECE after TS |",
+                  "|---|---:|---|---|---:|---|---|"]
+        for s in out["learned"]:
+            key = s["metric"]
+            for r in s["rows"]:
+                cells = [_cell(r["diff"][k]) if k in r["diff"] else "-" for k in ("recall_few", "ece_ts")]
+                lines.append(f"| {_label(s)} | {_f(s['reference']['mean'][key], False)} | {r['arm']} "
+                             f"({r['runs_per_seed']:g}) | {_cell(r['diff'][key])} | {_p(r['diff'][key]['p_holm'])} | "
+                             f"{' | '.join(cells)} |")
     lines += ["", "Per study, every arm: mean difference from LA alone [95% interval] and Holm-adjusted p, per "
                   "metric (few-shot recall: higher is better; ECE: lower is better). *runs* is training runs per "
                   "seed; la+grid is the grid's best gamma chosen on validation per seed (LA alone included)."]
-    for s in out["studies"]:
-        metrics = s["metrics"]
-        head = " | ".join(f"{label} | p" for _, label, _ in metrics)
-        ref = ", ".join(f"{label} {_f(s['reference']['mean'][key], False)}" for key, label, _ in metrics)
-        chosen = ", ".join(f"{g:g}" for g in s["grid_gammas"].values())
-        sec = s["seconds"]
-        lines += ["", f"<details><summary>{s['study']} ({s['dataset']}"
-                      f"{', ' + ', '.join(f'{k} {v}' for k, v in s['overrides'].items()) if s['overrides'] else ''}"
-                      f"): LA alone {ref}</summary>", "",
-                  f"Grid's gamma chosen on validation, per seed: {chosen or '-'}. {sec['runs']} runs, "
-                  f"{_f(sec['median_per_run'], False, 2)} s per run (median), {sec['total'] / 60:.1f} min in all "
-                  "(training time stored with each trial, one torch thread).", "",
-                  f"| arm | runs | {head} |", "|---|---:|" + "---|---:|" * len(metrics)]
-        for r in s["rows"]:
-            cells = " | ".join(f"{_cell(r['diff'][key])} | {_p(r['diff'][key]['p_holm'])}" for key, _, _ in metrics)
-            lines.append(f"| {r['arm']} | {r['runs_per_seed']:g} | {cells} |")
-        lines += ["", "</details>"]
+    for s in [*out["studies"], *out.get("learned", [])]:
+        lines += _details(s)
     if out["missing"]:
         lines += ["", f"Not run: {', '.join(out['missing'])}."]
     return "\n".join(lines)
@@ -293,7 +384,7 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"research.prior: error: {err}", file=sys.stderr)
         return 2
-    if not out["studies"]:
+    if not out["studies"] and not out["learned"]:
         print(f"research.prior: error: no *-prior export in {args.results} ({', '.join(STUDIES)})", file=sys.stderr)
         return 2
     text = markdown(out)

@@ -41,20 +41,20 @@ RUNS = {
 GAMMAS = {"la+gamma=tpe": [[1.5, 4.0], [0.2, 0.7], [2.5, 3.0]]}
 
 
-def _trial(arm, seed, number, val, test):
+def _trial(arm, seed, number, val, test, arms=ARMS):
     params = {"gamma": GAMMAS[arm][SEEDS.index(seed)][number]} if arm in GAMMAS else {}
     return {"arm": arm, "seed": seed, "number": number, "state": "COMPLETE", "params": params,
-            "config": ARMS[arm]["config"], "val_metrics": {"balanced_accuracy": val},
+            "config": arms[arm]["config"], "val_metrics": {"balanced_accuracy": val},
             "test_metrics": {"balanced_accuracy": test, "ece": 0.1 + test / 10}, "seconds": 1.0,
             "gamma_trajectory": None, "versions": None}
 
 
-def export(folder, arms=ARMS, study=STUDY):
-    trials = [_trial(arm, seed, n, v, t) for arm in arms for seed, runs in zip(SEEDS, RUNS[arm])
-              for n, (v, t) in enumerate(runs)]
+def export(folder, arms=ARMS, study=STUDY, runs=RUNS, dataset="digits-lt", overrides=None):
+    trials = [_trial(arm, seed, n, v, t, arms) for arm in arms for seed, per in zip(SEEDS, runs[arm])
+              for n, (v, t) in enumerate(per)]
     data = {"format": 1, "study": study, "arm_order": list(arms),
             "manifest": {"metric": "balanced_accuracy", "directions": ["maximize"], "arms": dict(arms),
-                         "first_seed": 2000, "dataset": "digits-lt", "dataset_kwargs": {}, "overrides": {}},
+                         "first_seed": 2000, "dataset": dataset, "dataset_kwargs": {}, "overrides": overrides or {}},
             "units": {arm: list(SEEDS) for arm in arms}, "other_trials": {}, "trials": trials}
     return write_export(data, folder / f"{study}.json.gz")
 
@@ -62,7 +62,8 @@ def export(folder, arms=ARMS, study=STUDY):
 def test_paired_differences_grid_choice_and_holm(tmp_path):
     export(tmp_path)
     out = prior.run(tmp_path)
-    assert out["missing"] == [s for s in prior.STUDIES if s != STUDY] and out["exploratory"]
+    wanted = [*prior.STUDIES, *prior.COMPANIONS.values(), *prior.LEARNED]
+    assert out["missing"] == [s for s in wanted if s != STUDY] and out["exploratory"] and out["learned"] == []
     (s,) = out["studies"]
     assert [m[0] for m in s["metrics"]] == ["balanced_accuracy", "ece"]  # no recall_few stored
     rows = {r["arm"]: r for r in s["rows"]}
@@ -140,3 +141,73 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "wrong" / "gauss-lt-prior.json.gz").rename(tmp_path / "wrong" / f"{STUDY}.json.gz")
     with pytest.raises(ValueError, match="holds study 'gauss-lt-prior'"):
         prior.run(tmp_path / "wrong")
+
+
+# a companion study: LA alone again and one more arm; a second companion whose LA alone differs on one seed
+POLICY_ARMS = {"baseline=logit_adjusted": ARMS["baseline=logit_adjusted"],
+               "la+policy=cosine": {"config": {"loss": "logit_adjusted", "policy": "cosine"}, "space": {}}}
+POLICY_RUNS = {
+    "baseline=logit_adjusted": RUNS["baseline=logit_adjusted"],
+    # differences from LA alone +0.03 +0.05 +0.04: mean 0.04, sd 0.01, t = 4 sqrt 3, p = 1 - sqrt(48/50)
+    "la+policy=cosine": [[(0.5, 0.73)], [(0.5, 0.77)], [(0.5, 0.78)]],
+}
+
+
+def test_a_companion_joins_the_reduced_study_in_one_holm_family(tmp_path):
+    export(tmp_path, study="mnist1d-lt-prior")
+    export(tmp_path, POLICY_ARMS, "mnist1d-lt-prior-policies", POLICY_RUNS)
+    (s,) = prior.run(tmp_path)["studies"]
+    assert s["study"] == "mnist1d-lt-prior" and s["companions"] == ["mnist1d-lt-prior-policies"]
+    assert s["reference_agreement"] == {"mnist1d-lt-prior-policies": {"seeds": 3, "max_abs_diff": 0.0}}
+    rows = {r["arm"]: r for r in s["rows"]}
+    # the companion's arm joins before the baselines
+    assert list(rows) == ["la+gamma=1", "la+gamma=2", "la+grid", "la+gamma=tpe", "la+policy=cosine", "baseline=cb_ce"]
+    d = rows["la+policy=cosine"]["diff"]["balanced_accuracy"]
+    assert d["mean"] == pytest.approx(0.04) and d["p"] == pytest.approx(1 - math.sqrt(48 / 50), abs=1e-6)
+    # Holm over five p-values now: the cosine arm's 0.020204 x 5 = 0.101021; the gamma=1/2 pair 0.074180 x 4
+    assert d["p_holm"] == pytest.approx(5 * (1 - math.sqrt(48 / 50)), abs=1e-5)
+    assert rows["la+gamma=1"]["diff"]["balanced_accuracy"]["p_holm"] == pytest.approx(4 * 0.074180, abs=1e-5)
+    assert s["seconds"]["runs"] == 18 + 6
+    text = prior.markdown(prior.run(tmp_path))
+    assert "| mnist1d-lt-prior + -policies | 0.720 |" in text
+    assert "paired against its own LA alone (3 seeds; against this study's: identical on every seed)" in text
+
+
+def test_a_companion_arm_is_paired_against_its_own_reference(tmp_path):
+    export(tmp_path, study="mnist1d-lt-prior")
+    # the companion's LA alone 0.01 higher on seed 2001: its arm's differences become +0.03 +0.04 +0.04
+    runs = {**POLICY_RUNS, "baseline=logit_adjusted": [[(0.60, 0.70)], [(0.65, 0.73)], [(0.60, 0.74)]]}
+    export(tmp_path, POLICY_ARMS, "mnist1d-lt-prior-policies", runs)
+    (s,) = prior.run(tmp_path)["studies"]
+    assert s["reference_agreement"]["mnist1d-lt-prior-policies"]["max_abs_diff"] == pytest.approx(0.01)
+    d = next(r for r in s["rows"] if r["arm"] == "la+policy=cosine")["diff"]["balanced_accuracy"]
+    assert d["mean"] == pytest.approx(0.11 / 3)
+    assert "largest difference of a test metric 0.01" in prior.markdown(prior.run(tmp_path))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"dataset": "gauss-lt"}, r"its dataset 'gauss-lt' differs from 'digits-lt'"),
+    ({"overrides": {"epochs": 3}}, r"its overrides \{'epochs': 3\} differs from \{\}"),
+    ({"arms": {**POLICY_ARMS, "la+gamma=1": ARMS["la+gamma=1"]},
+      "runs": {**POLICY_RUNS, "la+gamma=1": RUNS["la+gamma=1"]}}, r"arm 'la\+gamma=1' is in both"),
+])
+def test_a_companion_that_does_not_match_is_refused(tmp_path, change, match):
+    export(tmp_path, study="mnist1d-lt-prior")
+    kwargs = {"arms": POLICY_ARMS, "runs": POLICY_RUNS, **change}
+    export(tmp_path, study="mnist1d-lt-prior-policies", **kwargs)
+    with pytest.raises(ValueError, match=match):
+        prior.run(tmp_path)
+
+
+def test_learned_studies_are_tables_of_their_own(tmp_path):
+    export(tmp_path, POLICY_ARMS, "gauss-lt-prior-learned", POLICY_RUNS, dataset="gauss-lt",
+           overrides={"holdout_fraction": 0.1})
+    out = prior.run(tmp_path)
+    assert out["studies"] == [] and [s["study"] for s in out["learned"]] == ["gauss-lt-prior-learned"]
+    (row,) = out["learned"][0]["rows"]
+    assert row["diff"]["balanced_accuracy"]["mean"] == pytest.approx(0.04)
+    assert row["diff"]["balanced_accuracy"]["p_holm"] == pytest.approx(1 - math.sqrt(48 / 50), abs=1e-6)
+    text = prior.markdown(out)
+    assert "| gauss-lt-prior-learned | 0.720 | la+policy=cosine (1) | +0.040 [" in text
+    assert "<summary>gauss-lt-prior-learned (gauss-lt, holdout_fraction 0.1)" in text
+    assert prior.main(["--results", str(tmp_path)]) == 0  # a folder with only learned studies is analysed

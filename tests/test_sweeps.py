@@ -19,7 +19,7 @@ from adaptive_focal.compare import export, runner  # noqa: E402
 from adaptive_focal.compare.storage import open_storage  # noqa: E402
 from adaptive_focal.compare.studies import find_studies  # noqa: E402
 from helpers.studies import opts  # noqa: E402
-from sweeps.spec import GAMMA_GRID, Arm, DatasetStudy, across_seeds, default_arms, logit_adjusted_arm  # noqa: E402
+from sweeps.spec import GAMMA_GRID, HOLDOUT_FRACTION, Arm, DatasetStudy, across_seeds, default_arms, logit_adjusted_arm  # noqa: E402
 from sweeps.studies import list_studies, load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,10 @@ def test_every_study_definition_loads_with_the_issue_arms():
     confirm = [f"{d}-confirm" for d in ("digits-lt",)] + ["digits-lt-confirm-e30", "digits-lt-confirm-e60"] + [
         f"{d}-confirm" for d in ("gauss-lt", "mnist1d-lt", "dense-det", "seg-toy")]
     prior = [f"{d}-prior" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")] + [
-        "digits-lt-prior-long", "gauss-lt-prior-long"]
+        "digits-lt-prior-long", "gauss-lt-prior-long", "mnist1d-lt-prior-policies", "seg-toy-prior-policies",
+        "gauss-lt-prior-long-policies", "mnist1d-lt-prior-long", "seg-toy-prior-long",
+        "mnist1d-lt-prior-long-policies", "seg-toy-prior-long-policies"] + [
+        f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")]
     assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos + confirm + prior
     for name in confirm:  # research/preregistration.md: fresh seeds, the grid, the policy, logit adjustment
         study = load_study(name)
@@ -268,6 +271,8 @@ def test_fair_arms_draw_from_the_slice_or_name_the_validation_set():
 
 def test_existing_studies_keep_their_arms_and_no_hold_out():
     for name in list_studies():
+        if name.endswith("-prior-learned"):  # fair studies (test_the_prior_studies_design)
+            continue
         study = load_study(name)
         assert "holdout_fraction" not in study.overrides
         assert not any("[val]" in a.name or a.name.startswith("control=") for a in study.arms), name
@@ -370,3 +375,37 @@ def test_the_prior_studies_pair_every_arm_with_logit_adjustment_on_fresh_seeds()
             study.check_arm(arm)
     assert load_study("digits-lt-prior-long").overrides == {"epochs": 30}
     assert load_study("gauss-lt-prior-long").overrides == {"epochs": 180}
+
+
+def test_the_prior_studies_design():
+    """Issue 16's studies: a reduced study and its ``-policies`` companion hold the full design between them (LA
+    alone in both), on the same data set, schedule and seeds; the learned controllers' studies are fair (every
+    arm holds out the same slice, the controllers meta-train on it) and on LA."""
+    from sweeps.studies import prior
+
+    full = [a.name for a in prior.arms()]
+    assert len(full) == 31 and full[0] == "baseline=logit_adjusted"
+    for reduced, companion in (("mnist1d-lt-prior", "mnist1d-lt-prior-policies"),
+                               ("seg-toy-prior", "seg-toy-prior-policies"),
+                               ("gauss-lt-prior-long", "gauss-lt-prior-long-policies"),
+                               ("mnist1d-lt-prior-long", "mnist1d-lt-prior-long-policies"),
+                               ("seg-toy-prior-long", "seg-toy-prior-long-policies")):
+        a, b = load_study(reduced), load_study(companion)
+        names_a, names_b = [x.name for x in a.arms], [x.name for x in b.arms]
+        assert set(names_a) & set(names_b) == {"baseline=logit_adjusted"}
+        assert sorted(set(names_a) | set(names_b)) == sorted(full)
+        assert (a.dataset, a.overrides, a.seed_list(), a.trials) == (b.dataset, b.overrides, b.seed_list(), b.trials)
+    assert load_study("mnist1d-lt-prior-long").overrides == {"epochs": 30}
+    assert load_study("seg-toy-prior-long").overrides == {"epochs": 60}
+    for dataset in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"):
+        study = load_study(f"{dataset}-prior-learned")
+        assert study.dataset == dataset and study.overrides == {"holdout_fraction": HOLDOUT_FRACTION}
+        assert study.seed_list() == list(range(2000, 2010))
+        arms = {a.name: a for a in study.arms}
+        assert arms["baseline=logit_adjusted"].config == {"loss": "logit_adjusted"}
+        tuned = dataset in ("digits-lt", "gauss-lt")
+        for name in ("hypergradient", "gammanet", "bandit"):
+            assert arms[f"la+policy={name}"].config == {"loss": "logit_adjusted", "policy": name,
+                                                        "meta_data": "train_slice"}
+            assert (f"la+policy={name}+tpe" in arms) == tuned
+        assert len(arms) == (7 if tuned else 4)
