@@ -174,17 +174,22 @@ class FocalLoss(nn.Module):
         self._call(x, target, 2.0 if per_element else self.gamma,
                    self.weight if self.mode == "softmax" else None, False)
 
-    def _call(self, input, target, gamma, weight, return_stats):
+    def _call(self, input, target, gamma, weight, return_stats, reduction=None):
         fn = sigmoid_focal_loss if self.mode == "sigmoid" else softmax_focal_loss
         return fn(
-            input, target, gamma=gamma, alpha=self.alpha, weight=weight, reduction=self.reduction,
+            input, target, gamma=gamma, alpha=self.alpha, weight=weight,
+            reduction=self.reduction if reduction is None else reduction,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index, return_stats=return_stats,
             detach_modulator=self.detach_modulator, stat_bins=self.stat_bins, class_priors=self.class_priors,
             tau=self.tau, confidence_stats=self.confidence_stats,
         )
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, return_stats: bool = False):
-        return self._call(input, target, self.gamma, self.weight, return_stats)
+    def forward(self, input: torch.Tensor, target: torch.Tensor, return_stats: bool = False, *,
+                reduction: str | None = None):
+        """The loss of ``input`` against ``target`` with every setting of this module (and ``(loss, stats)`` with
+        ``return_stats``). ``reduction``, if given, replaces the module's reduction for this call only (as a
+        Trainer that divides a summed loss by the items of an accumulated batch needs)."""
+        return self._call(input, target, self.gamma, self.weight, return_stats, reduction)
 
     def extra_repr(self) -> str:
         gamma = self.gamma

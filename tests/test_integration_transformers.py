@@ -100,6 +100,29 @@ def test_hook_matches_the_loss_and_handles_token_classification():
     torch.testing.assert_close(got, want * 25 / 50)
 
 
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_hook_applies_every_setting_of_the_loss(num_items):
+    """The hook computes what the module computes, whatever its settings: here logit adjustment (class priors,
+    tau), label smoothing, class weights and per-class alpha; at gamma 0 without the others it is torch's
+    cross-entropy of the adjusted logits."""
+    counts = torch.tensor([50.0, 20.0, 5.0])
+    logits = torch.randn(4, 6, 3, requires_grad=True)
+    labels = torch.randint(0, 3, (4, 6))
+    labels[1, :4] = -100  # 20 items
+    flat = logits.movedim(-1, 1)
+    for kwargs in ({"gamma": 1.5, "class_priors": counts, "tau": 0.7, "label_smoothing": 0.1,
+                    "weight": torch.tensor([1.0, 2.0, 3.0]), "alpha": torch.tensor([0.2, 0.3, 0.5])},
+                   {"gamma": 2.0, "class_priors": counts / counts.sum(), "tau": 1.3}):
+        criterion = af.FocalLoss("softmax", **kwargs)
+        got = FocalLossHook(criterion)({"logits": logits}, labels, num_items_in_batch=num_items)
+        # with the items counted, the summed loss over them (the weights do not count, unlike the mean)
+        want = criterion(flat, labels) if num_items is None else criterion(flat, labels, reduction="sum") / num_items
+        torch.testing.assert_close(got, want)
+    adjusted = flat + 0.7 * torch.log(counts / counts.sum()).view(1, 3, 1)
+    got = FocalLossHook(af.FocalLoss("softmax", gamma=0.0, class_priors=counts, tau=0.7))({"logits": logits}, labels)
+    torch.testing.assert_close(got, torch.nn.functional.cross_entropy(adjusted, labels))
+
+
 def test_validation_policy_without_evaluation_is_refused(tmp_path):
     criterion = af.FocalLoss("softmax")
     hook = FocalLossHook(criterion)

@@ -4,7 +4,9 @@
   :class:`~adaptive_focal.FocalLoss`: it reads ``outputs["logits"]``, computes the loss with its statistics, and
   keeps the statistics of the training micro-batches (summed over gradient accumulation) and of evaluation
   batches apart for the callback. With gradient accumulation the Trainer passes ``num_items_in_batch``; the
-  hook then returns the summed loss divided by it, as the Trainer's own losses do.
+  hook then returns the summed loss divided by it, as the Trainer's own losses do (with class weights, ``weight``,
+  that is the weighted sum over the number of items, not over the sum of the weights as ``reduction="mean"``
+  divides). Every setting of the FocalLoss applies (class priors, label smoothing, ...): the hook calls it.
 * :class:`GammaTrainerCallback` steps the policy after every optimizer step, calls ``epoch_end`` with the
   evaluation statistics after each evaluation (or at each epoch end for policies that need none), forwards
   records to adaptive_focal loggers (e.g. :class:`~adaptive_focal.integrations.wandb.WandbLogger`), and saves its
@@ -37,7 +39,6 @@ from typing import ClassVar
 import torch
 
 from ..callbacks import GammaCallback, stats_record
-from ..functional import sigmoid_focal_loss, softmax_focal_loss
 from ..gamma_forms import gamma_scalars
 from ..loss import FocalLoss
 from ..policies import GammaPolicy
@@ -69,12 +70,9 @@ class FocalLossHook:
         c = self.criterion
         if c.mode == "softmax" and logits.dim() > 2:
             logits = logits.movedim(-1, 1)
-        fn = softmax_focal_loss if c.mode == "softmax" else sigmoid_focal_loss
         reduction = "sum" if (num_items_in_batch is not None and c.reduction == "mean") else c.reduction
-        loss, stats = fn(logits, labels, gamma=c.gamma, alpha=c.alpha, weight=c.weight, reduction=reduction,
-                         label_smoothing=c.label_smoothing, ignore_index=c.ignore_index, return_stats=True,
-                         detach_modulator=c.detach_modulator, stat_bins=c.stat_bins,
-                         confidence_stats=c.confidence_stats)
+        # the module itself, so every setting (priors, smoothing, statistics options, ...) applies
+        loss, stats = c(logits, labels, return_stats=True, reduction=reduction)
         if reduction != c.reduction:
             loss = loss / num_items_in_batch
         if torch.is_grad_enabled():  # a training micro-batch (the Trainer evaluates under no_grad)
