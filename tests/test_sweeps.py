@@ -403,9 +403,9 @@ def test_the_prior_studies_design():
         assert study.seed_list() == list(range(2000, 2010))
         arms = {a.name: a for a in study.arms}
         assert arms["baseline=logit_adjusted"].config == {"loss": "logit_adjusted"}
-        tuned = dataset in ("digits-lt", "gauss-lt")
         for name in ("hypergradient", "gammanet", "bandit"):
             assert arms[f"la+policy={name}"].config == {"loss": "logit_adjusted", "policy": name,
                                                         "meta_data": "train_slice"}
-            assert (f"la+policy={name}+tpe" in arms) == tuned
-        assert len(arms) == (7 if tuned else 4)
+            assert arms[f"la+policy={name}+tpe"].config == arms[f"la+policy={name}"].config
+            assert arms[f"la+policy={name}+tpe"].space
+        assert len(arms) == 7

@@ -41,11 +41,11 @@ are fixed by its manifest):
 * ``mnist1d-lt-prior-long`` and ``seg-toy-prior-long``: the longer schedule, at 2x epochs (``LONG_EPOCHS``: 30 and
   60; 3x would cost about 130 minutes of one core with the reduced arms, against about 85), with the reduced arms,
   and ``mnist1d-lt-prior-long-policies`` and ``seg-toy-prior-long-policies`` beside them with the rest (about 80
-  and 70 minutes of one core);
+  and 70 minutes of one core; defined, not run in that round);
 * ``<dataset>-prior-learned``: the learned controllers on LA in a fair study (sweeps.spec.fair_study: every arm,
   LA alone included, trains without the same stratified 10% of the training set, on which the controllers
-  meta-train): LA alone, ``la+policy=<name>`` for hypergradient, gammanet and bandit, and on digits-lt and
-  gauss-lt also each tuned (``+tpe``, 4 trials). The fine-tuning control of the confirmatory studies (plain
+  meta-train): LA alone and ``la+policy=<name>`` for hypergradient, gammanet and bandit, at their defaults and
+  tuned (``+tpe``, 4 trials), 17 runs per seed. The fine-tuning control of the confirmatory studies (plain
   cross-entropy steps on the slice) is left out: on LA it would mix an unadjusted loss into an adjusted one, so it
   would not be the control "the labels without any gamma" that it is there.
 
@@ -69,8 +69,6 @@ BEST_POLICIES = {"gauss-lt": ("automated", "cyclical"), "mnist1d-lt": ("automate
                  "seg-toy": ("exponential", "linear")}
 #: epochs of the longer schedule: 3x research.train's data set default, 2x on mnist1d-lt and seg-toy (compute)
 LONG_EPOCHS = {"digits-lt": 30, "gauss-lt": 180, "mnist1d-lt": 30, "seg-toy": 60}
-#: the data sets whose learned-controller study also tunes each controller (the others: defaults only, compute)
-LEARNED_TUNED = ("digits-lt", "gauss-lt")
 
 
 def _policy_names() -> list[str]:
@@ -104,11 +102,11 @@ def remaining_arms(policies) -> tuple:
     return (arms()[0], *(a for a in arms() if a.name not in have))
 
 
-def learned_prior_arms(tuned: bool) -> tuple:
-    """LA alone and the learned controllers on LA, meta-training on the held-out training slice (defaults, and
-    tuned over their search spaces with ``tuned``); for a fair study, in which every arm holds the slice out."""
+def learned_prior_arms() -> tuple:
+    """LA alone and the learned controllers on LA, meta-training on the held-out training slice, at their defaults
+    and tuned over their search spaces; for a fair study, in which every arm holds the slice out."""
     out = [Arm("baseline=logit_adjusted", {"loss": "logit_adjusted"})]
-    out += [logit_adjusted_arm(a) for a in learned_arms(LEARNED, tuned=tuned) if not a.name.endswith("[val]")]
+    out += [logit_adjusted_arm(a) for a in learned_arms(LEARNED) if not a.name.endswith("[val]")]
     return tuple(out)
 
 
@@ -140,5 +138,5 @@ STUDIES = {name: DatasetStudy(name=name, dataset=dataset, seeds=SEEDS, first_see
            for name, dataset, overrides, study_arms in _PLAN}
 STUDIES.update({name: fair_study(name=name, dataset=name.removesuffix("-prior-learned"), seeds=SEEDS,
                                  first_seed=FIRST_SEED, trials=TRIALS,
-                                 arms=learned_prior_arms(name.removesuffix("-prior-learned") in LEARNED_TUNED))
+                                 arms=learned_prior_arms())
                 for name in _LEARNED_PLAN})
