@@ -65,8 +65,10 @@ def test_a_database_restart_mid_run_loses_nothing(postgres):
 
 
 def test_a_database_that_stays_down_stops_the_workers_with_one_line(postgres):
-    study = linear_study(name="down", arms=("gamma=0", "gamma=1", "gamma=2"), seeds=4, trial_pause_s=0.4)
-    runner.setup(open_storage(postgres.url), study, seeds=4, trials=1)
+    # 24 trials of 1 s: both workers are still busy when the database stops after the first one completes, however
+    # slowly a loaded machine starts them (with 12 trials of 0.4 s they could all finish first)
+    study = linear_study(name="down", arms=("gamma=0", "gamma=1", "gamma=2"), seeds=8, trial_pause_s=1.0)
+    runner.setup(open_storage(postgres.url), study, seeds=8, trials=1)
 
     def stop_when_running():
         deadline = time.time() + 120
