@@ -30,7 +30,8 @@ import adaptive_focal._kernels as kernels
 import adaptive_focal.functional as functional
 
 STAT_FIELDS = ("count", "n_pos", "sum_pt", "sum_loss", "sum_grad_norm", "pt_hist", "class_count", "class_sum_pt",
-               "sum_pt_pos", "class_sum_grad_pos", "class_sum_grad_neg", "conf_count", "conf_sum", "correct_sum")
+               "sum_pt_pos", "class_sum_grad_pos", "class_sum_grad_neg", "conf_count", "conf_sum", "correct_sum",
+               "class_conf_count", "class_conf_sum", "class_correct_sum")
 TOL = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
@@ -277,18 +278,21 @@ def run(calls: int = 3000, seed: int = 0) -> dict:
     """The fuzz: ``calls`` random calls, about 2/3 valid (some with non-finite logits) and 1/3 with a bad argument.
     Returns counts and the failures found (scenario, description)."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    counts = {"valid": 0, "nonfinite": 0, "bad": 0, "large": 0}
+    # the sigmoid confidence bins (opt-in) are drawn from a stream of their own, so the calls are those of before
+    # they existed, half of the sigmoid ones now with the bins
+    conf_rng = random.Random(f"confidence-{seed}")
+    counts = {"valid": 0, "nonfinite": 0, "bad": 0, "large": 0, "confidence": 0}
     failures: list[tuple[str, str]] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add synchronisation (restored below)
     try:
-        _fuzz(calls, rng, gen, counts, failures)
+        _fuzz(calls, rng, gen, counts, failures, conf_rng)
     finally:
         torch.set_num_threads(threads)
     return {"counts": counts, "failures": failures}
 
 
-def _fuzz(calls, rng, gen, counts, failures) -> None:
+def _fuzz(calls, rng, gen, counts, failures, conf_rng) -> None:
     for i in range(calls):
         kind = rng.choices(["valid", "nonfinite", "bad"], weights=[5, 3, 4])[0]
         counts[kind] += 1
@@ -300,6 +304,9 @@ def _fuzz(calls, rng, gen, counts, failures) -> None:
         large = kernels.kernel_available("cpu") and rng.random() < 0.02
         counts["large"] += large
         call = _sigmoid_call(rng, gen, large) if large or rng.random() < 0.55 else _softmax_call(rng, gen)
+        if call["fn"] is af.sigmoid_focal_loss and conf_rng.random() < 0.5:
+            call["kw"]["confidence_stats"] = True
+            counts["confidence"] += 1
         injected = _inject_nonfinite(call, rng, gen) if kind == "nonfinite" else ""
         try:
             problem = _check_valid(call, injected)
@@ -345,7 +352,7 @@ def scenarios(calls: int = 3000, seed: int = 0) -> list[dict]:
         row("loss fuzz: valid calls", "valid",
             f"{counts['valid']} random calls: shapes, dtypes, every gamma form, reductions, ignore_index, label "
             f"smoothing, class priors ({counts['large']} of these and the non-finite calls large enough for the "
-            "fused C kernel)",
+            f"fused C kernel; {counts['confidence']} sigmoid calls of both kinds with the confidence bins)",
             "every call returned finite values, equal on the fast (C) and the PyTorch path", False),
         row("loss fuzz: non-finite logits", "nonfinite",
             f"{counts['nonfinite']} random calls with +-inf and NaN logits, some on ignored elements",
