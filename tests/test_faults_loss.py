@@ -1,5 +1,9 @@
 """research/faults/loss.py: the loss's fault-injection scenarios run clean and report in the shared row format."""
 
+import dataclasses
+
+import pytest
+
 from research.faults import loss as faults
 
 KEYS = {"scenario", "injected", "survived", "data_lost", "training_stopped"}
@@ -23,16 +27,10 @@ def test_the_fuzz_finds_a_broken_check(monkeypatch):
     assert any(kind == "bad" and "bad target" in text for kind, text in failures)
 
 
-
 def test_the_fuzz_compares_the_sigmoid_confidence_bins(monkeypatch):
     # half the sigmoid calls ask for the confidence bins; a PyTorch path whose bins count one element too many is
     # caught (outside faults.pytorch_path the C kernel is available; inside it is not)
-    import dataclasses
-
-    import pytest
-
     kernels = faults.kernels
-
     if not kernels.kernel_available("cpu"):
         pytest.skip("needs the C kernel: without it both paths are the PyTorch one")
     result = faults.run(calls=300, seed=0)
