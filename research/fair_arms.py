@@ -80,8 +80,8 @@ def _final_gamma(result: dict) -> float:
     from adaptive_focal.gamma_forms import gamma_scalars
 
     epochs = result["gamma"]["epochs"]
-    if not epochs:
-        return float(result["config"]["gamma"])
+    if not epochs:  # no policy: the loss's own gamma (cross-entropy has none: 0)
+        return 0.0 if result["config"]["loss"] == "ce" else float(result["config"]["gamma"])
     scalars = gamma_scalars(epochs[-1]["gamma"])
     return float(scalars.get("gamma", scalars.get("gamma/mean", float("nan"))))
 
@@ -193,7 +193,7 @@ def gammanet_markdown(results: dict) -> str:
         tests = gammanet_tests(variants)
         for name, v in variants.items():
             acc = statistics.fmean(r["balanced_accuracy"] for r in v["runs"])
-            gamma = statistics.fmean(r["gamma_end"] for r in v["runs"]) if v["config"].get("loss") != "ce" else 0.0
+            gamma = statistics.fmean(r["gamma_end"] for r in v["runs"])
             if name == reference:
                 lines.append(f"| {dataset} | {name} | {gamma:.2f} | {acc:.4f} | — | — | — | — |")
                 continue
