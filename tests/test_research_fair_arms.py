@@ -60,6 +60,9 @@ def test_the_gammanet_measurement_compares_on_the_same_samples(tmp_path, short_r
     assert {cfg.get("meta_data") for cfg in short_runs if cfg.get("policy") == "gammanet"} == {None, "val"}
     # gammanet's gamma is a per-class, per-bin table: its final gamma is summarised as one finite number
     assert all(0.0 <= r["gamma_end"] < 10.0 for r in runs["gammanet (training slice)"]["runs"])
+    # runs without a policy record their loss's gamma: none for cross-entropy, the fixed one for focal loss
+    assert [r["gamma_end"] for r in runs["cross-entropy"]["runs"]] == [0.0, 0.0]
+    assert [r["gamma_end"] for r in runs["fixed gamma 2"]["runs"]] == [2.0, 2.0]
 
 
 def test_the_gammanet_table_pairs_against_cross_entropy_with_holm():
@@ -70,7 +73,7 @@ def test_the_gammanet_table_pairs_against_cross_entropy_with_holm():
     def runs(values, gamma=2.0):
         return {"config": {}, "runs": [{"balanced_accuracy": v, "gamma_end": gamma} for v in values]}
 
-    results = {"toy": {"cross-entropy": {"config": {"loss": "ce"}, "runs": runs([0.5, 0.6])["runs"]},
+    results = {"toy": {"cross-entropy": {"config": {"loss": "ce"}, "runs": runs([0.5, 0.6], 0.0)["runs"]},
                        "fixed gamma 2": runs([0.52, 0.64]),
                        "gammanet (training slice)": runs([0.49, 0.59]),
                        "gammanet (balanced validation)": runs([0.52, 0.64]),
