@@ -799,7 +799,7 @@ class Assets:
         out = rp.run(self.results.folder)
         arms = (("la+grid", "grid"), ("la+gamma=tpe", "tuned"), ("la+policy=flsd53", "FLSD-53"),
                 ("baseline=cb_ce", "CB CE"))
-        rows = [[tex(study)] + ["--"] * (len(arms) + 2) + [NOT_RUN] for study in out["missing"]]
+        rows = [[tex(study)] + ["--"] * (len(arms) + 2) + [NOT_RUN] for study in out["missing"] if study in rp.STUDIES]
         better = worse = compared = 0
         for st in out["studies"]:
             metric, ref = st["metric"], st["reference"]["mean"][st["metric"]]
@@ -814,7 +814,7 @@ class Assets:
                         if x["arm"].startswith("la+")]
             better, worse = better + verdicts.count("better"), worse + verdicts.count("worse")
             compared += len(verdicts)
-            rows.append([tex(st["study"]), tex(metric), f3(ref)] + cells +
+            rows.append([tex(rp.study_label(st)), tex(metric), f3(ref)] + cells +
                         [f"{verdicts.count('better')} / {verdicts.count('worse')} of {len(verdicts)}"])
         self.table("prior", ["study", "metric", "LA alone"] + [f"{label} $-$ LA" for _, label in arms] +
                    ["focal arms better / worse"], rows, "ll" + "r" * (len(arms) + 1) + "r")
@@ -822,6 +822,28 @@ class Assets:
         self.num("PriorArmsCompared", str(compared))
         self.num("PriorArmsBetter", str(better))
         self.num("PriorArmsWorse", str(worse))
+        self.num("PriorNotRun", ", ".join(f"\\texttt{{{s}}}" for s in out["missing"]) or "none")
+        self.prior_learned(rp, out)
+
+    def prior_learned(self, rp, out: dict) -> None:
+        """The learned controllers on LA (the ``*-prior-learned`` fair studies): each arm minus LA alone on the
+        headline metric, Holm across the arms of a study; counts of arms better / worse after Holm."""
+        rows, better, worse = [], 0, 0
+        for st in out["learned"]:
+            metric = st["metric"]
+            for i, r in enumerate(st["rows"]):
+                d = r["diff"][metric]
+                star = "$^{*}$" if d.get("p_holm") is not None and d["p_holm"] <= rp.ALPHA else ""
+                verdict = rp._verdict(d, True)
+                better, worse = better + (verdict == "better"), worse + (verdict == "worse")
+                rows.append([tex(st["study"]) if i == 0 else "", f3(st["reference"]["mean"][metric]) if i == 0 else "",
+                             tex(r["arm"].removeprefix("la+policy=")), f"{r['runs_per_seed']:g}",
+                             "--" if d["mean"] is None else f3(d["mean"], signed=True) + star + " " + interval(d)])
+        self.table("prior_learned", ["study", "LA alone", "controller on LA", "runs", "$-$ LA"], rows, "lrlrr")
+        self.num("PriorLearnedStudies", str(len(out["learned"])))
+        self.num("PriorLearnedCompared", str(len(rows)))
+        self.num("PriorLearnedBetter", str(better))
+        self.num("PriorLearnedWorse", str(worse))
 
     # -- reversals: what the development studies showed and why it is withdrawn ---------------------------------
     def reversals(self) -> None:

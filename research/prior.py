@@ -289,7 +289,7 @@ def _row(study: dict, arm: str) -> dict | None:
     return next((r for r in study["rows"] if r["arm"] == arm), None)
 
 
-def _label(study: dict) -> str:
+def study_label(study: dict) -> str:
     """The study's name, with its companions' suffixes: ``mnist1d-lt-prior + -policies``."""
     return " + ".join([study["study"], *(c.removeprefix(study["study"]) for c in study.get("companions", []))])
 
@@ -301,7 +301,7 @@ def _details(s: dict) -> list[str]:
     ref = ", ".join(f"{label} {_f(s['reference']['mean'][key], False)}" for key, label, _ in metrics)
     chosen = ", ".join(f"{g:g}" for g in s["grid_gammas"].values())
     sec = s["seconds"]
-    lines = ["", f"<details><summary>{_label(s)} ({s['dataset']}"
+    lines = ["", f"<details><summary>{study_label(s)} ({s['dataset']}"
                  f"{', ' + ', '.join(f'{k} {v}' for k, v in s['overrides'].items()) if s['overrides'] else ''}"
                  f"): LA alone {ref}</summary>", ""]
     for comp, agree in s.get("reference_agreement", {}).items():
@@ -335,7 +335,7 @@ def markdown(out: dict) -> str:
         best = _best(s, key)
         best_cell = (f"{best['arm']} ({best['runs_per_seed']:g}): {_cell(best['diff'][key])}, p_Holm "
                      f"{_p(best['diff'][key]['p_holm'])}") if best else "-"
-        lines.append(f"| {_label(s)} | {_f(s['reference']['mean'][key], False)} | {' | '.join(cells)} | "
+        lines.append(f"| {study_label(s)} | {_f(s['reference']['mean'][key], False)} | {' | '.join(cells)} | "
                      f"{best_cell} | {_counts(s, key, True)} |")
     lines += ["", "The focal term's other effects, the same differences for the grid and tuned gamma on LA: few-shot "
                   "recall (higher is better), ECE and ECE after temperature scaling (lower is better); multiclass "
@@ -349,7 +349,7 @@ def markdown(out: dict) -> str:
             r = _row(s, arm)
             if r:
                 cells = [_cell(r["diff"][k]) if k in keys else "-" for k, _, _ in SECONDARY]
-                lines.append(f"| {_label(s)} | {arm} | {' | '.join(cells)} |")
+                lines.append(f"| {study_label(s)} | {arm} | {' | '.join(cells)} |")
     if out.get("learned"):
         lines += ["", "The learned controllers on LA (fair studies: every arm, LA alone included, trains without the "
                       "same stratified 10% of the training set, on which the controllers meta-train; gamma starts "
@@ -360,7 +360,7 @@ def markdown(out: dict) -> str:
             key = s["metric"]
             for r in s["rows"]:
                 cells = [_cell(r["diff"][k]) if k in r["diff"] else "-" for k in ("recall_few", "ece_ts")]
-                lines.append(f"| {_label(s)} | {_f(s['reference']['mean'][key], False)} | {r['arm']} "
+                lines.append(f"| {study_label(s)} | {_f(s['reference']['mean'][key], False)} | {r['arm']} "
                              f"({r['runs_per_seed']:g}) | {_cell(r['diff'][key])} | {_p(r['diff'][key]['p_holm'])} | "
                              f"{' | '.join(cells)} |")
     lines += ["", "Per study, every arm: mean difference from LA alone [95% interval] and Holm-adjusted p, per "
