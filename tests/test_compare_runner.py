@@ -386,6 +386,37 @@ def test_a_study_keeps_its_pruner(tmp_path):
     runner.run(fixed, opts(tmp_path / "f.log", pruner="median"))
 
 
+def test_a_study_keeps_its_wilcoxon_setting(tmp_path, monkeypatch):
+    """--no-prune switches off the WilcoxonPruner of arms tuned across seeds, which changes which trials run every
+    seed: the manifest records it and a study is not continued with the other setting, nothing written."""
+    monkeypatch.setattr(runner, "_sampler", lambda name, worker_id, trials: _FixedSampler([0.0, 4.0, 0.0, 2.0]))
+    study = linear_study(name="wk", arms=(), tuned_across=("gamma=tpe",), seeds=3, trials=1)
+    off, on = tmp_path / "off.log", tmp_path / "on.log"
+    runner.run(study, opts(off, prune=False))
+    runner.run(study, opts(on))
+
+    def attrs(log):
+        return optuna.load_study(study_name="wk", storage=open_storage(str(log))).user_attrs
+
+    assert attrs(off)["wilcoxon_pruner"] is False and "wilcoxon_pruner" not in attrs(on)  # no key: on
+    for log, prune, match in ((off, True, "WilcoxonPruner off \\(--no-prune\\) for its arms tuned across seeds; "
+                                          "this run has it on. Continue it with --no-prune"),
+                              (on, False, "WilcoxonPruner on for its arms tuned across seeds; this run has it off "
+                                          "\\(--no-prune\\). Continue it without --no-prune")):
+        before = log.read_bytes()
+        with pytest.raises(StudyMismatchError, match=match):
+            runner.run(study, opts(log, prune=prune, trials=2))
+        assert log.read_bytes() == before
+    runner.run(study, opts(off, prune=False, trials=2))  # the same setting tops it up
+    assert len(_unit(off, "wk/gamma=tpe@seeds/seeds").trials) == 2
+    # a study without arms tuned across seeds records and checks nothing
+    fixed = linear_study(name="wk2", arms=("gamma=0",), seeds=1)
+    runner.run(fixed, opts(tmp_path / "f.log", prune=False))
+    runner.run(fixed, opts(tmp_path / "f.log", prune=True))
+    assert "wilcoxon_pruner" not in optuna.load_study(study_name="wk2", storage=open_storage(str(tmp_path / "f.log"))) \
+        .user_attrs
+
+
 def _trial_with_values(study, values: dict):
     study.add_trial(optuna.trial.create_trial(value=list(values.values())[-1], intermediate_values=values))
 

@@ -43,7 +43,9 @@ numbers of completed runs, so budgets match only in runs started. The manifest r
 when the study has arms tuned per seed and the pruner is not ``"median"``; no key means ``"median"`` (or, for a
 study made before the key existed, possibly ``--no-prune``), so the stored manifests of the committed studies are
 unchanged and a rerun of one with ``--pruner median`` exports the same manifest. A study is not continued under
-another pruner.
+another pruner. Likewise for arms tuned across seeds: ``--no-prune`` (``RunOptions.prune`` False) switches their
+WilcoxonPruner off, and the manifest then records ``wilcoxon_pruner: False`` (no key: on); a study is not continued
+with the other setting.
 
 Each trial stores user attributes ``arm``, ``seed``, ``config``, ``val_metrics``, ``test_metrics``, ``seconds``,
 ``gamma_trajectory`` (``[[step, gamma], ...]``) and ``versions``, so reports work from the storage alone.
@@ -276,11 +278,30 @@ def _check_pruner(study: Study, attrs: dict, pruner: str) -> None:
                              "storage: one study keeps one pruning protocol.")
 
 
+def _check_wilcoxon(study: Study, attrs: dict, wilcoxon: bool) -> None:
+    """Raises StudyMismatchError when the stored study's arms tuned across seeds ran with the WilcoxonPruner
+    switched the other way (no ``wilcoxon_pruner`` key: on)."""
+    if not any(a.across_seeds for a in study.arms):
+        return
+    stored = attrs.get("wilcoxon_pruner", True)
+    if stored == wilcoxon:
+        return
+
+    def state(on: bool) -> str:
+        return "on" if on else "off (--no-prune)"
+
+    raise StudyMismatchError(f"study {study.name!r} in this storage was made with the WilcoxonPruner {state(stored)} "
+                             f"for its arms tuned across seeds; this run has it {state(wilcoxon)}. Continue it "
+                             f"{'without' if stored else 'with'} --no-prune, or use another study name or storage: "
+                             "one study keeps one pruning protocol.")
+
+
 def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bool = False,
-          pruner: str = DEFAULT_PRUNER) -> list[tuple]:
+          pruner: str = DEFAULT_PRUNER, wilcoxon: bool = True) -> list[tuple]:
     """Creates (or checks and tops up) the manifest and unit studies under the set-up lock; returns
     ``[(arm, seed, unit name), ...]``. Nothing is written when the stored study differs from ``study`` or was
-    pruned otherwise than ``pruner`` (:attr:`RunOptions.epoch_pruner`) says."""
+    pruned otherwise than ``pruner`` (:attr:`RunOptions.epoch_pruner`) and ``wilcoxon`` (the WilcoxonPruner of
+    the arms tuned across seeds, :attr:`RunOptions.prune`) say."""
     _check_across_seeds(study, seeds, multi_objective)
     if pruner not in PRUNERS:
         raise ValueError(f"pruner must be one of {', '.join(map(repr, PRUNERS))}, got {pruner!r}")
@@ -291,6 +312,7 @@ def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bo
             return False
         check_manifest(study, attrs, multi_objective)
         _check_pruner(study, attrs, pruner)
+        _check_wilcoxon(study, attrs, wilcoxon)
         _check_seed_units(storage, study, seeds, set(optuna.get_all_study_names(storage)))
         return True
 
@@ -304,6 +326,8 @@ def setup(storage, study: Study, *, seeds: int, trials: int, multi_objective: bo
                 storage.set_study_user_attr(manifest._study_id, key, value)
             if _tuned_per_seed(study) and pruner != "median":  # no key: "median", as in the committed studies
                 storage.set_study_user_attr(manifest._study_id, "pruner", pruner)
+            if any(a.across_seeds for a in study.arms) and not wilcoxon:  # no key: on, as in the committed studies
+                storage.set_study_user_attr(manifest._study_id, "wilcoxon_pruner", False)
             storage.set_study_user_attr(manifest._study_id, "format", FORMAT)
         directions = study.directions(multi_objective)
         units = units_of(study, seeds)
@@ -789,7 +813,7 @@ def run(study: Study, opts: RunOptions) -> dict:
     storage = open_storage(opts.storage, connect_timeout=opts.connect_timeout, workers=opts.workers,
                            retry_seconds=opts.retry_seconds)
     units = setup(storage, study, seeds=seeds, trials=trials, multi_objective=opts.multi_objective,
-                  pruner=opts.epoch_pruner)
+                  pruner=opts.epoch_pruner, wilcoxon=opts.prune)
     before = _count(storage, units)
     todo = before["waiting"] + before["running"]
     if opts.progress:
