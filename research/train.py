@@ -20,6 +20,12 @@ the controllers were first measured with). ``holdout_fraction`` removes the slic
 run that sets it, whatever its loss and policy: a study sets it for every arm, so that all of them train on the
 same samples. Left unset, a run holds out ``DEFAULT_HOLDOUT`` when it draws from the slice and nothing otherwise,
 so the runs of every other arm train on the data set's training set as before (research/README.md, "Fair arms").
+
+Labelled statistics at the end of each epoch. The policies that need validation statistics (AdaFocal and its
+classwise variant: ``needs_validation``) read the loss's statistics of a labelled set after every epoch;
+``val_stats_data`` says which: ``"val"`` (the default), the class-balanced validation set, as AdaFocal was
+published; or ``"train_slice"``, the same held-out slice of the training set, so that such a policy too sees no
+labels the other arms of a fair study lack.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class Config:
                                            # None: DEFAULT_HOLDOUT if the run draws from the slice, else 0
     finetune_every: int = 0      # > 0: the fine-tuning control: a plain cross-entropy step on the next held-out
                                  # batch after every finetune_every-th training step
+    val_stats_data: str = "val"  # val | train_slice: the labelled set of the end-of-epoch statistics (docstring)
     sampler: str = "none"        # none | class_balanced | sqrt
     epochs: int | None = None
     batch_size: int | None = None
@@ -111,6 +118,7 @@ DEFAULT_HOLDOUT = 0.1
 _CHOICES = {
     "loss_mode": ("auto", "softmax", "sigmoid"),
     "meta_data": ("train_slice", "val"),
+    "val_stats_data": ("val", "train_slice"),
     "optimizer": ("adam", "sgd"),
     "wandb": ("off", "disabled", "offline", "online"),
 }
@@ -169,16 +177,21 @@ def resolve_config(overrides: dict | None = None, base: Config | None = None) ->
     if cfg.finetune_every < 0:
         raise ValueError(f"config key 'finetune_every' must be 0 (off) or a positive integer, got "
                          f"{cfg.finetune_every!r}")
-    from_slice = draws_held_out_batches(cfg) and cfg.meta_data == "train_slice"
+    batches_from_slice = draws_held_out_batches(cfg) and cfg.meta_data == "train_slice"
+    stats_from_slice = cfg.val_stats_data == "train_slice"
     if cfg.holdout_fraction is None:
-        cfg.holdout_fraction = DEFAULT_HOLDOUT if from_slice else 0.0
+        cfg.holdout_fraction = DEFAULT_HOLDOUT if batches_from_slice or stats_from_slice else 0.0
     if not 0.0 <= cfg.holdout_fraction < 1.0:
         raise ValueError(f"config key 'holdout_fraction' must be in [0, 1), got {cfg.holdout_fraction!r}")
-    if from_slice and cfg.holdout_fraction == 0.0:
+    if batches_from_slice and cfg.holdout_fraction == 0.0:
         what = f"policy {cfg.policy!r}" if cfg.finetune_every == 0 else "finetune_every"
         raise ValueError(f"{what} draws held-out batches from the training slice (meta_data='train_slice') but "
                          "holdout_fraction=0 holds none out; set holdout_fraction > 0 (or None for "
                          f"{DEFAULT_HOLDOUT}) or meta_data='val'")
+    if stats_from_slice and cfg.holdout_fraction == 0.0:
+        raise ValueError("val_stats_data='train_slice' reads the end-of-epoch statistics on the training slice but "
+                         f"holdout_fraction=0 holds none out; set holdout_fraction > 0 (or None for {DEFAULT_HOLDOUT}) "
+                         "or val_stats_data='val'")
     return cfg
 
 
@@ -311,7 +324,7 @@ class Run(typing.NamedTuple):
     criterion: torch.nn.Module
     focal: af.FocalLoss | None     # the focal term a policy drives (None for losses without one)
     optimizer: torch.optim.Optimizer
-    y_val_fit: torch.Tensor        # validation targets in the loss's form
+    y_val_fit: torch.Tensor        # targets of the end-of-epoch statistics' set (val_stats_data), loss's form
     policy: af.GammaPolicy | None
     meta_batches: list | None      # the held-out (x, y) batches of meta_data, targets in the loss's form
 
@@ -359,7 +372,13 @@ def build_run(cfg: Config, data, held_out=None) -> Run:
     if cfg.optimizer == "sgd":
         opt_kwargs["momentum"] = 0.9
     optimizer = opt_cls(model.parameters(), **opt_kwargs)
-    y_val_fit = _targets_for(mode, data.task, data.y_val, data.num_classes)
+    if cfg.val_stats_data == "train_slice":  # the end-of-epoch statistics' labelled set (module docstring)
+        if held_out is None:
+            raise ValueError("val_stats_data='train_slice': pass the slice that load_data(cfg) returns "
+                             "(build_run(cfg, data, held_out))")
+        y_val_fit = _targets_for(mode, data.task, held_out[1], data.num_classes)
+    else:
+        y_val_fit = _targets_for(mode, data.task, data.y_val, data.num_classes)
     meta_batches = _meta_batches(cfg, data, held_out, mode)
     policy = None if focal is None else _build_policy(
         cfg, focal, _steps_per_epoch(x_train.shape[0], cfg), data.num_classes, model=model, optimizer=optimizer,
@@ -387,6 +406,7 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
     model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy, meta_batches = build_run(cfg, data, held_out)
     x_train, y_train = data.train
     x_val, y_val = data.val
+    x_stats = held_out[0] if cfg.val_stats_data == "train_slice" else x_val  # with y_val_fit: val_stats_data
     memory = MemoryLogger()
     loggers = [memory]
     wandb_logger = None
@@ -422,7 +442,7 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
         if callback is not None:
             val_stats = None
             if needs_val or focal is not None:
-                _, val_stats = focal(_predict(model, x_val, 4 * cfg.batch_size), y_val_fit, return_stats=True)
+                _, val_stats = focal(_predict(model, x_stats, 4 * cfg.batch_size), y_val_fit, return_stats=True)
                 record["val_mean_pt"] = float(val_stats.mean_pt)
             callback.on_epoch_end(val_stats)
         history.append(record)
@@ -467,7 +487,7 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 _RESUME_FREE = ("resume", "out_dir", "epochs", "wandb", "threads", "log_every")
 #: config keys added after checkpoints were first written: what a run made before each existed did
-_ADDED_KEYS = {"meta_data": "val", "holdout_fraction": 0.0, "finetune_every": 0}
+_ADDED_KEYS = {"meta_data": "val", "holdout_fraction": 0.0, "finetune_every": 0, "val_stats_data": "val"}
 
 
 def _save_checkpoint(cfg, epoch, model, optimizer, criterion, callback, history) -> None:

@@ -377,6 +377,33 @@ def test_the_val_variant_meta_trains_on_the_validation_batches(monkeypatch):
     assert all(len(y) <= cfg.batch_size for _, y in seen["val_source"])
 
 
+@pytest.mark.parametrize("source", ["val", "train_slice"])
+@pytest.mark.parametrize("policy", ["adafocal", "classwise_adafocal"])
+def test_adafocal_reads_its_epoch_statistics_on_the_set_val_stats_data_names(monkeypatch, policy, source):
+    """val_stats_data: the class-balanced validation set (default) or the slice held out of the training set,
+    the labels every arm of a fair study has; the statistics are those of the chosen set's samples."""
+    import adaptive_focal as af
+    from adaptive_focal.policies import base
+    from research.train import DEFAULT_HOLDOUT, load_data
+
+    counts, labels = [], []
+
+    class Spy(af.policy_class(policy)):
+        def epoch_end(self, val_stats=None):
+            counts.append(int(val_stats.count))
+            labels.append(val_stats.class_count.tolist())
+            super().epoch_end(val_stats)
+
+    monkeypatch.setitem(base._REGISTRY, policy, Spy)
+    cfg = resolve_config(_tiny("gauss-lt", policy=policy, val_stats_data=source))
+    assert cfg.holdout_fraction == (DEFAULT_HOLDOUT if source == "train_slice" else 0.0)
+    main(cfg)
+    data, held_out = load_data(cfg)
+    x, y = held_out if source == "train_slice" else data.val
+    assert counts == [len(y)] * cfg.epochs  # every epoch, the chosen set's samples
+    assert labels[-1] == torch.bincount(y, minlength=data.num_classes).tolist()
+
+
 def test_build_run_without_the_slice_says_how_to_get_it():
     from research.datasets import load_dataset
     from research.train import build_run
@@ -439,6 +466,9 @@ def test_finetune_step_is_plain_cross_entropy():
      "policy 'gammanet' draws held-out batches from the training slice .* holdout_fraction=0 holds none out"),
     ({"finetune_every": 5, "holdout_fraction": 0},
      "finetune_every draws held-out batches from the training slice"),
+    ({"val_stats_data": "test"}, "config key 'val_stats_data' must be one of 'val', 'train_slice', got 'test'"),
+    ({"policy": "adafocal", "val_stats_data": "train_slice", "holdout_fraction": 0.0},
+     "val_stats_data='train_slice' reads the end-of-epoch statistics on the training slice but holdout_fraction=0"),
 ])
 def test_bad_held_out_settings_are_clear_errors(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -43,7 +43,8 @@ def test_every_study_definition_loads_with_the_issue_arms():
         "digits-lt-prior-long", "gauss-lt-prior-long", "mnist1d-lt-prior-policies", "seg-toy-prior-policies",
         "gauss-lt-prior-long-policies", "mnist1d-lt-prior-long", "seg-toy-prior-long",
         "mnist1d-lt-prior-long-policies", "seg-toy-prior-long-policies"] + [
-        f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")]
+        f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")] + [
+        "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal"]
     assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos + confirm + prior
     for name in confirm:  # research/preregistration.md: fresh seeds, the grid, the policy, logit adjustment
         study = load_study(name)
@@ -269,9 +270,15 @@ def test_fair_arms_draw_from_the_slice_or_name_the_validation_set():
         learned_arms(("pi",))
 
 
+def prior_fair_studies() -> tuple:
+    from sweeps.studies import prior
+
+    return prior.FAIR
+
+
 def test_existing_studies_keep_their_arms_and_no_hold_out():
     for name in list_studies():
-        if name.endswith("-prior-learned"):  # fair studies (test_the_prior_studies_design)
+        if name in prior_fair_studies():  # fair studies (test_the_prior_studies_design)
             continue
         study = load_study(name)
         assert "holdout_fraction" not in study.overrides
@@ -409,3 +416,18 @@ def test_the_prior_studies_design():
             assert arms[f"la+policy={name}+tpe"].config == arms[f"la+policy={name}"].config
             assert arms[f"la+policy={name}+tpe"].space
         assert len(arms) == 7
+    # AdaFocal's statistics: on the balanced validation set as published, or on the held-out slice; every arm
+    # holds the same slice out
+    assert set(prior.FAIR) == {*(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")),
+                               "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal"}
+    for name, epochs in (("gauss-lt-prior-adafocal", {}), ("gauss-lt-prior-long-adafocal", {"epochs": 180})):
+        study = load_study(name)
+        assert study.overrides == {"holdout_fraction": HOLDOUT_FRACTION, **epochs}
+        arms = {a.name: a for a in study.arms}
+        assert list(arms) == ["baseline=logit_adjusted", "la+policy=adafocal", "la+policy=adafocal[slice]",
+                              "la+policy=adafocal+tpe", "la+policy=adafocal+tpe[slice]"]
+        for base in ("la+policy=adafocal", "la+policy=adafocal+tpe"):
+            assert arms[base].config == {"loss": "logit_adjusted", "policy": "adafocal"}
+            assert arms[f"{base}[slice]"].config == {**arms[base].config, "val_stats_data": "train_slice"}
+            assert arms[f"{base}[slice]"].space == arms[base].space
+        assert arms["la+policy=adafocal+tpe"].space

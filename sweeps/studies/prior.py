@@ -49,6 +49,13 @@ are fixed by its manifest):
   cross-entropy steps on the slice) is left out: on LA it would mix an unadjusted loss into an adjusted one, so it
   would not be the control "the labels without any gamma" that it is there.
 
+A follow-up, after the second round showed AdaFocal on LA ahead of LA alone at 180 epochs on gauss-lt (AdaFocal
+reads its statistics on the class-balanced validation set after every epoch: labels the other arms never train
+with): ``gauss-lt-prior-adafocal`` and ``gauss-lt-prior-long-adafocal`` are fair studies (every arm holds out the
+same 10% slice of the training set) with LA alone, AdaFocal on LA reading the validation set as published
+(``la+policy=adafocal``, ``+tpe``) and reading the held-out slice instead (``...[slice]``: research.train's
+``val_stats_data="train_slice"``), 11 runs per seed.
+
 ``research/prior.py`` analyses these studies (exploratory: nothing here was pre-registered).
 """
 
@@ -102,6 +109,15 @@ def remaining_arms(policies) -> tuple:
     return (arms()[0], *(a for a in arms() if a.name not in have))
 
 
+def adafocal_arms() -> tuple:
+    """LA alone, and AdaFocal on LA (defaults and tuned) reading its end-of-epoch statistics on the class-balanced
+    validation set (as published) and on the slice held out of the training set (``[slice]``)."""
+    out = [Arm("baseline=logit_adjusted", {"loss": "logit_adjusted"})]
+    for arm in (logit_adjusted_arm(parse_arm("policy=adafocal")), logit_adjusted_arm(parse_arm("policy=adafocal+tpe"))):
+        out += [arm, Arm(f"{arm.name}[slice]", {**arm.config, "val_stats_data": "train_slice"}, arm.space)]
+    return tuple(out)
+
+
 def learned_prior_arms() -> tuple:
     """LA alone and the learned controllers on LA, meta-training on the held-out training slice, at their defaults
     and tuned over their search spaces; for a fair study, in which every arm holds the slice out."""
@@ -131,6 +147,11 @@ _PLAN = (
 )
 #: the learned controllers' fair studies
 _LEARNED_PLAN = tuple(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"))
+#: AdaFocal's statistics on validation or on the held-out slice: (study name, research.train overrides)
+_ADAFOCAL_PLAN = (("gauss-lt-prior-adafocal", {}),
+                  ("gauss-lt-prior-long-adafocal", {"epochs": LONG_EPOCHS["gauss-lt"]}))
+#: the fair studies of this family (every arm holds out the same slice of the training set)
+FAIR = _LEARNED_PLAN + tuple(name for name, _ in _ADAFOCAL_PLAN)
 
 #: study name -> DatasetStudy
 STUDIES = {name: DatasetStudy(name=name, dataset=dataset, seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
@@ -140,3 +161,6 @@ STUDIES.update({name: fair_study(name=name, dataset=name.removesuffix("-prior-le
                                  first_seed=FIRST_SEED, trials=TRIALS,
                                  arms=learned_prior_arms())
                 for name in _LEARNED_PLAN})
+STUDIES.update({name: fair_study(name=name, dataset="gauss-lt", seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
+                                 overrides=overrides, arms=adafocal_arms())
+                for name, overrides in _ADAFOCAL_PLAN})
