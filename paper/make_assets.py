@@ -826,22 +826,25 @@ class Assets:
         self.prior_learned(rp, out)
 
     def prior_learned(self, rp, out: dict) -> None:
-        """The learned controllers on LA (the ``*-prior-learned`` fair studies): each arm minus LA alone on the
-        headline metric, Holm across the arms of a study; counts of arms better / worse after Holm."""
+        """The fair studies on LA: the learned controllers (``*-prior-learned``) and AdaFocal reading the validation
+        set or the held-out slice (``*-adafocal``): each arm minus LA alone on the headline metric, Holm across the
+        arms of a study; counts of the learned controllers' arms better / worse after Holm, and AdaFocal's
+        differences."""
         rows, better, worse = [], 0, 0
-        for st in out["learned"]:
+        for learned, st in [(True, x) for x in out["learned"]] + [(False, x) for x in out["adafocal"]]:
             metric = st["metric"]
             for i, r in enumerate(st["rows"]):
                 d = r["diff"][metric]
                 star = "$^{*}$" if d.get("p_holm") is not None and d["p_holm"] <= rp.ALPHA else ""
-                verdict = rp._verdict(d, True)
-                better, worse = better + (verdict == "better"), worse + (verdict == "worse")
+                if learned:
+                    verdict = rp._verdict(d, True)
+                    better, worse = better + (verdict == "better"), worse + (verdict == "worse")
                 rows.append([tex(st["study"]) if i == 0 else "", f3(st["reference"]["mean"][metric]) if i == 0 else "",
                              tex(r["arm"].removeprefix("la+policy=")), f"{r['runs_per_seed']:g}",
                              "--" if d["mean"] is None else f3(d["mean"], signed=True) + star + " " + interval(d)])
         self.table("prior_learned", ["study", "LA alone", "controller on LA", "runs", "$-$ LA"], rows, "lrlrr")
         self.num("PriorLearnedStudies", str(len(out["learned"])))
-        self.num("PriorLearnedCompared", str(len(rows)))
+        self.num("PriorLearnedCompared", str(sum(len(st["rows"]) for st in out["learned"])))
         self.num("PriorLearnedBetter", str(better))
         self.num("PriorLearnedWorse", str(worse))
 

@@ -17,7 +17,8 @@ same seeds, with LA alone again) make one table: each companion arm is paired ag
 (training is deterministic given the seed, so the two references should agree; ``reference_agreement`` records
 the largest difference), and Holm's family is the whole table. The learned controllers' fair studies
 (``LEARNED``, every arm holding out the same slice of the training set) are tables of their own, against their
-own LA alone, which holds the slice out too.
+own LA alone, which holds the slice out too; so are AdaFocal's fair studies (``ADAFOCAL``: its end-of-epoch
+statistics on the balanced validation set, as published, or on the held-out slice, ``[slice]``).
 
 These studies were not pre-registered: the analysis is exploratory, and the intervals are read as effect sizes, not
 as confirmations.
@@ -55,6 +56,8 @@ COMPANIONS = {"mnist1d-lt-prior": "mnist1d-lt-prior-policies", "seg-toy-prior": 
               "seg-toy-prior-long": "seg-toy-prior-long-policies"}
 #: the learned controllers on LA, every arm holding out the same slice of the training set
 LEARNED = ("digits-lt-prior-learned", "gauss-lt-prior-learned", "mnist1d-lt-prior-learned", "seg-toy-prior-learned")
+#: AdaFocal on LA reading its statistics on the validation set or on the held-out slice, every arm holding it out
+ADAFOCAL = ("gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal")
 #: metric key -> (label, higher is better); the headline metric comes first, from the export
 SECONDARY = (("recall_few", "few-shot recall", True), ("ece", "ECE", False), ("ece_ts", "ECE after TS", False))
 HEADLINE_LABELS = {"balanced_accuracy": "balanced accuracy", "miou": "mIoU", "map": "mAP"}
@@ -226,10 +229,10 @@ def load(path: Path, study: str) -> dict:
     return units
 
 
-def run(results: Path = RESULTS, studies=STUDIES, companions=None, learned=LEARNED) -> dict:
+def run(results: Path = RESULTS, studies=STUDIES, companions=None, learned=LEARNED, adafocal=ADAFOCAL) -> dict:
     """The analysis of every export found in ``results``: ``studies`` (each with its companion from
-    ``companions``, default :data:`COMPANIONS`, when exported) and the ``learned`` fair studies; ``missing``
-    lists the studies without an export."""
+    ``companions``, default :data:`COMPANIONS`, when exported) and the fair studies, ``learned`` and
+    ``adafocal``; ``missing`` lists the studies without an export."""
     results = Path(results)
     if not results.is_dir():
         raise ValueError(f"results folder {str(results)!r} does not exist")
@@ -238,12 +241,13 @@ def run(results: Path = RESULTS, studies=STUDIES, companions=None, learned=LEARN
     def path(study: str) -> Path:
         return results / f"{study}.json.gz"
 
-    wanted = [*studies, *(companions[s] for s in studies if s in companions), *learned]
+    wanted = [*studies, *(companions[s] for s in studies if s in companions), *learned, *adafocal]
     missing = [s for s in wanted if not path(s).is_file()]
     found = [analyse_study(load(path(s), s), [load(path(c), c) for c in [companions.get(s)] if c and c not in missing])
              for s in studies if s not in missing]
     return {"reference": REFERENCE, "level": LEVEL, "alpha": ALPHA, "exploratory": True, "studies": found,
-            "learned": [analyse_study(load(path(s), s)) for s in learned if s not in missing], "missing": missing}
+            "learned": [analyse_study(load(path(s), s)) for s in learned if s not in missing],
+            "adafocal": [analyse_study(load(path(s), s)) for s in adafocal if s not in missing], "missing": missing}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -350,13 +354,20 @@ def markdown(out: dict) -> str:
             if r:
                 cells = [_cell(r["diff"][k]) if k in keys else "-" for k, _, _ in SECONDARY]
                 lines.append(f"| {study_label(s)} | {arm} | {' | '.join(cells)} |")
-    if out.get("learned"):
-        lines += ["", "The learned controllers on LA (fair studies: every arm, LA alone included, trains without the "
-                      "same stratified 10% of the training set, on which the controllers meta-train; gamma starts "
-                      "at 2): each arm minus LA alone, Holm across the arms of a study.", "",
+    fair = (("learned", "The learned controllers on LA (fair studies: every arm, LA alone included, trains without "
+                         "the same stratified 10% of the training set, on which the controllers meta-train; gamma "
+                         "starts at 2): each arm minus LA alone, Holm across the arms of a study."),
+            ("adafocal", "AdaFocal on LA, reading its end-of-epoch statistics on the class-balanced validation set "
+                         "(as published: labels no other arm has) or on the held-out training slice (`[slice]`), in "
+                         "fair studies (every arm, LA alone included, trains without the same 10% slice): each arm "
+                         "minus LA alone, Holm across the arms of a study."))
+    for part, intro in fair:
+        if not out.get(part):
+            continue
+        lines += ["", intro, "",
                   "| study | LA alone | arm (runs/seed) | headline | p_Holm | few-shot recall | ECE after TS |",
                   "|---|---:|---|---|---:|---|---|"]
-        for s in out["learned"]:
+        for s in out[part]:
             key = s["metric"]
             for r in s["rows"]:
                 cells = [_cell(r["diff"][k]) if k in r["diff"] else "-" for k in ("recall_few", "ece_ts")]
@@ -366,7 +377,7 @@ def markdown(out: dict) -> str:
     lines += ["", "Per study, every arm: mean difference from LA alone [95% interval] and Holm-adjusted p, per "
                   "metric (few-shot recall: higher is better; ECE: lower is better). *runs* is training runs per "
                   "seed; la+grid is the grid's best gamma chosen on validation per seed (LA alone included)."]
-    for s in [*out["studies"], *out.get("learned", [])]:
+    for s in [*out["studies"], *out.get("learned", []), *out.get("adafocal", [])]:
         lines += _details(s)
     if out["missing"]:
         lines += ["", f"Not run: {', '.join(out['missing'])}."]
@@ -384,7 +395,7 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"research.prior: error: {err}", file=sys.stderr)
         return 2
-    if not out["studies"] and not out["learned"]:
+    if not (out["studies"] or out["learned"] or out["adafocal"]):
         print(f"research.prior: error: no *-prior export in {args.results} ({', '.join(STUDIES)})", file=sys.stderr)
         return 2
     text = markdown(out)

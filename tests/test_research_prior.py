@@ -62,7 +62,7 @@ def export(folder, arms=ARMS, study=STUDY, runs=RUNS, dataset="digits-lt", overr
 def test_paired_differences_grid_choice_and_holm(tmp_path):
     export(tmp_path)
     out = prior.run(tmp_path)
-    wanted = [*prior.STUDIES, *prior.COMPANIONS.values(), *prior.LEARNED]
+    wanted = [*prior.STUDIES, *prior.COMPANIONS.values(), *prior.LEARNED, *prior.ADAFOCAL]
     assert out["missing"] == [s for s in wanted if s != STUDY] and out["exploratory"] and out["learned"] == []
     (s,) = out["studies"]
     assert [m[0] for m in s["metrics"]] == ["balanced_accuracy", "ece"]  # no recall_few stored
@@ -211,3 +211,12 @@ def test_learned_studies_are_tables_of_their_own(tmp_path):
     assert "| gauss-lt-prior-learned | 0.720 | la+policy=cosine (1) | +0.040 [" in text
     assert "<summary>gauss-lt-prior-learned (gauss-lt, holdout_fraction 0.1)" in text
     assert prior.main(["--results", str(tmp_path)]) == 0  # a folder with only learned studies is analysed
+    # AdaFocal's fair studies: their own section, the same pairing
+    export(tmp_path, POLICY_ARMS, "gauss-lt-prior-long-adafocal", POLICY_RUNS, dataset="gauss-lt",
+           overrides={"holdout_fraction": 0.1, "epochs": 180})
+    out = prior.run(tmp_path)
+    assert [s["study"] for s in out["adafocal"]] == ["gauss-lt-prior-long-adafocal"]
+    assert out["adafocal"][0]["rows"][0]["diff"]["balanced_accuracy"]["mean"] == pytest.approx(0.04)
+    text = prior.markdown(out)
+    assert text.index("The learned controllers on LA") < text.index("AdaFocal on LA, reading") < text.index(
+        "| gauss-lt-prior-long-adafocal | 0.720 | la+policy=cosine (1) | +0.040 [")
