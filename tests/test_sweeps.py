@@ -44,7 +44,7 @@ def test_every_study_definition_loads_with_the_issue_arms():
         "gauss-lt-prior-long-policies", "mnist1d-lt-prior-long", "seg-toy-prior-long",
         "mnist1d-lt-prior-long-policies", "seg-toy-prior-long-policies"] + [
         f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")] + [
-        "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal"]
+        "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal", "gauss-lt-prior-long-adafocal-replication"]
     assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos + confirm + prior
     for name in confirm:  # research/preregistration.md: fresh seeds, the grid, the policy, logit adjustment
         study = load_study(name)
@@ -377,7 +377,8 @@ def test_the_prior_studies_pair_every_arm_with_logit_adjustment_on_fresh_seeds()
             a.name for a in study.arms}
     for name in prior.STUDIES:
         study = load_study(name)
-        assert study.seed_list() == list(range(2000, 2010)) and study.trials == prior.TRIALS
+        first = 3000 if name == prior.REPLICATION else 2000  # the replication's fresh seeds
+        assert study.seed_list() == list(range(first, first + 10)) and study.trials == prior.TRIALS
         for arm in study.arms:
             study.check_arm(arm)
     assert load_study("digits-lt-prior-long").overrides == {"epochs": 30}
@@ -419,7 +420,8 @@ def test_the_prior_studies_design():
     # AdaFocal's statistics: on the balanced validation set as published, or on the held-out slice; every arm
     # holds the same slice out
     assert set(prior.FAIR) == {*(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")),
-                               "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal"}
+                               "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal",
+                               "gauss-lt-prior-long-adafocal-replication"}
     for name, epochs in (("gauss-lt-prior-adafocal", {}), ("gauss-lt-prior-long-adafocal", {"epochs": 180})):
         study = load_study(name)
         assert study.overrides == {"holdout_fraction": HOLDOUT_FRACTION, **epochs}
@@ -431,3 +433,8 @@ def test_the_prior_studies_design():
             assert arms[f"{base}[slice]"].config == {**arms[base].config, "val_stats_data": "train_slice"}
             assert arms[f"{base}[slice]"].space == arms[base].space
         assert arms["la+policy=adafocal+tpe"].space
+    # the pre-registered replication: the long study's arms and settings on fresh seeds
+    long = load_study("gauss-lt-prior-long-adafocal")
+    replication = load_study("gauss-lt-prior-long-adafocal-replication")
+    assert replication.arms == long.arms and replication.overrides == long.overrides
+    assert replication.seed_list() == list(range(3000, 3010))

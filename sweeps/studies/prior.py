@@ -54,7 +54,8 @@ reads its statistics on the class-balanced validation set after every epoch: lab
 with): ``gauss-lt-prior-adafocal`` and ``gauss-lt-prior-long-adafocal`` are fair studies (every arm holds out the
 same 10% slice of the training set) with LA alone, AdaFocal on LA reading the validation set as published
 (``la+policy=adafocal``, ``+tpe``) and reading the held-out slice instead (``...[slice]``: research.train's
-``val_stats_data="train_slice"``), 11 runs per seed.
+``val_stats_data="train_slice"``), 11 runs per seed; ``gauss-lt-prior-long-adafocal-replication`` repeats the
+long one on fresh seeds 3000-3009, pre-registered in research/preregistration_adafocal.md.
 
 ``research/prior.py`` analyses these studies (exploratory: nothing here was pre-registered).
 """
@@ -150,8 +151,10 @@ _LEARNED_PLAN = tuple(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "m
 #: AdaFocal's statistics on validation or on the held-out slice: (study name, research.train overrides)
 _ADAFOCAL_PLAN = (("gauss-lt-prior-adafocal", {}),
                   ("gauss-lt-prior-long-adafocal", {"epochs": LONG_EPOCHS["gauss-lt"]}))
+#: the pre-registered replication of gauss-lt-prior-long-adafocal on fresh seeds (research/preregistration_adafocal.md)
+REPLICATION, REPLICATION_FIRST_SEED = "gauss-lt-prior-long-adafocal-replication", 3000
 #: the fair studies of this family (every arm holds out the same slice of the training set)
-FAIR = _LEARNED_PLAN + tuple(name for name, _ in _ADAFOCAL_PLAN)
+FAIR = _LEARNED_PLAN + tuple(name for name, _ in _ADAFOCAL_PLAN) + (REPLICATION,)
 
 #: study name -> DatasetStudy
 STUDIES = {name: DatasetStudy(name=name, dataset=dataset, seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
@@ -164,3 +167,6 @@ STUDIES.update({name: fair_study(name=name, dataset=name.removesuffix("-prior-le
 STUDIES.update({name: fair_study(name=name, dataset="gauss-lt", seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
                                  overrides=overrides, arms=adafocal_arms())
                 for name, overrides in _ADAFOCAL_PLAN})
+STUDIES[REPLICATION] = fair_study(name=REPLICATION, dataset="gauss-lt", seeds=SEEDS,
+                                  first_seed=REPLICATION_FIRST_SEED, trials=TRIALS,
+                                  overrides={"epochs": LONG_EPOCHS["gauss-lt"]}, arms=adafocal_arms())
