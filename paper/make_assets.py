@@ -847,6 +847,20 @@ class Assets:
         self.num("PriorLearnedCompared", str(sum(len(st["rows"]) for st in out["learned"])))
         self.num("PriorLearnedBetter", str(better))
         self.num("PriorLearnedWorse", str(worse))
+        self.prior_replication(rp, out)
+
+    def prior_replication(self, rp, out: dict) -> None:
+        """The pre-registered replication of AdaFocal on LA (research/preregistration_adafocal.md): per [slice] arm
+        the difference from LA alone, its interval, Holm-adjusted p and verdict."""
+        names = {"la+policy=adafocal[slice]": "Default", "la+policy=adafocal+tpe[slice]": "Tuned"}
+        rows = {r["arm"]: r for r in out.get("replication") or []}
+        for arm, key in names.items():
+            r = rows.get(arm)
+            self.num(f"Replication{key}Diff", NOT_RUN if r is None else f3(r["mean"], signed=True))
+            self.num(f"Replication{key}CI", NOT_RUN if r is None else interval(r))
+            self.num(f"Replication{key}HolmP", NOT_RUN if r is None else f3(r["p_holm"]))
+            self.num(f"Replication{key}Verdict", NOT_RUN if r is None else
+                     ("replicates" if r["replicates"] else "does not replicate"))
 
     # -- reversals: what the development studies showed and why it is withdrawn ---------------------------------
     def reversals(self) -> None:

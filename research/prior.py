@@ -57,7 +57,10 @@ COMPANIONS = {"mnist1d-lt-prior": "mnist1d-lt-prior-policies", "seg-toy-prior": 
 #: the learned controllers on LA, every arm holding out the same slice of the training set
 LEARNED = ("digits-lt-prior-learned", "gauss-lt-prior-learned", "mnist1d-lt-prior-learned", "seg-toy-prior-learned")
 #: AdaFocal on LA reading its statistics on the validation set or on the held-out slice, every arm holding it out
-ADAFOCAL = ("gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal")
+REPLICATION = "gauss-lt-prior-long-adafocal-replication"
+ADAFOCAL = ("gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal", REPLICATION)
+#: the replication's primary arms (research/preregistration_adafocal.md): Holm across these two
+PRIMARY = ("la+policy=adafocal[slice]", "la+policy=adafocal+tpe[slice]")
 #: metric key -> (label, higher is better); the headline metric comes first, from the export
 SECONDARY = (("recall_few", "few-shot recall", True), ("ece", "ECE", False), ("ece_ts", "ECE after TS", False))
 HEADLINE_LABELS = {"balanced_accuracy": "balanced accuracy", "miou": "mIoU", "map": "mAP"}
@@ -229,6 +232,24 @@ def load(path: Path, study: str) -> dict:
     return units
 
 
+def replication(study: dict) -> list[dict]:
+    """The pre-registered primary analysis of the replication (research/preregistration_adafocal.md): for each
+    :data:`PRIMARY` arm the paired difference from LA alone on the headline metric, Holm's correction across the
+    two, and whether it replicates (Holm-adjusted p below :data:`ALPHA` and a positive mean difference)."""
+    metric = study["metric"]
+    rows = {r["arm"]: r for r in study["rows"]}
+    missing = [arm for arm in PRIMARY if arm not in rows]
+    if missing:
+        raise ValueError(f"study {study['study']!r} lacks the pre-registered arms {', '.join(missing)}")
+    diffs = [rows[arm]["diff"][metric] for arm in PRIMARY]
+    out = []
+    for arm, d, p_holm in zip(PRIMARY, diffs, holm([d["p"] for d in diffs])):
+        out.append({"arm": arm, "n": d["n"], "mean": d["mean"], "low": d["low"], "high": d["high"], "p": d["p"],
+                    "p_holm": p_holm,
+                    "replicates": p_holm is not None and p_holm < ALPHA and d["mean"] is not None and d["mean"] > 0})
+    return out
+
+
 def run(results: Path = RESULTS, studies=STUDIES, companions=None, learned=LEARNED, adafocal=ADAFOCAL) -> dict:
     """The analysis of every export found in ``results``: ``studies`` (each with its companion from
     ``companions``, default :data:`COMPANIONS`, when exported) and the fair studies, ``learned`` and
@@ -247,7 +268,9 @@ def run(results: Path = RESULTS, studies=STUDIES, companions=None, learned=LEARN
              for s in studies if s not in missing]
     return {"reference": REFERENCE, "level": LEVEL, "alpha": ALPHA, "exploratory": True, "studies": found,
             "learned": [analyse_study(load(path(s), s)) for s in learned if s not in missing],
-            "adafocal": [analyse_study(load(path(s), s)) for s in adafocal if s not in missing], "missing": missing}
+            "adafocal": (fair := [analyse_study(load(path(s), s)) for s in adafocal if s not in missing]),
+            "replication": next((replication(s) for s in fair if s["study"] == REPLICATION), None),
+            "missing": missing}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -374,6 +397,14 @@ def markdown(out: dict) -> str:
                 lines.append(f"| {study_label(s)} | {_f(s['reference']['mean'][key], False)} | {r['arm']} "
                              f"({r['runs_per_seed']:g}) | {_cell(r['diff'][key])} | {_p(r['diff'][key]['p_holm'])} | "
                              f"{' | '.join(cells)} |")
+    if out.get("replication"):
+        lines += ["", f"Pre-registered replication ({REPLICATION}, fresh seeds 3000-3009; "
+                      "research/preregistration_adafocal.md): each `[slice]` arm minus LA alone, test balanced "
+                      "accuracy, paired t 95% interval, Holm across the two.", "",
+                  "| arm | seeds | difference | p | p_Holm | replicates |", "|---|---:|---|---:|---:|---|"]
+        for r in out["replication"]:
+            lines.append(f"| {r['arm']} | {r['n']} | {_cell(r)} | {_p(r['p'])} | {_p(r['p_holm'])} | "
+                         f"{'yes' if r['replicates'] else 'no'} |")
     lines += ["", "Per study, every arm: mean difference from LA alone [95% interval] and Holm-adjusted p, per "
                   "metric (few-shot recall: higher is better; ECE: lower is better). *runs* is training runs per "
                   "seed; la+grid is the grid's best gamma chosen on validation per seed (LA alone included)."]

@@ -220,3 +220,28 @@ def test_learned_studies_are_tables_of_their_own(tmp_path):
     text = prior.markdown(out)
     assert text.index("The learned controllers on LA") < text.index("AdaFocal on LA, reading") < text.index(
         "| gauss-lt-prior-long-adafocal | 0.720 | la+policy=cosine (1) | +0.040 [")
+
+
+def test_the_preregistered_replication_verdict(tmp_path):
+    """research/preregistration_adafocal.md: the two [slice] arms against LA alone, Holm across the two. Hand-worked:
+    differences +0.03 +0.05 +0.04 give p = 1 - sqrt(48/50) = 0.020204, x 2 = 0.040408 < 0.05: replicates;
+    +0.02 +0.01 +0.03 give p = 0.074180 (x 1, above the running maximum): does not."""
+    arms = {"baseline=logit_adjusted": ARMS["baseline=logit_adjusted"],
+            "la+policy=adafocal[slice]": POLICY_ARMS["la+policy=cosine"],
+            "la+policy=adafocal+tpe[slice]": POLICY_ARMS["la+policy=cosine"]}
+    runs = {"baseline=logit_adjusted": RUNS["baseline=logit_adjusted"],
+            "la+policy=adafocal[slice]": POLICY_RUNS["la+policy=cosine"],
+            "la+policy=adafocal+tpe[slice]": RUNS["la+gamma=1"]}
+    export(tmp_path, arms, prior.REPLICATION, runs, dataset="gauss-lt", overrides={"holdout_fraction": 0.1})
+    out = prior.run(tmp_path)
+    first, second = out["replication"]
+    assert first["arm"] == "la+policy=adafocal[slice]" and first["mean"] == pytest.approx(0.04)
+    assert first["p_holm"] == pytest.approx(2 * (1 - math.sqrt(48 / 50)), abs=1e-6) and first["replicates"]
+    assert second["p_holm"] == pytest.approx(0.074180, abs=1e-6) and not second["replicates"]
+    text = prior.markdown(out)
+    assert "| la+policy=adafocal[slice] | 3 | +0.040 [" in text and "| 0.040 | yes |" in text
+    assert "| 0.074 | 0.074 | no |" in text
+    # a replication export without the pre-registered arms is refused
+    export(tmp_path, POLICY_ARMS, prior.REPLICATION, POLICY_RUNS, dataset="gauss-lt")
+    with pytest.raises(ValueError, match="lacks the pre-registered arms la\\+policy=adafocal\\[slice\\]"):
+        prior.run(tmp_path)
