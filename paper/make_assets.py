@@ -850,15 +850,27 @@ class Assets:
         self.prior_replication(rp, out)
 
     def prior_replication(self, rp, out: dict) -> None:
-        """The pre-registered replication of AdaFocal on LA (research/preregistration_adafocal.md): per [slice] arm
-        the difference from LA alone, its interval, Holm-adjusted p and verdict."""
+        """AdaFocal on LA in the fair studies: LA alone's headline metric and AdaFocal's differences from it reading
+        the held-out slice or the validation set, at 60 and 180 epochs (exploratory); and the pre-registered
+        replication (research/preregistration_adafocal.md): per [slice] arm the difference from LA alone, its
+        interval, Holm-adjusted p and verdict."""
+        studies = {st["study"]: st for st in out["adafocal"]}
+        for study, key in (("gauss-lt-prior-adafocal", "Default"), ("gauss-lt-prior-long-adafocal", "Long")):
+            st = studies.get(study)
+            metric = st and st["metric"]
+            self.num(f"AdaFocal{key}La", NOT_RUN if st is None else f3(st["reference"]["mean"][metric]))
+            for arm, part in (("la+policy=adafocal[slice]", "Slice"), ("la+policy=adafocal", "Val")):
+                d = None if st is None else next(r for r in st["rows"] if r["arm"] == arm)["diff"][metric]
+                self.num(f"AdaFocal{key}{part}Diff", NOT_RUN if d is None else f3(d["mean"], signed=True))
+                self.num(f"AdaFocal{key}{part}CI", NOT_RUN if d is None else interval(d))
         names = {"la+policy=adafocal[slice]": "Default", "la+policy=adafocal+tpe[slice]": "Tuned"}
         rows = {r["arm"]: r for r in out.get("replication") or []}
         for arm, key in names.items():
             r = rows.get(arm)
             self.num(f"Replication{key}Diff", NOT_RUN if r is None else f3(r["mean"], signed=True))
             self.num(f"Replication{key}CI", NOT_RUN if r is None else interval(r))
-            self.num(f"Replication{key}HolmP", NOT_RUN if r is None else f3(r["p_holm"]))
+            self.num(f"Replication{key}HolmP", NOT_RUN if r is None or r["p_holm"] is None else
+                     "$< 0.001$" if r["p_holm"] < 0.001 else f"$= {r['p_holm']:.3f}$")
             self.num(f"Replication{key}Verdict", NOT_RUN if r is None else
                      ("replicates" if r["replicates"] else "does not replicate"))
 
