@@ -18,7 +18,8 @@ _MODULES = {
 #: modules that define families of studies as ``STUDIES`` (name -> Study): the fixed-gamma grid at several
 #: imbalance ratios (``rho.py``: ``<dataset>-rho<rho>``), focal loss with resampling (``combos.py``:
 #: ``<dataset>-combos``), the pre-registered confirmatory studies (``confirm.py``: ``<dataset>-confirm``) and
-#: logit adjustment with a focal term (``prior.py``: ``<dataset>-prior``, ``<dataset>-prior-long``)
+#: logit adjustment with a focal term (``prior.py``: ``<dataset>-prior``, ``<dataset>-prior-long``, their
+#: ``-policies`` companions and the fair ``-prior-learned`` and ``-adafocal`` studies)
 _FAMILIES = ("rho", "combos", "confirm", "prior")
 
 
