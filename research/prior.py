@@ -55,7 +55,8 @@ COMPANIONS = {"mnist1d-lt-prior": "mnist1d-lt-prior-policies", "seg-toy-prior": 
               "mnist1d-lt-prior-long": "mnist1d-lt-prior-long-policies",
               "seg-toy-prior-long": "seg-toy-prior-long-policies"}
 #: the learned controllers on LA, every arm holding out the same slice of the training set
-LEARNED = ("digits-lt-prior-learned", "gauss-lt-prior-learned", "mnist1d-lt-prior-learned", "seg-toy-prior-learned")
+LEARNED = tuple(f"{d}-prior{long}-learned" for long in ("", "-long")
+                for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"))
 #: AdaFocal on LA reading its statistics on the validation set or on the held-out slice, every arm holding it out
 REPLICATION = "gauss-lt-prior-long-adafocal-replication"
 ADAFOCAL = ("gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal", REPLICATION)

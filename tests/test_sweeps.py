@@ -43,7 +43,8 @@ def test_every_study_definition_loads_with_the_issue_arms():
         "digits-lt-prior-long", "gauss-lt-prior-long", "mnist1d-lt-prior-policies", "seg-toy-prior-policies",
         "gauss-lt-prior-long-policies", "mnist1d-lt-prior-long", "seg-toy-prior-long",
         "mnist1d-lt-prior-long-policies", "seg-toy-prior-long-policies"] + [
-        f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")] + [
+        f"{d}-prior{long}-learned" for long in ("", "-long") for d in ("digits-lt", "gauss-lt", "mnist1d-lt",
+                                                                       "seg-toy")] + [
         "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal", "gauss-lt-prior-long-adafocal-replication"]
     assert list_studies() == main + ["digits-lt-across-seeds"] + rho + combos + confirm + prior
     for name in confirm:  # research/preregistration.md: fresh seeds, the grid, the policy, logit adjustment
@@ -405,9 +406,10 @@ def test_the_prior_studies_design():
         assert (a.dataset, a.overrides, a.seed_list(), a.trials) == (b.dataset, b.overrides, b.seed_list(), b.trials)
     assert load_study("mnist1d-lt-prior-long").overrides == {"epochs": 30}
     assert load_study("seg-toy-prior-long").overrides == {"epochs": 60}
-    for dataset in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"):
-        study = load_study(f"{dataset}-prior-learned")
-        assert study.dataset == dataset and study.overrides == {"holdout_fraction": HOLDOUT_FRACTION}
+    for dataset, long in ((d, long) for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy") for long in (0, 1)):
+        study = load_study(f"{dataset}-prior{'-long' if long else ''}-learned")
+        epochs = {"epochs": prior.LONG_EPOCHS[dataset]} if long else {}
+        assert study.dataset == dataset and study.overrides == {"holdout_fraction": HOLDOUT_FRACTION, **epochs}
         assert study.seed_list() == list(range(2000, 2010))
         arms = {a.name: a for a in study.arms}
         assert arms["baseline=logit_adjusted"].config == {"loss": "logit_adjusted"}
@@ -419,7 +421,8 @@ def test_the_prior_studies_design():
         assert len(arms) == 7
     # AdaFocal's statistics: on the balanced validation set as published, or on the held-out slice; every arm
     # holds the same slice out
-    assert set(prior.FAIR) == {*(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")),
+    assert set(prior.FAIR) == {*(f"{d}-prior{long}-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy")
+                                 for long in ("", "-long")),
                                "gauss-lt-prior-adafocal", "gauss-lt-prior-long-adafocal",
                                "gauss-lt-prior-long-adafocal-replication"}
     for name, epochs in (("gauss-lt-prior-adafocal", {}), ("gauss-lt-prior-long-adafocal", {"epochs": 180})):

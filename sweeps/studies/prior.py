@@ -45,9 +45,10 @@ are fixed by its manifest):
 * ``<dataset>-prior-learned``: the learned controllers on LA in a fair study (sweeps.spec.fair_study: every arm,
   LA alone included, trains without the same stratified 10% of the training set, on which the controllers
   meta-train): LA alone and ``la+policy=<name>`` for hypergradient, gammanet and bandit, at their defaults and
-  tuned (``+tpe``, 4 trials), 17 runs per seed. The fine-tuning control of the confirmatory studies (plain
-  cross-entropy steps on the slice) is left out: on LA it would mix an unadjusted loss into an adjusted one, so it
-  would not be the control "the labels without any gamma" that it is there.
+  tuned (``+tpe``, 4 trials), 17 runs per seed; ``<dataset>-prior-long-learned`` the same at the longer
+  schedule (run on digits-lt and gauss-lt; defined on mnist1d-lt and seg-toy). The fine-tuning control of the
+  confirmatory studies (plain cross-entropy steps on the slice) is left out: on LA it would mix an unadjusted loss
+  into an adjusted one, so it would not be the control "the labels without any gamma" that it is there.
 
 A follow-up, after the second round showed AdaFocal on LA ahead of LA alone at 180 epochs on gauss-lt (AdaFocal
 reads its statistics on the class-balanced validation set after every epoch: labels the other arms never train
@@ -146,24 +147,25 @@ _PLAN = (
     ("seg-toy-prior-long-policies", "seg-toy", {"epochs": LONG_EPOCHS["seg-toy"]},
      remaining_arms(BEST_POLICIES["seg-toy"])),
 )
-#: the learned controllers' fair studies
-_LEARNED_PLAN = tuple(f"{d}-prior-learned" for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"))
+#: the learned controllers' fair studies: (study name, data set, research.train overrides), at the default and the
+#: longer schedule
+_LEARNED_PLAN = tuple((f"{d}-prior{long}-learned", d, {"epochs": LONG_EPOCHS[d]} if long else {})
+                      for long in ("", "-long") for d in ("digits-lt", "gauss-lt", "mnist1d-lt", "seg-toy"))
 #: AdaFocal's statistics on validation or on the held-out slice: (study name, research.train overrides)
 _ADAFOCAL_PLAN = (("gauss-lt-prior-adafocal", {}),
                   ("gauss-lt-prior-long-adafocal", {"epochs": LONG_EPOCHS["gauss-lt"]}))
 #: the pre-registered replication of gauss-lt-prior-long-adafocal on fresh seeds (research/preregistration_adafocal.md)
 REPLICATION, REPLICATION_FIRST_SEED = "gauss-lt-prior-long-adafocal-replication", 3000
 #: the fair studies of this family (every arm holds out the same slice of the training set)
-FAIR = _LEARNED_PLAN + tuple(name for name, _ in _ADAFOCAL_PLAN) + (REPLICATION,)
+FAIR = tuple(name for name, _, _ in _LEARNED_PLAN) + tuple(name for name, _ in _ADAFOCAL_PLAN) + (REPLICATION,)
 
 #: study name -> DatasetStudy
 STUDIES = {name: DatasetStudy(name=name, dataset=dataset, seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
                               overrides=overrides, arms=study_arms)
            for name, dataset, overrides, study_arms in _PLAN}
-STUDIES.update({name: fair_study(name=name, dataset=name.removesuffix("-prior-learned"), seeds=SEEDS,
-                                 first_seed=FIRST_SEED, trials=TRIALS,
-                                 arms=learned_prior_arms())
-                for name in _LEARNED_PLAN})
+STUDIES.update({name: fair_study(name=name, dataset=dataset, seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
+                                 overrides=overrides, arms=learned_prior_arms())
+                for name, dataset, overrides in _LEARNED_PLAN})
 STUDIES.update({name: fair_study(name=name, dataset="gauss-lt", seeds=SEEDS, first_seed=FIRST_SEED, trials=TRIALS,
                                  overrides=overrides, arms=adafocal_arms())
                 for name, overrides in _ADAFOCAL_PLAN})
