@@ -16,7 +16,8 @@ What was cut, and why. Run times measured with one torch thread on this 2-core m
 LA): digits-lt 0.2-1 s, gauss-lt 0.5-0.8 s, mnist1d-lt 5-9 s, seg-toy 5.5-6 s. The full design (LA, grid, gamma=tpe,
 the 12 softmax policies that need no held-out data at their defaults and the 10 of them with a search space tuned,
 CB CE/focal) is 64 runs per seed, 640 per study: about 6 minutes on digits-lt and gauss-lt but about an hour each
-on mnist1d-lt and seg-toy, against a budget of about 75 minutes of one core for all the studies. So:
+on mnist1d-lt and seg-toy, against a budget of about 75 minutes of one core for all the studies. So, in the
+first round:
 
 * digits-lt and gauss-lt (``<dataset>-prior``) and digits-lt at 3x epochs (``digits-lt-prior-long``, 30 epochs)
   run the full design;
@@ -25,10 +26,11 @@ on mnist1d-lt and seg-toy, against a budget of about 75 minutes of one core for 
   that ranked best among these policies in the development study of the data set (sweeps/results/leaderboard.csv,
   focal loss, 5 seeds), at their defaults and tuned: gauss-lt automated and cyclical, mnist1d-lt automated and
   exponential, seg-toy exponential and linear; 23 runs per seed;
-* mnist1d-lt and seg-toy at 3x epochs are not run (about 45 minutes each even with the reduced arms);
+* mnist1d-lt and seg-toy at 3x epochs are not run (about 45 minutes each even with the reduced arms; the second
+  round ran them at 2x);
 * the learned controllers (hypergradient, gammanet, bandit) are left out everywhere: they meta-train on held-out
   labelled batches, so a fair comparison has every arm hold out the same slice (research protocol v2), which
-  changes the LA reference itself, and they cost 2-5 times a plain run.
+  changes the LA reference itself, and they cost 2-5 times a plain run (the second round ran them so).
 
 Completed in a second round (2026-12-04, the same seeds; the studies above unchanged, since a stored study's arms
 are fixed by its manifest):
@@ -58,7 +60,7 @@ same 10% slice of the training set) with LA alone, AdaFocal on LA reading the va
 ``val_stats_data="train_slice"``), 11 runs per seed; ``gauss-lt-prior-long-adafocal-replication`` repeats the
 long one on fresh seeds 3000-3009, pre-registered in research/preregistration_adafocal.md.
 
-``research/prior.py`` analyses these studies (exploratory: nothing here was pre-registered).
+``research/prior.py`` analyses these studies (exploratory, except the pre-registered replication).
 """
 
 from adaptive_focal.compare import default_arms as engine_arms
