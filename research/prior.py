@@ -267,10 +267,11 @@ def run(results: Path = RESULTS, studies=STUDIES, companions=None, learned=LEARN
     missing = [s for s in wanted if not path(s).is_file()]
     found = [analyse_study(load(path(s), s), [load(path(c), c) for c in [companions.get(s)] if c and c not in missing])
              for s in studies if s not in missing]
+    fair_adafocal = [analyse_study(load(path(s), s)) for s in adafocal if s not in missing]
     return {"reference": REFERENCE, "level": LEVEL, "alpha": ALPHA, "exploratory": True, "studies": found,
             "learned": [analyse_study(load(path(s), s)) for s in learned if s not in missing],
-            "adafocal": (fair := [analyse_study(load(path(s), s)) for s in adafocal if s not in missing]),
-            "replication": next((replication(s) for s in fair if s["study"] == REPLICATION), None),
+            "adafocal": fair_adafocal,
+            "replication": next((replication(s) for s in fair_adafocal if s["study"] == REPLICATION), None),
             "missing": missing}
 
 
