@@ -324,7 +324,7 @@ class Run(typing.NamedTuple):
     criterion: torch.nn.Module
     focal: af.FocalLoss | None     # the focal term a policy drives (None for losses without one)
     optimizer: torch.optim.Optimizer
-    y_val_fit: torch.Tensor        # targets of the end-of-epoch statistics' set (val_stats_data), loss's form
+    stats_set: tuple               # (x, targets in the loss's form) of the end-of-epoch statistics (val_stats_data)
     policy: af.GammaPolicy | None
     meta_batches: list | None      # the held-out (x, y) batches of meta_data, targets in the loss's form
 
@@ -376,14 +376,15 @@ def build_run(cfg: Config, data, held_out=None) -> Run:
         if held_out is None:
             raise ValueError("val_stats_data='train_slice': pass the slice that load_data(cfg) returns "
                              "(build_run(cfg, data, held_out))")
-        y_val_fit = _targets_for(mode, data.task, held_out[1], data.num_classes)
+        x_stats, y_stats = held_out
     else:
-        y_val_fit = _targets_for(mode, data.task, data.y_val, data.num_classes)
+        x_stats, y_stats = data.val
     meta_batches = _meta_batches(cfg, data, held_out, mode)
     policy = None if focal is None else _build_policy(
         cfg, focal, _steps_per_epoch(x_train.shape[0], cfg), data.num_classes, model=model, optimizer=optimizer,
         meta_batches=meta_batches)
-    return Run(model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy, meta_batches)
+    stats_set = (x_stats, _targets_for(mode, data.task, y_stats, data.num_classes))
+    return Run(model, mode, y_fit, criterion, focal, optimizer, stats_set, policy, meta_batches)
 
 
 def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
@@ -403,10 +404,10 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
 
     # data (less the held-out slice), model, loss, optimizer, gamma policy and held-out batches
     data, held_out = load_data(cfg)
-    model, mode, y_fit, criterion, focal, optimizer, y_val_fit, policy, meta_batches = build_run(cfg, data, held_out)
+    model, mode, y_fit, criterion, focal, optimizer, stats_set, policy, meta_batches = build_run(cfg, data, held_out)
     x_train, y_train = data.train
     x_val, y_val = data.val
-    x_stats = held_out[0] if cfg.val_stats_data == "train_slice" else x_val  # with y_val_fit: val_stats_data
+    x_stats, y_stats_fit = stats_set
     memory = MemoryLogger()
     loggers = [memory]
     wandb_logger = None
@@ -442,7 +443,7 @@ def main(cfg: Config | dict | None = None, *, epoch_callback=None) -> dict:
         if callback is not None:
             val_stats = None
             if needs_val or focal is not None:
-                _, val_stats = focal(_predict(model, x_stats, 4 * cfg.batch_size), y_val_fit, return_stats=True)
+                _, val_stats = focal(_predict(model, x_stats, 4 * cfg.batch_size), y_stats_fit, return_stats=True)
                 record["val_mean_pt"] = float(val_stats.mean_pt)
             callback.on_epoch_end(val_stats)
         history.append(record)
