@@ -19,14 +19,14 @@ paired by seed:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 from adaptive_focal.compare.analysis import holm, paired_t, tost
 from adaptive_focal.compare.export import units_from_export
-from adaptive_focal.compare.report import fill_block
+
+from .outputs import publish
 
 POLICY = "policy=flsd53"
 MARGIN, ALPHA, LEVEL = 0.01, 0.05, 0.95
@@ -181,14 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", help=f"write the tables between {START} and {END} in this file")
     args = parser.parse_args(argv)
     out = run(Path(args.results))
-    text = markdown(out)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    if args.readme and not fill_block(args.readme, START, END, text):
-        print(f"research.confirm: error: {args.readme} has no {START} ... {END} block", file=sys.stderr)
-        return 2
-    return 0
+    return publish("research.confirm", markdown(out), out, json_path=args.json, readme=args.readme, start=START,
+                   end=END)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ as confirmations.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -38,8 +37,9 @@ from pathlib import Path
 
 from adaptive_focal.compare.analysis import holm, paired_t
 from adaptive_focal.compare.export import read_export, units_from_export
-from adaptive_focal.compare.report import fill_block
 from adaptive_focal.compare.results import selected
+
+from .outputs import publish
 
 REFERENCE = "baseline=logit_adjusted"
 GRID = "la+grid"
@@ -431,15 +431,8 @@ def main(argv=None) -> int:
     if not (out["studies"] or out["learned"] or out["adafocal"]):
         print(f"research.prior: error: no *-prior export in {args.results} ({', '.join(STUDIES)})", file=sys.stderr)
         return 2
-    text = markdown(out)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    if args.readme and not fill_block(args.readme, START, END, text):
-        print(f"research.prior: error: {args.readme} has no {START} ... {END} block", file=sys.stderr)
-        return 2
-    return 0
+    return publish("research.prior", markdown(out), out, json_path=args.json, readme=args.readme, start=START,
+                   end=END)
 
 
 if __name__ == "__main__":
