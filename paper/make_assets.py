@@ -822,7 +822,8 @@ class Assets:
         self.num("PriorArmsCompared", str(compared))
         self.num("PriorArmsBetter", str(better))
         self.num("PriorArmsWorse", str(worse))
-        self.num("PriorNotRun", ", ".join(f"\\texttt{{{s}}}" for s in out["missing"]) or "none")
+        not_run = ", ".join(f"\\texttt{{{s}}}" for s in out["missing"])
+        self.num("PriorNotRunClause", f"; defined but not run for compute: {not_run}" if not_run else "")
         self.prior_learned(rp, out)
 
     def prior_learned(self, rp, out: dict) -> None:

@@ -65,6 +65,8 @@ def test_partial_results_give_not_run_rows(tmp_path):
     numbers = (gen / "numbers.tex").read_text()
     assert r"\newcommand{\DigitsLtBestFixedGamma}{not run}" in numbers
     assert r"\newcommand{\ConfirmStudiesRun}{0}" in numbers and r"\newcommand{\ConfirmSeeds}{not run}" in numbers
+    clause = re.search(r"\\newcommand\{\\PriorNotRunClause\}\{(.*)\}\n", numbers).group(1)
+    assert clause.startswith("; defined but not run for compute: ") and r"\texttt{seg-toy-prior-long-learned}" in clause
     assert (gen / "confirm_primary.tex").read_text().count(ma.NOT_RUN) == 7
     assert ma.NOT_RUN in (gen / "preregistration.tex").read_text()
     assert {p.name for p in (tmp_path / "a" / "figures").glob("*.pdf")} == {
