@@ -43,14 +43,14 @@ are fixed by its manifest):
 * ``mnist1d-lt-prior-long`` and ``seg-toy-prior-long``: the longer schedule, at 2x epochs (``LONG_EPOCHS``: 30 and
   60; 3x would cost about 130 minutes of one core with the reduced arms, against about 85), with the reduced arms,
   and ``mnist1d-lt-prior-long-policies`` and ``seg-toy-prior-long-policies`` beside them with the rest (about 80
-  and 70 minutes of one core; defined, not run in that round);
+  and 70 minutes of one core; defined in that round, run in a third, the evening of 2026-12-04);
 * ``<dataset>-prior-learned``: the learned controllers on LA in a fair study (sweeps.spec.fair_study: every arm,
   LA alone included, trains without the same stratified 10% of the training set, on which the controllers
   meta-train): LA alone and ``la+policy=<name>`` for hypergradient, gammanet and bandit, at their defaults and
-  tuned (``+tpe``, 4 trials), 17 runs per seed; ``<dataset>-prior-long-learned`` the same at the longer
-  schedule (run on digits-lt and gauss-lt; defined on mnist1d-lt and seg-toy). The fine-tuning control of the
-  confirmatory studies (plain cross-entropy steps on the slice) is left out: on LA it would mix an unadjusted loss
-  into an adjusted one, so it would not be the control "the labels without any gamma" that it is there.
+  tuned (``+tpe``, 4 trials), 16 runs per seed; ``<dataset>-prior-long-learned`` the same at the longer
+  schedule (digits-lt and gauss-lt in that round, mnist1d-lt and seg-toy in the third). The fine-tuning control
+  of the confirmatory studies (plain cross-entropy steps on the slice) is left out: on LA it would mix an
+  unadjusted loss into an adjusted one, so it would not be the control "the labels without any gamma" that it is there.
 
 A follow-up, after the second round showed AdaFocal on LA ahead of LA alone at 180 epochs on gauss-lt (AdaFocal
 reads its statistics on the class-balanced validation set after every epoch: labels the other arms never train
