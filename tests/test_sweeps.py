@@ -441,3 +441,16 @@ def test_the_prior_studies_design():
     replication = load_study("gauss-lt-prior-long-adafocal-replication")
     assert replication.arms == long.arms and replication.overrides == long.overrides
     assert replication.seed_list() == list(range(3000, 3010))
+
+
+def test_research_prior_reads_every_prior_study():
+    """research/prior.py reads exports by study name (it does not import sweeps/): the names it reads are the studies
+    sweeps/studies/prior.py defines, each reduced study beside its ``-policies`` companion, the fair ones as fair."""
+    pytest.importorskip("scipy")
+    from research import prior as analysis
+    from sweeps.studies import prior
+
+    read = [*analysis.STUDIES, *analysis.COMPANIONS.values(), *analysis.LEARNED, *analysis.ADAFOCAL]
+    assert len(read) == len(set(read)) and set(read) == set(prior.STUDIES)
+    assert all(companion == f"{study}-policies" for study, companion in analysis.COMPANIONS.items())
+    assert {*analysis.LEARNED, *analysis.ADAFOCAL} == set(prior.FAIR) and analysis.REPLICATION == prior.REPLICATION
